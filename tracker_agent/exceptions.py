@@ -1,0 +1,217 @@
+"""Every error tracker-agent raises, in one tree.
+
+    TrackerAgentError
+    ├── APIException                  the API did not do what was asked (the seed SDK's name)
+    │   ├── TransportError            no HTTP answer at all: refused, reset, DNS, TLS
+    │   │   └── APITimeoutError       connect or read timeout
+    │   ├── InvalidResponseError      an answer that is not the JSON the API promises
+    │   ├── BadRequestError           400, or 200 with "success": false: the request is wrong
+    │   ├── AuthenticationError       401, or 400 "Could not authenticate" / "Invalid project id"
+    │   ├── PermissionDeniedError     403
+    │   ├── NotFoundError             404
+    │   ├── RequestTooLargeError      413
+    │   ├── RateLimitedError          429 (the server dropped the data)
+    │   └── ServerError               5xx
+    ├── ValidationError (ValueError)  bad input refused at the call site, before any I/O
+    │   └── ValidationTypeError (TypeError)
+    ├── ConfigError (ValueError)      bad settings
+    ├── OutboxError                   the durable queue cannot take or give data
+    │   ├── OutboxFullError           the configured row/byte bound is reached (overflow="raise")
+    │   ├── StorageFullError          the disk (or SQLite's page limit) is full
+    │   ├── StorageReadOnlyError      the file or its folder cannot be written
+    │   ├── OutboxLockedError         another process held the write lock for too long
+    │   ├── OutboxVersionError        the file was migrated by a newer tracker-agent
+    │   └── NotAnOutboxError          the file is corrupt or belongs to something else
+    └── AgentClosedError              a call on a TrackerAgent after close()
+
+Code decides by attributes (`retryable`, `retry_after`, `status_code`), never by message text.
+Messages are for people and never contain credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "TrackerAgentError",
+    "APIException",
+    "TransportError",
+    "APITimeoutError",
+    "InvalidResponseError",
+    "BadRequestError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "RequestTooLargeError",
+    "RateLimitedError",
+    "ServerError",
+    "ValidationError",
+    "ValidationTypeError",
+    "ConfigError",
+    "OutboxError",
+    "OutboxFullError",
+    "StorageFullError",
+    "StorageReadOnlyError",
+    "OutboxLockedError",
+    "OutboxVersionError",
+    "NotAnOutboxError",
+    "AgentClosedError",
+]
+
+
+class TrackerAgentError(Exception):
+    """Root of every exception this package raises on purpose."""
+
+
+class APIException(TrackerAgentError):
+    """The API call failed. Carries what code needs to decide what to do next.
+
+    Attributes:
+        status_code: HTTP status, or None when no answer arrived.
+        method, path: the request (the path holds the project token, never a key).
+        errors: the server's messages, parsed from any of the documented body shapes.
+        retryable: True when the same request may succeed later unchanged.
+        retry_after: seconds the server asked us to wait, if it said.
+    """
+
+    default_retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        errors: list[str] | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.method = method
+        self.path = path
+        self.errors = list(errors or [])
+        self.retryable = self.default_retryable if retryable is None else retryable
+        self.retry_after = retry_after
+        self.body = body
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path}" if self.method and self.path else ""
+        status = f"HTTP {self.status_code}" if self.status_code is not None else ""
+        head = " ".join(x for x in (where, status) if x)
+        return f"{head}: {self.message}" if head else self.message
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, status_code={self.status_code!r}, "
+            f"method={self.method!r}, path={self.path!r}, retryable={self.retryable!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword attributes across pickling (multiprocessing, logging queues).
+        return (_rebuild, (type(self), self.message, self.__dict__))
+
+
+def _rebuild(cls: type[APIException], message: str, state: dict[str, Any]) -> APIException:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(state)
+    return exc
+
+
+class TransportError(APIException):
+    """No HTTP answer: connection refused or reset, DNS or TLS failure."""
+
+    default_retryable = True
+
+
+class APITimeoutError(TransportError):
+    """The connect or read timeout expired."""
+
+
+class InvalidResponseError(APIException):
+    """The server answered something that is not the JSON the API documents."""
+
+
+class BadRequestError(APIException):
+    """400, or 200 with "success": false: the request itself is wrong; never retried as is."""
+
+
+class AuthenticationError(APIException):
+    """Credentials or project token were refused (401, or the API's 400 variants)."""
+
+
+class PermissionDeniedError(APIException):
+    """403: the key lacks a permission this call needs."""
+
+
+class NotFoundError(APIException):
+    """404: no such customer, catalog, item or analysis."""
+
+
+class RequestTooLargeError(APIException):
+    """413: the request body is over the server's limit."""
+
+
+class RateLimitedError(APIException):
+    """429: the server is rate limiting us and dropped the request."""
+
+    default_retryable = True
+
+
+class ServerError(APIException):
+    """5xx: the API is unavailable for now."""
+
+    default_retryable = True
+
+
+class ValidationError(TrackerAgentError, ValueError):
+    """Input refused at the call site. `field` names the offending argument or key path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ValidationTypeError(ValidationError, TypeError):
+    """Input of the wrong type (also a TypeError, as Python users expect)."""
+
+
+class ConfigError(TrackerAgentError, ValueError):
+    """Settings that cannot work; the message names the setting and where it came from."""
+
+
+class OutboxError(TrackerAgentError):
+    """The durable outbox cannot accept or return data. Nothing already accepted is lost."""
+
+
+class OutboxFullError(OutboxError):
+    """The outbox reached its configured max_rows / max_bytes and overflow is "raise"."""
+
+
+class StorageFullError(OutboxError):
+    """The disk (or the database's page limit) is full; the write was rolled back."""
+
+
+class StorageReadOnlyError(OutboxError):
+    """The database file or its directory is not writable."""
+
+
+class OutboxLockedError(OutboxError):
+    """Another process kept the database locked longer than the busy timeout."""
+
+
+class OutboxVersionError(OutboxError):
+    """The database was migrated by a newer tracker-agent than this one."""
+
+
+class NotAnOutboxError(OutboxError):
+    """The file is corrupt, or is a database that belongs to something else."""
+
+
+class AgentClosedError(TrackerAgentError):
+    """The TrackerAgent was closed; it accepts no more calls."""
