@@ -1,0 +1,75 @@
+"""Group commit: callers share rounds, each returns only after its own item is written."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tracker_agent.outbox.groupcommit import GroupCommitter
+
+
+def test_single_caller_writes_in_its_own_thread():
+    seen: list[tuple[str, list[int]]] = []
+
+    def write(items):
+        seen.append((threading.current_thread().name, list(items)))
+        return [None] * len(items)
+
+    committer = GroupCommitter(write)
+    committer.submit(1)
+    committer.submit(2)
+    me = threading.current_thread().name
+    assert seen == [(me, [1]), (me, [2])]
+
+
+def test_waiting_callers_are_written_together_and_each_returns_after_its_write():
+    rounds: list[list[int]] = []
+    written: set[int] = set()
+    gate = threading.Event()
+
+    def write(items):
+        if not rounds:
+            gate.wait(5)  # hold the first round so that others queue behind it
+        rounds.append(list(items))
+        written.update(items)
+        return [None] * len(items)
+
+    committer = GroupCommitter(write)
+    returned_before_written: list[int] = []
+
+    def call(i: int) -> None:
+        committer.submit(i)
+        if i not in written:
+            returned_before_written.append(i)
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    time.sleep(0.05)
+    others = [threading.Thread(target=call, args=(i,)) for i in range(1, 9)]
+    for t in others:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *others]:
+        t.join(5)
+    assert rounds[0] == [0]
+    assert sorted(i for r in rounds[1:] for i in r) == list(range(1, 9))
+    assert len(rounds) < 9  # at least some callers shared a commit
+    assert returned_before_written == []
+
+
+def test_each_caller_gets_its_own_error_and_a_failed_round_fails_everyone_in_it():
+    def write(items):
+        if "boom" in items:
+            raise OSError("disk full")
+        return [ValueError(f"bad {i}") if i == "bad" else None for i in items]
+
+    committer = GroupCommitter(write)
+    committer.submit("ok")
+    with pytest.raises(ValueError, match="bad bad"):
+        committer.submit("bad")
+    with pytest.raises(OSError, match="disk full"):
+        committer.submit("boom")
+    committer.submit("ok again")  # the committer recovers after a failed round

@@ -1,0 +1,197 @@
+"""The Alembic migrations: at head they build exactly tracker_agent.outbox.schema."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections.abc import Iterator
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine
+
+from tracker_agent.outbox import schema
+from tracker_agent.outbox.engine import (
+    HEAD_REVISION,
+    OUTBOX_TABLES,
+    alembic_config,
+    current_revision,
+    open_outbox,
+)
+
+
+@pytest.fixture
+def engine(tmp_path) -> Iterator[Engine]:
+    engine = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+    yield engine
+    engine.dispose()
+
+
+def _schema_diffs(engine: Engine) -> list:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return compare_metadata(context, schema.metadata)
+
+
+def _sqlite_master(engine: Engine, kind: str) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = ?", (kind,)
+        ).all()
+    return {name: sql for name, sql in rows}
+
+
+def _normalised(sql: str) -> str:
+    return " ".join(sql.replace("IF NOT EXISTS ", "").split())
+
+
+def test_head_revision_constant_is_the_alembic_script_head():
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == [HEAD_REVISION]
+
+
+def test_outbox_tables_constant_lists_every_schema_table():
+    assert OUTBOX_TABLES == set(schema.metadata.tables)
+
+
+def test_database_at_head_matches_schema_metadata(engine):
+    assert current_revision(engine) == HEAD_REVISION
+    assert _schema_diffs(engine) == []
+
+
+def test_database_at_head_has_the_ddl_of_schema_create_all(engine, tmp_path):
+    # compare_metadata misses AUTOINCREMENT and partial-index WHERE clauses: compare the DDL too.
+    reference = create_engine(f"sqlite:///{tmp_path / 'reference.db'}")
+    try:
+        schema.metadata.create_all(reference)
+        for kind in ("table", "index"):
+            expected = _sqlite_master(reference, kind)
+            actual = _sqlite_master(engine, kind)
+            actual.pop("alembic_version", None)
+            actual.pop("sqlite_autoindex_alembic_version_1", None)
+            assert actual == expected
+    finally:
+        reference.dispose()
+    assert "AUTOINCREMENT" in _sqlite_master(engine, "table")["outbox"]
+
+
+def test_counter_triggers_at_head_are_the_schema_triggers(engine):
+    expected = {
+        sql.split()[5]: _normalised(sql) for sql in schema.COUNTER_TRIGGERS
+    }  # CREATE TRIGGER IF NOT EXISTS <name> ...
+    actual = {name: _normalised(sql) for name, sql in _sqlite_master(engine, "trigger").items()}
+    assert actual == expected
+
+
+def test_initial_migration_seeds_the_single_counters_row(engine):
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT id, rows, bytes FROM queue_counters").all() == [
+            (1, 0, 0)
+        ]
+
+
+def test_counter_triggers_keep_rows_and_bytes_exact(engine):
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.executemany(
+            "INSERT INTO outbox (kind, customer_key, payload, size, created_at) "
+            "VALUES ('customers', '{}', '{}', ?, 0)",
+            [(size,) for size in (10, 250, 3, 4096, 77)],
+        )
+        cursor.execute("COMMIT")
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("DELETE FROM outbox WHERE size IN (250, 77)")
+        cursor.execute("COMMIT")
+        counters = cursor.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
+        actual = cursor.execute("SELECT COUNT(*), SUM(size) FROM outbox").fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    assert tuple(counters) == tuple(actual) == (3, 10 + 3 + 4096)
+
+
+def test_counter_triggers_roll_back_with_the_transaction(engine):
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute(
+            "INSERT INTO outbox (kind, customer_key, payload, size, created_at) "
+            "VALUES ('customers', '{}', '{}', 99, 0)"
+        )
+        cursor.execute("ROLLBACK")
+        counters = cursor.execute("SELECT rows, bytes FROM queue_counters").fetchall()
+        cursor.close()
+    finally:
+        raw.close()
+    assert [tuple(row) for row in counters] == [(0, 0)]
+
+
+def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(engine, tmp_path):
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    # sqlite_sequence (made by AUTOINCREMENT) cannot be dropped; it is harmless.
+    assert set(_sqlite_master(engine, "table")) == {"alembic_version", "sqlite_sequence"}
+    assert _sqlite_master(engine, "index") == {"sqlite_autoindex_alembic_version_1": None}
+    assert _sqlite_master(engine, "trigger") == {}
+    assert current_revision(engine) is None
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+    assert current_revision(engine) == HEAD_REVISION
+    assert _schema_diffs(engine) == []
+    assert len(_sqlite_master(engine, "trigger")) == len(schema.COUNTER_TRIGGERS)
+
+
+def test_open_outbox_rebuilds_a_file_downgraded_to_base(engine, tmp_path):
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    engine.dispose()
+    reopened = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+    try:
+        assert current_revision(reopened) == HEAD_REVISION
+        assert _schema_diffs(reopened) == []
+    finally:
+        reopened.dispose()
+
+
+def test_offline_mode_renders_the_migration_as_sql(tmp_path):
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{tmp_path / 'never-created.db'}")
+    config.output_buffer = io.StringIO()
+    command.upgrade(config, "head", sql=True)
+    sql = config.output_buffer.getvalue()
+    assert "CREATE TABLE outbox" in sql and "CREATE TRIGGER" in sql
+    assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
+    assert not (tmp_path / "never-created.db").exists()
+
+
+def test_env_py_opens_its_own_engine_when_run_without_a_connection(tmp_path):
+    path = tmp_path / "by-hand.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{path}")
+    command.upgrade(config, "head")
+    assert current_revision(str(path)) == HEAD_REVISION
+
+
+def test_failed_migration_leaves_the_file_at_its_old_revision(engine, tmp_path):
+    # DDL runs inside our BEGIN: a migration that breaks half-way commits nothing.
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+        conn.exec_driver_sql("CREATE TABLE dead_letters (id INTEGER)")  # upgrade will collide
+    with pytest.raises(Exception, match="dead_letters"):
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+    path = tmp_path / "outbox.db"
+    with sqlite3.connect(path) as check:
+        tables = {row[0] for row in check.execute("SELECT name FROM sqlite_master")}
+    check.close()
+    assert "outbox" not in tables and "queue_counters" not in tables
+    assert current_revision(str(path)) is None

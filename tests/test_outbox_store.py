@@ -1,0 +1,206 @@
+"""OutboxStore: atomic enqueue, bounds, leases, per-customer order, settling, dead letters."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tracker_agent.exceptions import OutboxFullError
+from tracker_agent.outbox.engine import open_outbox
+from tracker_agent.outbox.store import NewCommand, OutboxStore, Settlement
+
+NOW = 1_800_000_000.0
+LEASE = 60.0
+
+
+def cmd(customer: str, n: int = 0, pad: int = 0) -> NewCommand:
+    key = f'{{"registered":"{customer}"}}'
+    payload = (
+        f'{{"customer_ids":{key},"event_type":"e","properties":{{"n":{n},"p":"{"x" * pad}"}}}}'
+    )
+    return NewCommand("customers/events", key, payload)
+
+
+@pytest.fixture
+def make_store(tmp_path):
+    made: list[OutboxStore] = []
+
+    def make(**kwargs) -> OutboxStore:
+        engine = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+        kwargs.setdefault("max_rows", 1000)
+        kwargs.setdefault("max_bytes", 10**7)
+        store = OutboxStore(engine, now=lambda: NOW, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+        store.engine.dispose()
+
+
+def claim(store, owner="a", limit=50, now=NOW, max_bytes=10**7):
+    return store.claim(owner, limit=limit, max_bytes=max_bytes, lease_seconds=LEASE, now=now)
+
+
+def test_enqueue_commits_rows_and_counts_them(make_store):
+    store = make_store()
+    store.enqueue([cmd("a", 1), cmd("b", 2)])
+    stats = store.stats(now=NOW + 5)
+    assert stats["pending"] == 2
+    assert stats["in_flight"] == 0
+    assert stats["bytes"] == sum(c.size for c in (cmd("a", 1), cmd("b", 2)))
+    assert stats["oldest_pending_age_s"] == pytest.approx(5.0)
+
+
+def test_full_outbox_raises_and_writes_nothing_of_the_call(make_store):
+    store = make_store(max_rows=3)
+    store.enqueue([cmd("a", 1), cmd("a", 2)])
+    with pytest.raises(OutboxFullError, match="full"):
+        store.enqueue([cmd("a", 3), cmd("a", 4)])
+    assert store.stats()["pending"] == 2
+    store.enqueue([cmd("a", 3)])
+    assert store.stats()["pending"] == 3
+
+
+def test_byte_bound_is_enforced_too(make_store):
+    store = make_store(max_bytes=cmd("a", pad=100).size * 2)
+    store.enqueue([cmd("a", pad=100), cmd("a", pad=100)])
+    with pytest.raises(OutboxFullError):
+        store.enqueue([cmd("a")])
+
+
+def test_drop_oldest_makes_room_and_counts_what_it_dropped(make_store):
+    store = make_store(max_rows=3, overflow="drop_oldest")
+    for n in range(5):
+        store.enqueue([cmd("a", n)])
+    rows = claim(store)
+    assert [r.payload.count('"n":3') + r.payload.count('"n":4') for r in rows] == [0, 1, 1]
+    assert '"n":2' in rows[0].payload
+    assert store.stats()["dropped"] == 2
+
+
+def test_drop_oldest_never_drops_rows_in_flight(make_store):
+    store = make_store(max_rows=2, overflow="drop_oldest")
+    store.enqueue([cmd("a", 0), cmd("b", 1)])
+    claim(store)  # both leased
+    with pytest.raises(OutboxFullError):
+        store.enqueue([cmd("c", 2)])
+
+
+def test_two_drainers_never_hold_the_same_row(make_store):
+    store = make_store()
+    store.enqueue([cmd(f"c{i}", i) for i in range(10)])
+    first = claim(store, "a", limit=4)
+    second = claim(store, "b", limit=50)
+    assert len(first) == 4
+    assert len(second) == 6
+    assert not {r.id for r in first} & {r.id for r in second}
+
+
+def test_expired_lease_returns_rows_to_the_queue(make_store):
+    store = make_store()
+    store.enqueue([cmd("a")])
+    assert claim(store, "dead-drainer")
+    assert claim(store, "b", now=NOW + LEASE - 1) == []
+    again = claim(store, "b", now=NOW + LEASE + 1)
+    assert len(again) == 1
+
+
+def test_later_command_of_a_customer_waits_for_an_earlier_one_in_flight_or_backoff(make_store):
+    store = make_store()
+    store.enqueue([cmd("a", 1)])
+    first = claim(store, "x")
+    store.enqueue([cmd("a", 2), cmd("b", 3)])
+    picked = claim(store, "y")
+    assert [('"n":3' in r.payload) for r in picked] == [True]  # b only, not a's second
+    store.settle("y", Settlement(delivered=[r.id for r in picked]), NOW)
+    # a's first goes into backoff: a's second must still wait
+    store.settle("x", Settlement(retry=[first[0].id], retry_at=NOW + 100, error="503"), NOW)
+    assert claim(store, "y", now=NOW + 1) == []
+    later = claim(store, "y", now=NOW + 101)
+    assert [('"n":1' in r.payload, '"n":2' in r.payload) for r in later] == [
+        (True, False),
+        (False, True),
+    ]
+
+
+def test_claim_respects_the_byte_cap_but_always_takes_one(make_store):
+    store = make_store()
+    big = cmd("a", pad=1000)
+    store.enqueue([big, cmd("b", pad=1000), cmd("c", pad=1000)])
+    assert len(claim(store, max_bytes=big.size * 2)) == 2
+    assert len(claim(store, "b", max_bytes=10)) == 1
+
+
+def test_settle_applies_each_outcome_only_to_rows_still_leased_by_the_owner(make_store):
+    store = make_store()
+    store.enqueue([cmd(f"c{i}", i) for i in range(4)])
+    rows = claim(store, "me")
+    outcome = Settlement(
+        delivered=[rows[0].id],
+        dead=[(rows[1].id, "rejected by the server: bad", 200)],
+        retry=[rows[2].id],
+        release=[rows[3].id],
+        retry_at=NOW + 30,
+        error="ServerError",
+    )
+    assert store.settle("someone-else", outcome, NOW) == 0
+    assert store.stats(now=NOW)["in_flight"] == 4
+    assert store.settle("me", outcome, NOW) == 1
+    stats = store.stats(now=NOW)
+    assert (stats["pending"], stats["in_flight"], stats["dead"], stats["delivered"]) == (2, 0, 1, 1)
+    (dead,) = store.list_dead()
+    assert (dead.id, dead.reason, dead.status_code, dead.attempts) == (
+        rows[1].id,
+        "rejected by the server: bad",
+        200,
+        1,
+    )
+    assert dead.customer_ids == {"registered": "c1"}
+    due = claim(store, "me", now=NOW + 31)
+    assert {r.id: r.attempts for r in due} == {rows[2].id: 1, rows[3].id: 0}
+
+
+def test_dead_letters_retry_in_original_order_and_purge_by_filter(make_store):
+    store = make_store()
+    store.enqueue([cmd(f"c{i}", i) for i in range(4)])
+    rows = claim(store, "me")
+    reasons = ["timeout gave up", "rejected: bad price", "rejected: bad price", "other"]
+    store.settle("me", Settlement(dead=[(r.id, why, 400) for r, why in zip(rows, reasons, strict=True)]), NOW)
+    assert [d.id for d in store.list_dead(error_contains="BAD PRICE")] == [rows[1].id, rows[2].id]
+    assert [d.id for d in store.list_dead(ids=[rows[3].id])] == [rows[3].id]
+    assert store.list_dead(older_than_s=10) == []
+    store.enqueue([cmd("new")])
+    assert store.retry_dead(error_contains="bad price") == 2
+    order = [r.id for r in claim(store, "again")]
+    assert order == [rows[1].id, rows[2].id, max(order)]  # back under their ids, ahead of new
+    assert store.purge_dead(ids=[rows[0].id]) == 1
+    assert [d.id for d in store.list_dead()] == [rows[3].id]
+
+
+def test_concurrent_enqueues_from_many_threads_all_land(make_store):
+    store = make_store(max_rows=10_000)
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for n in range(50):
+                store.enqueue([cmd(f"t{t}", n)])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert store.stats()["pending"] == 400
+    rows = claim(store, limit=400)
+    per_thread: dict[str, list[int]] = {}
+    for r in rows:
+        t = r.payload.split('"registered":"')[1].split('"')[0]
+        per_thread.setdefault(t, []).append(int(r.payload.split('"n":')[1].split(",")[0]))
+    assert all(ns == list(range(50)) for ns in per_thread.values())

@@ -1,0 +1,435 @@
+"""Opening the outbox file: where it lives, SQLite pragmas, refusing foreign files, migrations.
+
+Importing this module is cheap: SQLAlchemy and Alembic are imported only by the functions that
+need them, and Alembic only when the file is not already at HEAD_REVISION.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+from ..exceptions import (
+    ConfigError,
+    NotAnOutboxError,
+    OutboxError,
+    OutboxLockedError,
+    OutboxVersionError,
+    StorageFullError,
+    StorageReadOnlyError,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Connection, Engine
+
+__all__ = [
+    "BEGIN_OPTION",
+    "HEAD_REVISION",
+    "OUTBOX_TABLES",
+    "alembic_config",
+    "create_outbox_engine",
+    "current_revision",
+    "default_database_url",
+    "migrate",
+    "open_outbox",
+    "sqlite_path",
+    "translate_sqlite_error",
+]
+
+log = logging.getLogger(__name__)
+
+#: The newest migration this code knows; tests check it against the Alembic scripts.
+HEAD_REVISION = "0001"
+#: Tables a database at HEAD_REVISION must have (tests check it against schema.metadata).
+OUTBOX_TABLES = frozenset({"outbox", "dead_letters", "queue_counters", "agent_state"})
+#: Connection execution option naming the BEGIN flavour our "begin" hook emits:
+#: conn.execution_options(tracker_agent_begin="IMMEDIATE") takes the write lock up front.
+BEGIN_OPTION = "tracker_agent_begin"
+
+DIRECTORY_MODE = 0o700
+DB_FILENAME = "outbox.db"
+APP_DIRNAME = "tracker-agent"
+SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+_BEGIN_MODES = ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")
+_SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+_READ_VERSION_OFFSET = 18  # file-format read version: 1 = rollback journal, 2 = WAL
+_WAL_FORMAT = 2
+_TABLES_SQL = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+)
+_REVISION_SQL = "SELECT version_num FROM alembic_version"
+_SHOWN_TABLES = 5
+
+# Primary SQLite result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
+# Python < 3.11 exceptions carry no code; fall back to SQLite's fixed English messages.
+_CODE_BY_TEXT = (
+    ("database or disk is full", _SQLITE_FULL),
+    ("readonly database", _SQLITE_READONLY),
+    ("unable to open database", _SQLITE_CANTOPEN),
+    ("database is locked", _SQLITE_BUSY),
+    ("database table is locked", _SQLITE_LOCKED),
+    ("file is not a database", _SQLITE_NOTADB),
+    ("malformed", _SQLITE_CORRUPT),
+)
+
+
+def default_database_url(env: Mapping[str, str]) -> str:
+    """The outbox URL when none is configured: the systemd or XDG state directory, else ~."""
+    state_dirs = env.get("STATE_DIRECTORY", "")
+    if state_dirs:
+        folder = state_dirs.split(":")[0]
+    elif os.path.isabs(env.get("XDG_STATE_HOME", "")):  # the XDG spec ignores relative paths
+        folder = os.path.join(env["XDG_STATE_HOME"], APP_DIRNAME)
+    else:
+        folder = os.path.join(_home(env), ".local", "state", APP_DIRNAME)
+    path = os.path.join(folder, DB_FILENAME)
+    return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F")
+
+
+def _home(env: Mapping[str, str]) -> str:
+    if env.get("HOME"):
+        return env["HOME"]
+    import pwd  # POSIX only, like systemd; imported here so the module imports anywhere
+
+    try:  # services without User= get no $HOME; the password database still knows it
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError as exc:
+        raise ConfigError(
+            "database_url: not set, and there is no STATE_DIRECTORY, XDG_STATE_HOME or HOME"
+        ) from exc
+
+
+def sqlite_path(database_url: str) -> str:
+    """The absolute file path of an SQLite URL; ConfigError for anything but an SQLite file."""
+    scheme, sep, rest = database_url.partition("://")
+    if not sep or scheme.lower() not in _SQLITE_SCHEMES:
+        # Name the scheme only: another database's URL may hold a password.
+        raise ConfigError(
+            f"database_url: the outbox needs an SQLite file URL (sqlite:///path), "
+            f"got a {scheme.lower() if sep else 'non-URL'!r} value"
+        )
+    if rest and not rest.startswith("/"):
+        raise ConfigError("database_url: an SQLite URL has no host: use sqlite:///path")
+    database, _, query = rest[1:].partition("?")
+    if query:
+        raise ConfigError("database_url: query options (?...) are not supported; use settings")
+    database = unquote(database)
+    if database in ("", ":memory:") or database.startswith("file:"):
+        raise ConfigError("database_url: the outbox must be a file, not an in-memory database")
+    return os.path.abspath(database)
+
+
+def translate_sqlite_error(exc: BaseException, path: str) -> OutboxError:
+    """The OutboxError for a sqlite3 or SQLAlchemy error on the file at `path` (raise it `from`)."""
+    if isinstance(exc, OutboxError):
+        return exc
+    orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError wraps the driver's error
+    detail = str(orig)
+    code = getattr(orig, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else _code_from_text(detail)
+    if primary == _SQLITE_FULL:
+        return StorageFullError(f"{path}: the disk or the database is full ({detail})")
+    if primary in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
+        return StorageReadOnlyError(f"{path}: the file or its directory is not writable ({detail})")
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return OutboxLockedError(
+            f"{path}: another process held the database lock past the busy timeout ({detail})"
+        )
+    if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+        return NotAnOutboxError(f"{path}: the file is corrupt or not an SQLite database ({detail})")
+    return OutboxError(f"{path}: {type(orig).__name__}: {detail}")
+
+
+def _code_from_text(detail: str) -> int | None:
+    lowered = detail.lower()
+    return next((code for text, code in _CODE_BY_TEXT if text in lowered), None)
+
+
+def open_outbox(
+    database_url: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0
+) -> Engine:
+    """An engine on the outbox file, created or migrated to HEAD_REVISION as needed.
+
+    A file that is not an outbox, or that a newer tracker-agent migrated, is refused before
+    anything writes to it. The caller owns the engine (engine.dispose() when done).
+    """
+    path = sqlite_path(database_url)
+    _check_options(synchronous, busy_timeout)
+    _inspect_existing(path)
+    _prepare_directory(path)
+    engine = create_outbox_engine(database_url, synchronous=synchronous, busy_timeout=busy_timeout)
+    try:
+        if _engine_revision(engine, path) != HEAD_REVISION:
+            migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def create_outbox_engine(
+    database_url: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0
+) -> Engine:
+    """An engine with the outbox's pragmas on every connection; no checks, no migration."""
+    from sqlalchemy import URL, create_engine, event
+
+    path = sqlite_path(database_url)
+    sync = _check_options(synchronous, busy_timeout)
+    busy_ms = int(busy_timeout * 1000)
+    engine = create_engine(
+        URL.create("sqlite+pysqlite", database=path),
+        connect_args={"check_same_thread": False, "timeout": busy_timeout},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        try:
+            _apply_pragmas(dbapi_connection, path, sync, busy_ms)
+        except BaseException:
+            dbapi_connection.close()  # SQLAlchemy < 2.1 would strand it
+            raise
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        mode = str(conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")).upper()
+        if mode not in _BEGIN_MODES:
+            raise ConfigError(f"{BEGIN_OPTION}: must be one of {_BEGIN_MODES}, got {mode!r}")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _check_options(synchronous: str, busy_timeout: float) -> str:
+    sync = str(synchronous).upper()
+    if sync not in SYNCHRONOUS_MODES:
+        raise ConfigError(f"synchronous: must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
+    if not busy_timeout >= 0:  # also refuses NaN
+        raise ConfigError(f"busy_timeout: must be >= 0 seconds, got {busy_timeout!r}")
+    return sync
+
+
+def _apply_pragmas(dbapi_connection: Any, path: str, synchronous: str, busy_ms: int) -> None:
+    # The driver must not open transactions itself: the store issues BEGIN IMMEDIATE, and
+    # SQLAlchemy's "begin" hook emits BEGIN for Core transactions (transactional DDL included).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")  # before WAL: switching may wait
+        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"{path}: SQLite would not switch to WAL journal mode (got {mode!r})")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to HEAD_REVISION; safe when several processes do it at once.
+
+    The lock is SQLite's own write lock (BEGIN IMMEDIATE), not a side lock file: it needs no
+    extra file or fcntl, is released by the OS if the process dies, covers exactly the file being
+    migrated, and lets the revision re-check and the whole migration commit as one transaction.
+    Waiting for it is bounded by busy_timeout (then OutboxLockedError). In WAL mode EXCLUSIVE
+    would lock no more than IMMEDIATE does, and readers keep working meanwhile either way.
+    """
+    path = engine.url.database or ""
+    with _translating(path), engine.connect() as conn:
+        conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            revision = _connection_revision(conn)
+            if revision != HEAD_REVISION:  # another process may have done it meanwhile
+                _upgrade_locked(conn, path, revision)
+
+
+@contextlib.contextmanager
+def _translating(path: str) -> Iterator[None]:
+    """Turn sqlite3/SQLAlchemy errors raised inside into our OutboxError tree."""
+    try:
+        yield
+    except OutboxError:
+        raise
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, (sqlite3.Error, SQLAlchemyError)):
+            raise translate_sqlite_error(exc, path) from exc
+        raise
+
+
+def _upgrade_locked(conn: Connection, path: str, revision: str | None) -> None:
+    from alembic import command
+
+    config = alembic_config(conn)
+    if revision is not None and revision not in _known_revisions(config):
+        raise _version_error(path, revision)
+    log.info("migrating outbox %s from %s to %s", path, revision or "empty", HEAD_REVISION)
+    command.upgrade(config, "head")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic settings built in code (no alembic.ini); `connection` is handed to env.py."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", _migrations_dir())
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _migrations_dir() -> str:
+    spec = importlib.util.find_spec("tracker_agent.migrations")
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    # A source checkout: setup.cfg maps the top-level migrations/ folder to that package.
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return str(checkout)
+    raise OutboxError("tracker-agent's migration scripts are missing: reinstall tracker-agent")
+
+
+def _known_revisions(config: Config | None = None) -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(config or alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def current_revision(engine_or_path: Engine | str) -> str | None:
+    """The Alembic revision of an outbox (None when it has none yet), read without writing.
+
+    Takes an engine, a file path or an SQLite URL.
+    """
+    if not isinstance(engine_or_path, str):
+        return _engine_revision(engine_or_path, engine_or_path.url.database or "")
+    path = sqlite_path(engine_or_path) if "://" in engine_or_path else engine_or_path
+    header = _read_header(path)
+    return None if header is None else _read_catalog(path, header)[1]
+
+
+def _engine_revision(engine: Engine, path: str) -> str | None:
+    with _translating(path), engine.connect() as conn:
+        return _connection_revision(conn)
+
+
+def _connection_revision(conn: Connection) -> str | None:
+    tables = {row[0] for row in conn.exec_driver_sql(_TABLES_SQL)}
+    if "alembic_version" not in tables:
+        return None
+    return conn.exec_driver_sql(_REVISION_SQL).scalar()
+
+
+def _prepare_directory(path: str) -> None:
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, mode=DIRECTORY_MODE, exist_ok=True)
+    except OSError as exc:
+        raise StorageReadOnlyError(
+            f"{path}: cannot create its directory {folder} ({exc.strerror})"
+        ) from exc
+    # os.access honours read-only mounts and the immutable flag, even for root.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageReadOnlyError(f"{path}: its directory {folder} is not writable")
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        raise StorageReadOnlyError(f"{path}: the file is not writable")
+
+
+def _inspect_existing(path: str) -> str | None:
+    """Refuse a file that is not ours, without writing to it; its revision, None when new."""
+    header = _read_header(path)
+    if header is None:
+        return None
+    tables, revision = _read_catalog(path, header)
+    if not tables:
+        return None  # an empty SQLite database holds nothing to lose
+    if "alembic_version" not in tables:
+        raise _foreign_error(path, tables)
+    if revision is None:
+        if tables - {"alembic_version"}:
+            raise _foreign_error(path, tables)
+        return None  # downgraded to base: an empty shell
+    if revision != HEAD_REVISION and revision not in _known_revisions():
+        if "outbox" not in tables:
+            raise _foreign_error(path, tables)
+        raise _version_error(path, revision)
+    missing = (OUTBOX_TABLES if revision == HEAD_REVISION else {"outbox"}) - tables
+    if missing:
+        raise NotAnOutboxError(
+            f"{path}: not a complete tracker-agent outbox (missing tables: "
+            f"{', '.join(sorted(missing))}); left untouched"
+        )
+    return revision
+
+
+def _foreign_error(path: str, tables: set[str]) -> NotAnOutboxError:
+    shown = ", ".join(sorted(tables)[:_SHOWN_TABLES])
+    more = ", ..." if len(tables) > _SHOWN_TABLES else ""
+    return NotAnOutboxError(
+        f"{path}: an SQLite database that is not a tracker-agent outbox (tables: {shown}{more}); "
+        "left untouched - point database_url elsewhere"
+    )
+
+
+def _version_error(path: str, revision: str) -> OutboxVersionError:
+    return OutboxVersionError(
+        f"{path}: the outbox is at schema revision {revision!r}, newer than this tracker-agent "
+        f"knows (up to {HEAD_REVISION!r}); upgrade tracker-agent. The file was not changed."
+    )
+
+
+def _read_header(path: str) -> bytes | None:
+    """The file's SQLite header, None for an absent or empty (new) file."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageReadOnlyError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    if not header:
+        return None
+    if len(header) < _HEADER_BYTES or not header.startswith(_SQLITE_MAGIC):
+        raise NotAnOutboxError(f"{path}: not an SQLite database; left untouched")
+    return header
+
+
+def _read_catalog(path: str, header: bytes) -> tuple[set[str], str | None]:
+    # mode=ro on a WAL-format file creates -wal/-shm beside it when they are missing, which we
+    # must not do to a file that may not be ours. With no -wal file everything is in the main
+    # file, so immutable=1 reads it creating nothing and taking no lock.
+    immutable = header[_READ_VERSION_OFFSET] == _WAL_FORMAT and not os.path.exists(path + "-wal")
+    try:
+        return _query_catalog(path, "immutable=1" if immutable else "mode=ro")
+    except sqlite3.Error as exc:
+        error: sqlite3.Error = exc
+    if immutable and os.path.exists(path + "-wal"):
+        # A process opened the file meanwhile and may have checkpointed under our read.
+        try:
+            return _query_catalog(path, "mode=ro")
+        except sqlite3.Error as exc:
+            error = exc
+    raise translate_sqlite_error(error, path) from error
+
+
+def _query_catalog(path: str, options: str) -> tuple[set[str], str | None]:
+    uri = f"file:{quote(path)}?{options}"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        tables = {row[0] for row in conn.execute(_TABLES_SQL)}
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute(_REVISION_SQL).fetchone()
+            revision = row[0] if row else None
+        return tables, revision

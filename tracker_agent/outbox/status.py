@@ -1,0 +1,109 @@
+"""Queue statistics from a DB-API connection, and the read-only path `tracker-agent status` uses.
+
+Stdlib only on purpose: `status` must start in well under 0.3 s, and importing SQLAlchemy alone
+costs more than that. The store computes its stats with the same `collect_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any
+
+from ..exceptions import NotAnOutboxError, OutboxError
+
+#: agent_state keys, shared by every process on one outbox file.
+STATE_DELIVERED = "delivered_total"
+STATE_DROPPED = "dropped_total"
+STATE_LAST_SUCCESS = "last_success_at"
+STATE_LAST_ERROR = "last_error"
+STATE_LAST_ERROR_AT = "last_error_at"
+STATE_PAUSED_REASON = "paused_reason"
+STATE_PAUSED_AT = "paused_at"
+STATE_PROBE_AT = "probe_at"
+STATE_BACKOFF_UNTIL = "backoff_until"
+STATE_FAILURES = "consecutive_failures"
+
+STATS_KEYS = (
+    "pending",
+    "in_flight",
+    "dead",
+    "bytes",
+    "oldest_pending_age_s",
+    "delivered",
+    "dropped",
+    "last_success_at",
+    "last_error",
+    "last_error_at",
+    "paused_reason",
+    "next_attempt_at",
+)
+
+
+def read_state(conn: Any) -> dict[str, Any]:
+    """All agent_state values, JSON-decoded."""
+    rows = conn.execute("SELECT key, value FROM agent_state").fetchall()
+    return {key: (json.loads(value) if value is not None else None) for key, value in rows}
+
+
+def collect_stats(conn: Any, now: float) -> dict[str, Any]:
+    """Counts and state of the queue; cheap at any backlog (no full scans of `outbox`)."""
+    counted = conn.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
+    rows, size = counted if counted else (0, 0)
+    # "lease_expires_at > 0" lets SQLite use the partial index of leased rows.
+    (in_flight,) = conn.execute(
+        "SELECT count(*) FROM outbox WHERE lease_expires_at > 0 AND lease_expires_at > ?", (now,)
+    ).fetchone()
+    oldest = conn.execute("SELECT created_at FROM outbox ORDER BY id LIMIT 1").fetchone()
+    (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+    state = read_state(conn)
+    backoff_until = state.get(STATE_BACKOFF_UNTIL)
+    paused = state.get(STATE_PAUSED_REASON)
+    if paused:
+        next_attempt = state.get(STATE_PROBE_AT)
+    elif backoff_until and backoff_until > now:
+        next_attempt = backoff_until
+    else:
+        next_attempt = None
+    return {
+        "pending": rows - in_flight,
+        "in_flight": in_flight,
+        "dead": dead,
+        "bytes": size,
+        "oldest_pending_age_s": round(max(0.0, now - oldest[0]), 3) if oldest else None,
+        "delivered": int(state.get(STATE_DELIVERED) or 0),
+        "dropped": int(state.get(STATE_DROPPED) or 0),
+        "last_success_at": state.get(STATE_LAST_SUCCESS),
+        "last_error": state.get(STATE_LAST_ERROR),
+        "last_error_at": state.get(STATE_LAST_ERROR_AT),
+        "paused_reason": paused,
+        "next_attempt_at": next_attempt,
+    }
+
+
+def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
+    """Stats of the outbox at `database_path`, opened read-only; never creates or changes it."""
+    if not os.path.exists(database_path):
+        raise OutboxError(
+            f"no outbox at {database_path} (nothing has been tracked yet, or a different "
+            "database_url is configured)"
+        )
+    try:
+        conn = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot open {database_path}: {exc}") from exc
+    try:
+        try:
+            conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            return collect_stats(conn, time.time() if now is None else now)
+        except sqlite3.DatabaseError as exc:
+            text = str(exc)
+            if "no such table" in text or "not a database" in text or "malformed" in text:
+                raise NotAnOutboxError(
+                    f"{database_path} is not a tracker-agent outbox ({text})"
+                ) from exc
+            raise OutboxError(f"cannot read {database_path}: {text}") from exc
+    finally:
+        conn.close()

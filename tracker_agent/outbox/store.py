@@ -1,0 +1,336 @@
+"""OutboxStore: every query the agent runs against the outbox (enqueue, claim, settle, stats).
+
+Hot paths (enqueue, claim, settle) use the engine's raw DB-API connections with explicit
+BEGIN IMMEDIATE: a deferred transaction that reads then writes gets "database is locked" at
+once, and SQLAlchemy Core would cost ~1.5x per commit. Enqueues from many threads are group
+committed (see groupcommit.py). Rows are claimed with a lease, so any number of drainers in any
+number of processes never send the same row at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import wall_clock
+from ..exceptions import OutboxFullError
+from . import deadletters
+from .groupcommit import GroupCommitter
+from .status import STATE_DROPPED, collect_stats, read_state
+
+log = logging.getLogger(__name__)
+
+OVERFLOW_RAISE = "raise"
+OVERFLOW_DROP_OLDEST = "drop_oldest"
+
+_INSERT = (
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+# Oldest due rows whose customer has no earlier row that is leased by someone or waiting for a
+# retry: a customer's later command never overtakes an earlier pending one.
+_CLAIM = """
+SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at FROM outbox AS o
+WHERE o.lease_expires_at <= :now AND o.next_attempt_at <= :now
+  AND NOT EXISTS (
+    SELECT 1 FROM outbox AS p
+    WHERE p.customer_key = o.customer_key AND p.id < o.id
+      AND (p.lease_expires_at > :now OR p.next_attempt_at > :now))
+ORDER BY o.id LIMIT :limit
+"""
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    """A validated command ready to store: its batch name, ordering key and JSON data."""
+
+    kind: str
+    customer_key: str
+    payload: str
+    size: int = field(default=-1)
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.payload.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    id: int
+    kind: str
+    payload: str
+    size: int
+    attempts: int
+    created_at: float
+
+
+@dataclass
+class Settlement:
+    """How one drain round ends for the rows it claimed; applied in one transaction."""
+
+    delivered: list[int] = field(default_factory=list)
+    dead: list[tuple[int, str, int | None]] = field(default_factory=list)  # id, reason, status
+    retry: list[int] = field(default_factory=list)  # attempt counted, wait until retry_at
+    release: list[int] = field(default_factory=list)  # lease dropped, no attempt counted
+    retry_at: float = 0.0
+    error: str | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # agent_state keys to set
+
+
+class OutboxStore:
+    """The durable queue on one SQLite file, shared safely by threads and processes."""
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        max_rows: int,
+        max_bytes: int,
+        overflow: str = OVERFLOW_RAISE,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
+            raise ValueError(f"overflow must be 'raise' or 'drop_oldest', not {overflow!r}")
+        self.engine = engine
+        self.path: str = engine.url.database
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self._now = now or wall_clock
+        self._committer: GroupCommitter[Sequence[NewCommand]] = GroupCommitter(self._write_round)
+        self._writer: Any = None  # raw connection owned by whichever thread leads a commit
+        self._drain_lock = threading.Lock()
+        self._drain_conn: Any = None
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _raw(self) -> Any:
+        return self.engine.raw_connection()
+
+    @contextmanager
+    def _transaction(self, conn: Any) -> Iterator[Any]:
+        """BEGIN IMMEDIATE .. COMMIT on a raw connection; SQLite errors become OutboxErrors."""
+        from .engine import translate_sqlite_error
+
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException as exc:
+            if conn.driver_connection.in_transaction:
+                try:
+                    cur.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("rollback failed on %s", self.path, exc_info=True)
+            if isinstance(exc, sqlite3.Error):
+                raise translate_sqlite_error(exc, self.path) from exc
+            raise
+        finally:
+            cur.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Any]:
+        from .engine import translate_sqlite_error
+
+        conn = self._raw()
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc, self.path) from exc
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in (self._writer, self._drain_conn):
+            if conn is not None:
+                conn.close()
+        self._writer = self._drain_conn = None
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's connections and locks without touching them."""
+        self._writer = self._drain_conn = None
+        self._drain_lock = threading.Lock()
+        self._committer.reset_after_fork()
+        self.engine.dispose(close=False)
+
+    # -- enqueue -------------------------------------------------------------------------------
+
+    def enqueue(self, commands: Sequence[NewCommand]) -> None:
+        """Commit `commands` atomically (all or none); returns only once they are durable."""
+        if commands:
+            self._committer.submit(commands)
+
+    def _write_round(self, requests: Sequence[Sequence[NewCommand]]) -> list[BaseException | None]:
+        if self._writer is None:
+            self._writer = self._raw()
+        errors: list[BaseException | None] = []
+        now = self._now()
+        with self._transaction(self._writer) as cur:
+            rows, size = cur.execute(
+                "SELECT rows, bytes FROM queue_counters WHERE id = 1"
+            ).fetchone()
+            for commands in requests:
+                need_rows, need_bytes = len(commands), sum(c.size for c in commands)
+                error = self._make_room(cur, rows, size, need_rows, need_bytes, now)
+                errors.append(error)
+                if error is None:
+                    cur.executemany(
+                        _INSERT,
+                        [(c.kind, c.customer_key, c.payload, c.size, now) for c in commands],
+                    )
+                    rows, size = cur.execute(
+                        "SELECT rows, bytes FROM queue_counters WHERE id = 1"
+                    ).fetchone()
+        return errors
+
+    def _make_room(
+        self, cur: Any, rows: int, size: int, need_rows: int, need_bytes: int, now: float
+    ) -> OutboxFullError | None:
+        over_rows = rows + need_rows - self.max_rows
+        over_bytes = size + need_bytes - self.max_bytes
+        if over_rows <= 0 and over_bytes <= 0:
+            return None
+        full = OutboxFullError(
+            f"outbox {self.path} is full ({rows} rows, {size} bytes; limits {self.max_rows} "
+            f"rows, {self.max_bytes} bytes); nothing was written. Deliver or raise the limits, "
+            "or set overflow='drop_oldest'"
+        )
+        if self.overflow != OVERFLOW_DROP_OLDEST or need_rows > self.max_rows:
+            return full
+        victims: list[int] = []
+        freed_rows = freed_bytes = 0
+        # Oldest rows that are not in flight; stop as soon as enough room is free.
+        for row_id, row_size in cur.execute(
+            "SELECT id, size FROM outbox WHERE lease_expires_at <= ? ORDER BY id", (now,)
+        ):
+            if freed_rows >= over_rows and freed_bytes >= over_bytes:
+                break
+            victims.append(row_id)
+            freed_rows += 1
+            freed_bytes += row_size
+        if freed_rows < over_rows or freed_bytes < over_bytes:
+            return full
+        cur.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
+        dropped = int(read_state(cur).get(STATE_DROPPED) or 0) + len(victims)
+        _set_state(cur, {STATE_DROPPED: dropped})
+        log.warning(
+            "outbox full: dropped the %d oldest commands (overflow=drop_oldest)", len(victims)
+        )
+        return None
+
+    # -- drain side ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _drain_connection(self) -> Iterator[Any]:
+        with self._drain_lock:
+            if self._drain_conn is None:
+                self._drain_conn = self._raw()
+            yield self._drain_conn
+
+    def claim(
+        self, owner: str, *, limit: int, max_bytes: int, lease_seconds: float, now: float
+    ) -> list[ClaimedRow]:
+        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload)."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            picked: list[ClaimedRow] = []
+            total = 0
+            for row in cur.execute(_CLAIM, {"now": now, "limit": limit}).fetchall():
+                claimed = ClaimedRow(*row)
+                if picked and total + claimed.size > max_bytes:
+                    break
+                picked.append(claimed)
+                total += claimed.size
+            if picked:
+                cur.executemany(
+                    "UPDATE outbox SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
+                    [(owner, now + lease_seconds, r.id) for r in picked],
+                )
+            return picked
+
+    def settle(self, owner: str, outcome: Settlement, now: float) -> int:
+        """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            delivered = 0
+            for row_id in outcome.delivered:
+                cur.execute("DELETE FROM outbox WHERE id = ? AND lease_owner = ?", (row_id, owner))
+                delivered += cur.rowcount
+            for row_id, reason, status in outcome.dead:
+                deadletters.bury(cur, row_id, owner, reason, status, now)
+            cur.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
+                " lease_owner = NULL, lease_expires_at = 0 WHERE id = ? AND lease_owner = ?",
+                [(outcome.retry_at, outcome.error, row_id, owner) for row_id in outcome.retry],
+            )
+            cur.executemany(
+                "UPDATE outbox SET lease_owner = NULL, lease_expires_at = 0"
+                " WHERE id = ? AND lease_owner = ?",
+                [(row_id, owner) for row_id in outcome.release],
+            )
+            state = dict(outcome.state)
+            if delivered:
+                prior = int(read_state(cur).get("delivered_total") or 0)
+                state["delivered_total"] = prior + delivered
+            _set_state(cur, state)
+            return delivered
+
+    def release_all(self, owner: str) -> int:
+        """Drop every lease `owner` holds (shutdown): those rows are due again at once."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            cur.execute(
+                "UPDATE outbox SET lease_owner = NULL, lease_expires_at = 0 WHERE lease_owner = ?",
+                (owner,),
+            )
+            return int(cur.rowcount)
+
+    def update_state(self, values: dict[str, Any]) -> None:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            _set_state(cur, values)
+
+    def state(self) -> dict[str, Any]:
+        with self._reading() as conn:
+            return read_state(conn)
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        with self._reading() as conn:
+            return collect_stats(conn, self._now() if now is None else now)
+
+    def has_due_rows(self, now: float) -> bool:
+        with self._reading() as conn:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM outbox"
+                    " WHERE lease_expires_at <= ? AND next_attempt_at <= ? LIMIT 1",
+                    (now, now),
+                ).fetchone()
+                is not None
+            )
+
+    def list_dead(self, **filters: Any) -> list[deadletters.DeadLetter]:
+        with self._reading() as conn:
+            return deadletters.select(conn, now=self._now(), **filters)
+
+    def retry_dead(self, **filters: Any) -> int:
+        """Put matching dead letters back in the queue under their original ids (FIFO place)."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return deadletters.resurrect(cur, now=self._now(), **filters)
+
+    def purge_dead(self, **filters: Any) -> int:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return deadletters.purge(cur, now=self._now(), **filters)
+
+
+def _set_state(cur: Any, values: dict[str, Any]) -> None:
+    if values:
+        cur.executemany(
+            "INSERT INTO agent_state (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(key, json.dumps(value)) for key, value in values.items()],
+        )
