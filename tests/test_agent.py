@@ -1,0 +1,221 @@
+"""TrackerAgent: durable tracking calls, reads straight through, flush/start/close, fork safety."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from tracker_agent import AgentClosedError, TrackerAgent, ValidationError
+from tracker_agent.testing import FakeExponea
+
+
+@pytest.fixture
+def fake():
+    with FakeExponea() as server:
+        yield server
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'outbox.db'}"
+
+
+@pytest.fixture
+def agent(fake, db_url):
+    with make_agent(fake, db_url) as a:
+        yield a
+
+
+def make_agent(fake, db_url, **settings):
+    settings.setdefault("drain_interval", 0.1)
+    settings.setdefault("request_timeout", 2.0)
+    return TrackerAgent(
+        fake.project_token,
+        username=fake.username,
+        password=fake.password,
+        url=fake.url,
+        database_url=db_url,
+        **settings,
+    )
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_add_event_returns_true_once_queued_and_sends_nothing_yet(agent, fake):
+    assert agent.tracking.add_event({"registered": "alice"}, "purchase", {"price": 9.5}) is True
+    assert agent.stats()["pending"] == 1
+    assert fake.requests == []
+
+
+def test_timestamps_are_fixed_at_enqueue_and_strictly_increase_per_process(agent, fake):
+    for n in range(5):
+        agent.tracking.add_event({"registered": "alice"}, "view", {"n": n})
+    agent.tracking.add_event({"registered": "alice"}, "given", timestamp=1_600_000_000.1234567)
+    agent.tracking.update_customer_properties({"registered": "alice"}, {"tier": "gold"})
+    before = time.time()
+    assert agent.flush().ok
+    stamps = [e["timestamp"] for e in fake.events[:5]]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 5
+    assert all(before - 5 < s <= before for s in stamps)  # stamped when queued, not when sent
+    assert fake.events[5]["timestamp"] == 1_600_000_000.123457
+    (update,) = fake.customer_updates
+    assert stamps[-1] < update["update_timestamp"] <= before
+
+
+def test_bad_input_is_refused_at_the_call_and_nothing_is_written(agent):
+    with pytest.raises(ValidationError, match="customer_ids"):
+        agent.tracking.add_event({}, "purchase")
+    with pytest.raises(ValidationError, match="price"):
+        agent.tracking.add_event({"registered": "a"}, "purchase", {"price": float("nan")})
+    with pytest.raises(TypeError):
+        agent.tracking.update_customer_properties({"registered": "a"}, {"x": object()})
+    assert agent.stats()["pending"] == 0
+
+
+def test_batch_commands_commits_all_or_nothing(agent, fake):
+    good = agent.tracking.add_event({"registered": "a"}, "one", batch=True)
+    update = agent.tracking.update_customer_properties({"registered": "a"}, {"x": 1}, batch=True)
+    bad = {"name": "customers/events", "data": {"customer_ids": {"registered": "a"}}}
+    with pytest.raises(ValidationError, match=r"commands\[2\]"):
+        agent.tracking.batch_commands([good, update, bad])
+    assert agent.stats()["pending"] == 0
+    assert agent.tracking.batch_commands([good, update]) == [True, True]
+    assert agent.flush().delivered == 2
+    assert [e["event_type"] for e in fake.events] == ["one"]
+
+
+def test_system_time_cannot_be_queued_but_is_read_directly(agent, fake):
+    with pytest.raises(ValidationError, match="system/time"):
+        agent.tracking.batch_commands([{"name": "system/time"}])
+    assert isinstance(agent.tracking.get_system_time(), float)
+
+
+def test_flush_delivers_everything_and_reports(agent, fake):
+    for n in range(120):
+        agent.tracking.add_event({"registered": f"c{n % 7}"}, "view", {"n": n})
+    seen: list[tuple[int, int]] = []
+    result = agent.flush(timeout=10, progress=lambda done, total: seen.append((done, total)))
+    assert (result.delivered, result.remaining, result.ok, result.timed_out) == (
+        120,
+        0,
+        True,
+        False,
+    )
+    assert seen[-1] == (120, 120)
+    assert sorted(e["properties"]["n"] for e in fake.events) == list(range(120))
+    stats = agent.stats()
+    assert (stats["pending"], stats["delivered"]) == (0, 120)
+
+
+def test_flush_with_timeout_waits_out_a_backoff(fake, db_url):
+    with make_agent(fake, db_url, backoff_base=0.2, backoff_cap=0.2) as agent:
+        agent.tracking.add_event({"registered": "a"}, "view")
+        fake.fail_next(2, status=503)
+        result = agent.flush(timeout=10)
+    assert result.ok and result.delivered == 1
+
+
+def test_flush_without_timeout_returns_when_delivery_must_wait(fake, db_url):
+    with make_agent(fake, db_url, backoff_base=30.0) as agent:
+        agent.tracking.add_event({"registered": "a"}, "view")
+        fake.fail_next(1, status=503)
+        result = agent.flush()
+    assert (result.ok, result.remaining, result.timed_out) == (False, 1, False)
+    assert "ServerError" in result.last_error
+
+
+def test_started_agent_delivers_in_the_background(agent, fake):
+    agent.start()
+    for n in range(10):
+        agent.tracking.add_event({"registered": "bg"}, "view", {"n": n})
+    assert wait_for(lambda: len(fake.events) == 10)
+    assert [e["properties"]["n"] for e in fake.events] == list(range(10))
+
+
+def test_full_batch_wakes_the_drain_before_the_interval(fake, db_url):
+    with make_agent(fake, db_url, drain_interval=60.0) as agent:
+        agent.start()
+        assert wait_for(lambda: agent._scheduler is not None and agent._scheduler._idle.is_set())
+        time.sleep(0.2)  # the first run (at start) has finished
+        agent.tracking.batch_commands(
+            [
+                agent.tracking.add_event({"registered": "w"}, "v", {"n": n}, batch=True)
+                for n in range(50)
+            ]
+        )
+        assert wait_for(lambda: len(fake.events) == 50, timeout=5)
+
+
+def test_closed_agent_refuses_calls_and_queued_commands_survive_for_the_next(fake, db_url):
+    agent = make_agent(fake, db_url)
+    agent.tracking.add_event({"registered": "a"}, "later")
+    agent.close()
+    agent.close()  # idempotent
+    with pytest.raises(AgentClosedError):
+        agent.tracking.add_event({"registered": "a"}, "refused")
+    with make_agent(fake, db_url) as second:
+        assert second.flush().delivered == 1
+    assert [e["event_type"] for e in fake.events] == ["later"]
+
+
+def test_reads_go_straight_to_the_api(agent, fake):
+    agent.tracking.update_customer_properties({"registered": "r"}, {"first_name": "Ann"})
+    agent.flush()
+    assert agent.customer.get_customer({"registered": "r"})["properties"]["first_name"] == "Ann"
+
+
+def test_stats_has_the_documented_keys(agent):
+    assert set(agent.stats()) >= {
+        "pending",
+        "in_flight",
+        "dead",
+        "oldest_pending_age_s",
+        "delivered",
+        "last_success_at",
+        "last_error",
+        "paused_reason",
+    }
+
+
+def test_unknown_setting_is_a_clear_error(fake, db_url):
+    with pytest.raises(ValueError, match="batch_sise"):
+        make_agent(fake, db_url, batch_sise=10)
+
+
+def test_repr_never_shows_the_password(agent, fake):
+    assert fake.password not in repr(agent)
+    assert fake.password not in repr(agent.client)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_forked_child_gets_no_drain_thread_and_its_events_are_delivered_by_the_parent(agent, fake):
+    agent.start()
+    agent.tracking.add_event({"registered": "parent"}, "before-fork")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a pre-fork web worker
+        code = 1
+        try:
+            drain_threads = [t for t in threading.enumerate() if "APScheduler" in t.name]
+            agent.tracking.add_event({"registered": "child"}, "from-child")
+            code = 0 if agent._scheduler is None and not drain_threads else 2
+        finally:
+            os.write(write, b"x")
+            os._exit(code)
+    os.close(write)
+    os.read(read, 1)
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_for(lambda: {e["event_type"] for e in fake.events} == {"before-fork", "from-child"})

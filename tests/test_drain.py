@@ -1,0 +1,224 @@
+"""The drain against FakeExponea over real HTTP: batching, settling, backoff, pause, isolation."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+from freezegun import freeze_time
+
+from tracker_agent.client import Exponea
+from tracker_agent.drain import Drainer, DrainPolicy
+from tracker_agent.outbox.engine import open_outbox
+from tracker_agent.outbox.store import NewCommand, OutboxStore
+from tracker_agent.testing import FakeExponea
+
+START = "2030-01-01 00:00:00"
+
+
+@pytest.fixture
+def fake():
+    with FakeExponea() as server:
+        yield server
+
+
+@pytest.fixture
+def store(tmp_path):
+    engine = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+    store = OutboxStore(engine, max_rows=100_000, max_bytes=10**9)
+    yield store
+    store.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def client(fake):
+    with Exponea(
+        fake.project_token,
+        username=fake.username,
+        password=fake.password,
+        url=fake.url,
+        request_timeout=0.5,
+        connect_timeout=0.5,
+    ) as exponea:
+        yield exponea
+
+
+def drainer_for(store, client, **policy) -> Drainer:
+    policy.setdefault("rate_limit", 10_000.0)
+    return Drainer(store, client.tracking.send_batch, DrainPolicy(**policy), rng=lambda: 1.0)
+
+
+def enqueue_events(store, customer: str, count: int, start: int = 0) -> None:
+    rows = []
+    for n in range(start, start + count):
+        data = {
+            "customer_ids": {"registered": customer},
+            "event_type": "purchase",
+            "timestamp": 1_700_000_000 + n / 1000,
+            "properties": {"n": n},
+        }
+        rows.append(
+            NewCommand("customers/events", json.dumps(data["customer_ids"]), json.dumps(data))
+        )
+    store.enqueue(rows)
+
+
+def delivered_ns(fake, customer: str | None = None) -> list[int]:
+    return [
+        e["properties"]["n"]
+        for e in fake.events
+        if customer is None or e["customer_ids"]["registered"] == customer
+    ]
+
+
+def test_delivers_in_batches_of_at_most_fifty_with_row_ids_as_command_ids(fake, store, client):
+    enqueue_events(store, "alice", 120)
+    report = drainer_for(store, client).drain()
+    assert report.delivered == 120
+    assert [len(b) for b in fake.batches] == [50, 50, 20]
+    ids = [int(c["command_id"]) for b in fake.batches for c in b]
+    assert ids == sorted(ids) and len(set(ids)) == 120
+    assert delivered_ns(fake) == list(range(120))
+    stats = store.stats()
+    assert (stats["pending"], stats["delivered"]) == (0, 120)
+    assert stats["last_success_at"] is not None
+
+
+def test_byte_cap_splits_requests(fake, store, client):
+    enqueue_events(store, "alice", 10)
+    drainer_for(store, client, batch_max_bytes=400).drain()
+    assert len(fake.batches) > 1
+    assert delivered_ns(fake) == list(range(10))
+
+
+def test_command_rejected_inside_a_batch_is_dead_lettered_alone(fake, store, client):
+    fake.reject_commands(lambda c: c["data"]["properties"]["n"] == 3, error="bad price")
+    enqueue_events(store, "alice", 6)
+    report = drainer_for(store, client).drain()
+    assert (report.delivered, report.dead_lettered) == (5, 1)
+    assert delivered_ns(fake) == [0, 1, 2, 4, 5]
+    (dead,) = store.list_dead()
+    assert dead.payload["properties"] == {"n": 3}
+    assert "bad price" in dead.reason
+
+
+def test_whole_batch_400_is_split_until_the_poison_command_is_isolated(fake, store, client):
+    fake.reject_batches_containing(lambda c: c["data"]["properties"]["n"] == 13, status=400)
+    enqueue_events(store, "alice", 20)
+    report = drainer_for(store, client).drain()
+    assert (report.delivered, report.dead_lettered) == (19, 1)
+    assert delivered_ns(fake) == [n for n in range(20) if n != 13]
+    (dead,) = store.list_dead()
+    assert dead.payload["properties"] == {"n": 13}
+    assert dead.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda f: f.fail_next(1, status=503), id="503"),
+        pytest.param(
+            lambda f: f.fail_next(1, status=502, body="<html>bad gw</html>"), id="502-html"
+        ),
+        pytest.param(lambda f: f.drop_next(1), id="dropped-connection"),
+        pytest.param(lambda f: f.delay_next(1, seconds=1.5), id="timeout"),
+    ],
+)
+def test_transient_failure_backs_off_then_the_same_batch_is_delivered(fake, store, client, fault):
+    enqueue_events(store, "alice", 3)
+    fault(fake)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=2.0, backoff_cap=60.0)
+        first = drainer.drain()
+        assert first.delivered == 0 and first.backoff_until is not None
+        assert first.backoff_until - frozen_now(frozen) == pytest.approx(2.0)  # rng=1: ceiling
+        assert store.stats()["pending"] == 3
+        frozen.tick(1.0)
+        assert drainer.drain().requests == 0  # still backing off
+        frozen.tick(1.5)
+        assert drainer.drain().delivered == 3
+    assert delivered_ns(fake) == [0, 1, 2]
+    assert fake.duplicate_events == 0
+
+
+def frozen_now(frozen) -> float:
+    """The frozen clock's current time (tick() moves it)."""
+    return frozen.time_to_freeze.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def test_consecutive_failures_grow_the_delay_and_retry_after_is_honoured(fake, store, client):
+    enqueue_events(store, "alice", 1)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=1.0, backoff_cap=8.0)
+        delays = []
+        for _ in range(5):
+            fake.fail_next(1, status=500)
+            report = drainer.drain()
+            delay = report.backoff_until - frozen_now(frozen)
+            delays.append(round(delay, 3))
+            frozen.tick(delay)
+        fake.fail_next(1, status=429, retry_after=30)
+        report = drainer.drain()
+        assert report.backoff_until - frozen_now(frozen) == pytest.approx(30.0)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert fake.events == []
+    assert store.stats()["last_error"].startswith("RateLimitedError")
+
+
+def test_max_attempts_dead_letters_instead_of_deleting(fake, store, client):
+    enqueue_events(store, "alice", 2)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, max_attempts=2, backoff_base=1.0)
+        for _ in range(2):
+            fake.fail_next(1, status=503)
+            drainer.drain()
+            frozen.tick(10)
+    assert store.stats()["dead"] == 2
+    assert all("gave up after 2 attempts" in d.reason for d in store.list_dead())
+
+
+def test_revoked_credentials_pause_delivery_without_dead_lettering(fake, store, client):
+    enqueue_events(store, "alice", 5)
+    fake.revoke_credentials()
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, pause_probe_interval=60.0)
+        report = drainer.drain()
+        assert report.paused_reason and "AuthenticationError" in report.paused_reason
+        stats = store.stats()
+        assert (stats["pending"], stats["dead"], stats["in_flight"]) == (5, 0, 0)
+        assert stats["paused_reason"] == report.paused_reason
+        requests_before = len(fake.requests)
+        frozen.tick(30)
+        drainer.drain()
+        assert len(fake.requests) == requests_before  # no probe before the interval
+        frozen.tick(31)
+        drainer.drain()  # probe, still refused
+        assert len(fake.requests) == requests_before + 1
+        fake.restore_credentials()
+        frozen.tick(61)
+        assert drainer.drain().delivered == 5
+    stats = store.stats()
+    assert (stats["paused_reason"], stats["dead"]) == (None, 0)
+
+
+def test_invalid_project_token_pauses_too(fake, store, client):
+    enqueue_events(store, "alice", 1)
+    with Exponea(
+        "no-such-project", username=fake.username, password=fake.password, url=fake.url
+    ) as bad:
+        report = drainer_for(store, bad).drain()
+    assert report.paused_reason and "Invalid project id" in report.paused_reason
+    assert store.stats()["dead"] == 0
+
+
+def test_per_customer_order_is_kept_when_an_earlier_batch_is_retried(fake, store, client):
+    enqueue_events(store, "alice", 60)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=1.0)
+        fake.fail_next(1, status=503)
+        drainer.drain()
+        frozen.tick(2)
+        drainer.drain()
+    assert delivered_ns(fake, "alice") == list(range(60))

@@ -1,0 +1,348 @@
+"""TrackerAgent: the durable facade users embed. Tracking goes to the outbox, reads go direct.
+
+    with TrackerAgent("project-token", username="key-id", password="secret") as agent:
+        agent.start()                                   # background drain in this process
+        agent.tracking.add_event({"registered": "alice"}, "purchase", {"price": 9.5})
+        agent.customer.get_customer({"registered": "alice"})   # straight to the API
+
+`add_event` returns True only once the command is committed to SQLite (WAL, synchronous=FULL
+by default); from then on a crash, kill -9 or power loss cannot lose it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+from .drain import Drainer, DrainPolicy, DrainReport
+from .durable import DurableTracking
+from .exceptions import AgentClosedError, ConfigError, OutboxError
+
+log = logging.getLogger(__name__)
+
+#: How often `flush` polls while rows are in flight elsewhere or waiting for their retry time.
+FLUSH_POLL_SECONDS = 0.05
+#: How often `run` reports to its heartbeat callback (the daemon's systemd watchdog ping).
+HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What `flush` achieved; `ok` means the queue was empty when it returned."""
+
+    delivered: int
+    dead_lettered: int
+    remaining: int
+    paused_reason: str | None
+    last_error: str | None
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.remaining == 0
+
+
+class TrackerAgent:
+    """Durable tracking for the Exponea API; see the module docstring.
+
+    The signature keeps the seed SDK's `Exponea(project_token, username, password, url,
+    request_timeout)`; every other keyword is a `Settings` field (batch_size, max_rows, ...).
+    """
+
+    def __init__(
+        self,
+        project_token: str,
+        username: str = "",
+        password: str = "",
+        url: str | None = None,
+        request_timeout: float | None = None,
+        database_url: str | None = None,
+        *,
+        session: Any = None,
+        **settings: Any,
+    ) -> None:
+        known = {f.name for f in dataclasses.fields(Settings)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+        values: dict[str, Any] = dict(settings)
+        values.update(project_token=project_token, username=username, password=password)
+        for name, value in (
+            ("url", url),
+            ("request_timeout", request_timeout),
+            ("database_url", database_url),
+        ):
+            if value is not None:
+                values[name] = value
+        self._setup(Settings(**values), session)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, session: Any = None) -> TrackerAgent:
+        agent = cls.__new__(cls)
+        agent._setup(settings, session)
+        return agent
+
+    def _setup(self, settings: Settings, session: Any) -> None:
+        from .outbox.engine import default_database_url, open_outbox
+        from .outbox.store import OutboxStore
+
+        self.settings = settings
+        self._session = session
+        self.client = self._make_client()
+        # The one place the library reads the environment: the default outbox location
+        # follows systemd's $STATE_DIRECTORY and XDG's $XDG_STATE_HOME, as documented.
+        self.database_url = settings.database_url or default_database_url(os.environ)
+        engine = open_outbox(
+            self.database_url, synchronous=settings.synchronous, busy_timeout=settings.busy_timeout
+        )
+        self.store = OutboxStore(
+            engine,
+            max_rows=settings.max_rows,
+            max_bytes=settings.max_bytes,
+            overflow=settings.overflow,
+        )
+        self.drainer = self._make_drainer()
+        self.tracking = DurableTracking(
+            self.client, self.store, on_enqueued=self._on_enqueued, check_open=self._check_open
+        )
+        self._scheduler: Any = None
+        self._closed = False
+        self._state = "idle"
+        self._since_wake = 0
+        self._on_state_change: Callable[[str, str | None], None] | None = None
+        _register_fork_handler(self)
+
+    def _make_client(self) -> Any:
+        from .client import Exponea
+
+        s = self.settings
+        return Exponea(
+            s.project_token,
+            username=s.username,
+            password=s.password,
+            url=s.url,
+            request_timeout=s.request_timeout,
+            public_key=s.public_key or None,
+            connect_timeout=s.connect_timeout,
+            read_retries=s.read_retries,
+            session=self._session,
+        )
+
+    def _make_drainer(self) -> Drainer:
+        s = self.settings
+        policy = DrainPolicy(
+            batch_size=s.batch_size,
+            batch_max_bytes=s.batch_max_bytes,
+            lease_seconds=s.lease_seconds,
+            backoff_base=s.backoff_base,
+            backoff_cap=s.backoff_cap,
+            max_attempts=s.max_attempts,
+            max_age=s.max_age,
+            rate_limit=s.rate_limit,
+            pause_probe_interval=s.pause_probe_interval,
+        )
+        return Drainer(self.store, self.client.tracking.send_batch, policy)
+
+    # -- reads go straight to the API ----------------------------------------------------------
+
+    @property
+    def customer(self) -> Any:
+        return self.client.customer
+
+    @property
+    def catalog(self) -> Any:
+        return self.client.catalog
+
+    @property
+    def analyses(self) -> Any:
+        return self.client.analyses
+
+    # -- queue ---------------------------------------------------------------------------------
+
+    def enqueue_many(self, commands: list[dict[str, Any]]) -> int:
+        """Validate raw {"name", "data"} batch commands and commit them in one transaction."""
+        self._check_open()
+        return self.tracking.enqueue_commands(commands)
+
+    def stats(self) -> dict[str, Any]:
+        """Queue counts and delivery state (same keys as `tracker-agent status --json`)."""
+        return self.store.stats()
+
+    def _on_enqueued(self, count: int) -> None:
+        self._since_wake += count
+        if self._since_wake >= self.settings.batch_size and self._scheduler is not None:
+            self._since_wake = 0
+            self._scheduler.wake()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AgentClosedError("this TrackerAgent is closed")
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    def start(self) -> TrackerAgent:
+        """Drain in a background thread of this process (idempotent). Returns self."""
+        self._check_open()
+        if self._scheduler is None:
+            from .scheduler import DrainScheduler
+
+            self.drainer.stopping.clear()
+            scheduler = DrainScheduler(self._scheduled_drain, self.settings.drain_interval)
+            scheduler.start()
+            self._scheduler = scheduler
+        return self
+
+    def _scheduled_drain(self) -> None:
+        try:
+            report = self.drainer.drain()
+        except OutboxError as exc:
+            self._set_state("storage error", str(exc))
+            log.error("drain failed: %s", exc)
+            return
+        except Exception:
+            log.exception("drain failed unexpectedly; will try again")
+            return
+        if report.paused_reason:
+            self._set_state("paused", report.paused_reason)
+        elif report.backoff_until is not None:
+            self._set_state("backing off", report.last_error)
+        else:
+            self._set_state("delivering" if report.requests else "idle", None)
+
+    def _set_state(self, state: str, detail: str | None) -> None:
+        previous, self._state = self._state, state
+        changed = previous != state and {previous, state} != {"idle", "delivering"}
+        if changed and previous in ("paused", "backing off", "storage error"):
+            log.info("delivery resumed (was %s)", previous)
+        if changed and self._on_state_change is not None:
+            self._on_state_change(state, detail)
+
+    def flush(
+        self,
+        timeout: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> FlushResult:
+        """Deliver now. Without timeout: until nothing is due or delivery must wait (backoff or
+        pause). With a timeout: keep going, waiting out backoffs, until empty or out of time."""
+        self._check_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = self.store.stats()["pending"]
+        done = DrainReport()
+
+        def report_progress(pass_report: DrainReport) -> None:
+            if progress is not None:
+                moved = done.delivered + done.dead_lettered
+                progress(moved + pass_report.delivered + pass_report.dead_lettered, total)
+
+        while True:
+            done.add(self.drainer.drain(progress=report_progress))
+            stats = self.store.stats()
+            remaining = stats["pending"] + stats["in_flight"]
+            if remaining == 0 or deadline is None or done.paused_reason:
+                break
+            if time.monotonic() >= deadline:
+                break
+            wait_until = stats["next_attempt_at"] or 0.0
+            pause = max(FLUSH_POLL_SECONDS, min(wait_until - time.time(), 1.0))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        return FlushResult(
+            delivered=done.delivered,
+            dead_lettered=done.dead_lettered,
+            remaining=remaining,
+            paused_reason=stats["paused_reason"],
+            last_error=done.last_error or stats["last_error"],
+            timed_out=deadline is not None and remaining > 0 and time.monotonic() >= deadline,
+        )
+
+    def run(
+        self,
+        stop_event: threading.Event,
+        *,
+        on_state_change: Callable[[str, str | None], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        """The daemon: drain on the schedule until `stop_event` is set, then stop gracefully
+        (the request in flight gets `shutdown_grace` seconds; leases are released)."""
+        self._on_state_change = on_state_change
+        self.start()
+        while not stop_event.wait(HEARTBEAT_SECONDS if heartbeat else None):
+            if heartbeat is not None:
+                heartbeat()
+        self.close(timeout=self.settings.shutdown_grace)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the background drain (the agent stays usable for tracking). True if the pass in
+        flight finished within `timeout` (default: shutdown_grace)."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is None:
+            return True
+        self.drainer.stopping.set()
+        grace = self.settings.shutdown_grace if timeout is None else timeout
+        finished = scheduler.shutdown(grace)
+        if not finished:
+            log.warning("drain still busy after %.1fs; releasing its leases", grace)
+        released = self.store.release_all(self.drainer.owner)
+        if released:
+            log.info("released %d leased commands for other drainers", released)
+        return finished
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop draining (see `stop`), then close connections. Queued commands stay on disk
+        and are delivered by the next agent or daemon on this file. Idempotent."""
+        if self._closed:
+            return
+        self.stop(timeout)
+        self._closed = True
+        self.store.close()
+        self.store.engine.dispose()
+        self.client.close()
+
+    def __enter__(self) -> TrackerAgent:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        token, url = self.settings.project_token, self.database_url
+        return f"TrackerAgent(project_token={token!r}, database_url={url!r})"
+
+    # -- fork safety ---------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """A child of fork() (gunicorn --preload) gets fresh connections and no drain thread;
+        the parent keeps draining. Call start() in the child to drain there too."""
+        if self._closed:
+            return
+        if self._scheduler is not None:
+            self._scheduler.forget_after_fork()
+        self._scheduler = None
+        self.store.reset_after_fork()
+        self.client = self._make_client()  # never share the parent's sockets
+        self.drainer = self._make_drainer()
+        self.tracking.after_fork(self.client)
+
+
+_agents: weakref.WeakSet[TrackerAgent] = weakref.WeakSet()
+_fork_hook_installed = False
+
+
+def _register_fork_handler(agent: TrackerAgent) -> None:
+    global _fork_hook_installed
+    _agents.add(agent)
+    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_reset_agents_in_child)
+        _fork_hook_installed = True
+
+
+def _reset_agents_in_child() -> None:
+    for agent in list(_agents):
+        agent._after_fork_in_child()

@@ -1,0 +1,94 @@
+"""APScheduler wiring: one drain job per process, on an interval, with an immediate wake-up.
+
+The job runs in APScheduler's background thread (max_instances=1, coalesced, no misfire
+limit), so a library app's threads never wait on the network; the daemon uses the same
+scheduler and parks its main thread on a stop event, where signals land. APScheduler is
+imported only when a scheduler starts (producer-only processes never load it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "tracker-agent-drain"
+
+
+class DrainScheduler:
+    """Runs `job` every `interval` seconds, and at once on `wake()`; never two at a time."""
+
+    def __init__(self, job: Callable[[], Any], interval: float) -> None:
+        self._job_fn = job
+        self._interval = interval
+        self._scheduler: Any = None
+        self._job: Any = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._wake_pending = False
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None
+
+    def start(self) -> None:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=dt.timezone.utc,
+            daemon=True,
+        )
+        self._job = scheduler.add_job(
+            self._run,
+            "interval",
+            seconds=self._interval,
+            id=JOB_ID,
+            name="tracker-agent drain",
+            next_run_time=_utcnow(),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def wake(self) -> None:
+        """Run the job now, unless it is running (a running pass drains until nothing is due)."""
+        if self._scheduler is None or not self._idle.is_set() or self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            self._job.modify(next_run_time=_utcnow())
+        except Exception:  # the scheduler may be shutting down under us
+            log.debug("wake-up ignored", exc_info=True)
+
+    def _run(self) -> None:
+        self._idle.clear()
+        self._wake_pending = False
+        try:
+            self._job_fn()
+        finally:
+            self._idle.set()
+
+    def shutdown(self, timeout: float | None) -> bool:
+        """Stop scheduling; wait up to `timeout` s for a running pass. True if it finished."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is None:
+            return True
+        scheduler.shutdown(wait=False)
+        return self._idle.wait(timeout)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child the scheduler's thread does not exist; drop it without stopping."""
+        self._scheduler = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._wake_pending = False
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
