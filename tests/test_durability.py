@@ -76,13 +76,15 @@ def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(f
     body = """
         agent.flush()
     """
-    proc = run_python(agent_code(fake, db_url, body, lease_seconds=2.0, rate_limit=1000.0))
+    settings = {"lease_seconds": 2.0, "request_timeout": 1.0, "connect_timeout": 0.5}
+    proc = run_python(agent_code(fake, db_url, body, rate_limit=1000.0, **settings))
     deadline = time.monotonic() + 30
     while len(fake.batches) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(fake.batches) == 2, "the drainer never got to its second batch"
     time.sleep(0.2)  # inside the second batch's request
     proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    assert proc.wait(30) == -signal.SIGKILL  # killed, not finished
     fake.latency = 0.0
     time.sleep(2.1)  # the dead drainer's lease runs out
     with open_agent(fake, db_url) as agent:
