@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -210,6 +211,8 @@ def test_forked_child_gets_no_drain_thread_and_its_events_are_delivered_by_the_p
             drain_threads = [t for t in threading.enumerate() if "APScheduler" in t.name]
             agent.tracking.add_event({"registered": "child"}, "from-child")
             code = 0 if agent._scheduler is None and not drain_threads else 2
+        except BaseException:
+            traceback.print_exc()
         finally:
             os.write(write, b"x")
             os._exit(code)

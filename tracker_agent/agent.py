@@ -339,10 +339,33 @@ def _register_fork_handler(agent: TrackerAgent) -> None:
     global _fork_hook_installed
     _agents.add(agent)
     if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_reset_agents_in_child)
+        os.register_at_fork(
+            before=_hold_agents_for_fork,
+            after_in_parent=_release_agents_after_fork,
+            after_in_child=_reset_agents_in_child,
+        )
         _fork_hook_installed = True
 
 
+def _open_agents() -> list[TrackerAgent]:
+    return sorted((a for a in list(_agents) if not a._closed), key=id)
+
+
+_held_for_fork: list[TrackerAgent] = []
+
+
+def _hold_agents_for_fork() -> None:
+    for agent in _open_agents():
+        agent.store.hold_for_fork()
+        _held_for_fork.append(agent)
+
+
+def _release_agents_after_fork() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().store.release_after_fork()
+
+
 def _reset_agents_in_child() -> None:
-    for agent in list(_agents):
+    _held_for_fork.clear()  # the child replaces those locks instead of releasing them
+    for agent in _open_agents():
         agent._after_fork_in_child()

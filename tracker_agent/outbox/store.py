@@ -106,6 +106,10 @@ class OutboxStore:
         self._writer: Any = None  # raw connection owned by whichever thread leads a commit
         self._drain_lock = threading.Lock()
         self._drain_conn: Any = None
+        # Held around every statement this process runs on the file, so that fork() (see
+        # hold_for_fork) never happens while one of our connections holds an SQLite lock:
+        # the child would inherit SQLite's lock bookkeeping without the locks themselves.
+        self._io_lock = threading.Lock()
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class OutboxStore:
         """BEGIN IMMEDIATE .. COMMIT on a raw connection; SQLite errors become OutboxErrors."""
         from .engine import translate_sqlite_error
 
+        self._io_lock.acquire()
         cur = conn.cursor()
         try:
             cur.execute("BEGIN IMMEDIATE")
@@ -133,18 +138,20 @@ class OutboxStore:
             raise
         finally:
             cur.close()
+            self._io_lock.release()
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
         from .engine import translate_sqlite_error
 
-        conn = self._raw()
-        try:
-            yield conn
-        except sqlite3.Error as exc:
-            raise translate_sqlite_error(exc, self.path) from exc
-        finally:
-            conn.close()
+        with self._io_lock:
+            conn = self._raw()
+            try:
+                yield conn
+            except sqlite3.Error as exc:
+                raise translate_sqlite_error(exc, self.path) from exc
+            finally:
+                conn.close()
 
     def close(self) -> None:
         for conn in (self._writer, self._drain_conn):
@@ -152,10 +159,19 @@ class OutboxStore:
                 conn.close()
         self._writer = self._drain_conn = None
 
+    def hold_for_fork(self) -> None:
+        """Before fork(): wait for the statement in progress and block new ones."""
+        self._io_lock.acquire()
+
+    def release_after_fork(self) -> None:
+        """In the parent after fork()."""
+        self._io_lock.release()
+
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connections and locks without touching them."""
         self._writer = self._drain_conn = None
         self._drain_lock = threading.Lock()
+        self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
         self.engine.dispose(close=False)
 
