@@ -58,6 +58,8 @@ MAX_NESTING_DEPTH = 32
 MAX_TIMESTAMP_SECONDS = 4_102_444_800.0
 """2100-01-01 UTC. A larger timestamp is almost surely milliseconds; the API wants seconds."""
 TIMESTAMP_DECIMALS = 6
+MAX_NUMBER_EXPONENT = 4000  # digits; json.dumps refuses ints over 4300 digits
+MAX_INT_BITS = 13_000  # about 3900 digits
 
 EVENT_COMMAND = "customers/events"
 CUSTOMER_COMMAND = "customers"
@@ -119,6 +121,8 @@ def _normalize_value(value: Any, path: str, depth: int) -> Any:
     if isinstance(value, str):
         return str.__str__(value)
     if isinstance(value, int):
+        if value.bit_length() > MAX_INT_BITS:
+            raise ValidationError(path, "integer too large for a JSON number")
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -139,7 +143,9 @@ def _convert(value: Any, path: str) -> Any:
     if isinstance(value, _dt.date):
         return value.isoformat()
     if isinstance(value, Decimal):
-        if value.is_finite() and value == value.to_integral_value():
+        if not value.is_finite() or value.adjusted() > MAX_NUMBER_EXPONENT:
+            raise ValidationError(path, "NaN, Infinity and out-of-range Decimals are not JSON")
+        if value == value.to_integral_value():
             return int(value)
         number = float(value)
         if not math.isfinite(number):
@@ -187,14 +193,20 @@ def normalize_timestamp(value: object, field: str = "timestamp") -> float:
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationTypeError(field, f"expected seconds or datetime, got {_type_name(value)}")
     else:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError as exc:
+            raise ValidationError(field, "too large: give seconds, not milliseconds") from exc
     if not math.isfinite(seconds):
         raise ValidationError(field, "NaN and Infinity are not timestamps")
     if seconds < 0:
         raise ValidationError(field, "must not be negative")
     if seconds >= MAX_TIMESTAMP_SECONDS:
         raise ValidationError(field, "too large: give seconds, not milliseconds")
-    return round(seconds, TIMESTAMP_DECIMALS)
+    rounded = round(seconds, TIMESTAMP_DECIMALS)
+    if rounded >= MAX_TIMESTAMP_SECONDS:  # 4102444799.9999997 rounds up to the limit
+        raise ValidationError(field, "too large: give seconds, not milliseconds")
+    return rounded
 
 
 def dumps(obj: Any) -> str:

@@ -352,7 +352,7 @@ def _inspect_existing(path: str) -> str | None:
     header = _read_header(path)
     if header is None:
         return None
-    tables, revision = _read_catalog(path, header)
+    tables, revision = _read_catalog(path, header, check=True)
     if not tables:
         return None  # an empty SQLite database holds nothing to lose
     if "alembic_version" not in tables:
@@ -406,27 +406,31 @@ def _read_header(path: str) -> bytes | None:
     return header
 
 
-def _read_catalog(path: str, header: bytes) -> tuple[set[str], str | None]:
+def _read_catalog(path: str, header: bytes, check: bool = False) -> tuple[set[str], str | None]:
     # mode=ro on a WAL-format file creates -wal/-shm beside it when they are missing, which we
     # must not do to a file that may not be ours. With no -wal file everything is in the main
     # file, so immutable=1 reads it creating nothing and taking no lock.
     immutable = header[_READ_VERSION_OFFSET] == _WAL_FORMAT and not os.path.exists(path + "-wal")
     try:
-        return _query_catalog(path, "immutable=1" if immutable else "mode=ro")
+        return _query_catalog(path, "immutable=1" if immutable else "mode=ro", check)
     except sqlite3.Error as exc:
         error: sqlite3.Error = exc
     if immutable and os.path.exists(path + "-wal"):
         # A process opened the file meanwhile and may have checkpointed under our read.
         try:
-            return _query_catalog(path, "mode=ro")
+            return _query_catalog(path, "mode=ro", check)
         except sqlite3.Error as exc:
             error = exc
     raise translate_sqlite_error(error, path) from error
 
 
-def _query_catalog(path: str, options: str) -> tuple[set[str], str | None]:
+def _query_catalog(path: str, options: str, check: bool = False) -> tuple[set[str], str | None]:
     uri = f"file:{quote(path)}?{options}"
     with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        if check:
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
         tables = {row[0] for row in conn.execute(_TABLES_SQL)}
         revision = None
         if "alembic_version" in tables:
