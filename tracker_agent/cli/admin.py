@@ -1,0 +1,154 @@
+"""Setup and diagnosis: `migrate` the outbox, `check` the API and credentials, show `config`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import click
+
+from tracker_agent.cli.context import CliContext, fail, pass_cli
+from tracker_agent.config import FIELD_NAMES, explain_settings
+
+#: Clock skew above which `check` warns: event timestamps come from this host's clock.
+SKEW_WARN_SECONDS = 2.0
+#: The customer id `check` looks up to prove the private key can read (it should not exist).
+PROBE_ID_PREFIX = "tracker-agent-check-"
+HTTP_SERVER_ERROR = 500
+
+
+@click.command()
+@pass_cli
+def migrate(cli: CliContext) -> None:
+    """Create the outbox or bring its schema to the current version."""
+    from tracker_agent.outbox.engine import (
+        HEAD_REVISION,
+        current_revision,
+        open_outbox,
+        sqlite_path,
+    )
+
+    url = cli.database_url()
+    path = sqlite_path(url)
+    before = current_revision(path) if _exists(path) else None
+    engine = open_outbox(url)
+    engine.dispose()
+    if before == HEAD_REVISION:
+        click.echo(f"{path}: already at revision {HEAD_REVISION}")
+    else:
+        click.echo(f"{path}: migrated from {before or 'nothing'} to {HEAD_REVISION}")
+
+
+def _exists(path: str) -> bool:
+    import os
+
+    return os.path.exists(path)
+
+
+_MARKS = {True: ("ok  ", "green"), False: ("FAIL", "red"), None: ("warn", "yellow")}
+
+
+def _step(name: str, ok: bool | None, detail: str) -> None:
+    """One line of the report; ok=None is a warning that does not fail the check."""
+    text, colour = _MARKS[ok]
+    click.echo(f"{click.style(text, fg=colour)} {name}: {detail}")
+
+
+@click.command()
+@pass_cli
+def check(cli: CliContext) -> None:
+    """Verify connectivity, project token and credentials against the API; show clock skew.
+
+    system/time answers without any credentials, so it proves only that the API is reachable;
+    the token and key are proved by a batch (which needs them) that asks only for the time.
+    """
+    from tracker_agent.exceptions import APIException, AuthenticationError, PermissionDeniedError
+
+    settings = cli.settings()
+    client = cli.client()
+    _check_time(settings.url, client)
+    if not (settings.username or settings.public_key):
+        _step("credentials", False, "none configured (username/password or public_key)")
+        fail("no credentials to check")
+    auth = "public key" if settings.public_key else "private key"  # as the client chooses
+    try:
+        answer = client.tracking.batch_commands([{"name": "system/time"}])
+    except (AuthenticationError, PermissionDeniedError) as exc:
+        _step("project token and credentials", False, str(exc))
+        fail(f"the API refused project {settings.project_token!r} with this {auth}")
+    except APIException as exc:
+        _step("project token and credentials", False, str(exc))
+        fail("could not verify the credentials")
+    if answer and answer[0] is False:
+        _step("project token and credentials", False, "the batch command was refused")
+        fail("could not verify the credentials")
+    _step("project token and credentials", True, f"tracking accepted ({auth})")
+    if settings.username:
+        _check_reads(client)
+
+
+def _check_time(url: str, client: Any) -> None:
+    """Connectivity (any HTTP answer proves it) and the clock skew against the server."""
+    from tracker_agent.exceptions import APIException
+
+    started = time.time()
+    try:
+        server_time = float(client.tracking.get_system_time())
+    except APIException as exc:
+        if exc.status_code is None or exc.status_code >= HTTP_SERVER_ERROR:
+            _step("connectivity", False, f"{url}: {exc}")
+            fail("the API is not reachable")
+        # An answer, even a refusal (a wrong project token), proves the network path.
+        _step("connectivity", True, f"{url} answered HTTP {exc.status_code}")
+        return
+    finished = time.time()
+    skew = server_time - (started + finished) / 2
+    _step("connectivity", True, f"{url} answered in {1000 * (finished - started):.0f} ms")
+    side = "behind" if skew > 0 else "ahead of"
+    ok = abs(skew) <= SKEW_WARN_SECONDS or None
+    _step("clock", ok, f"this host is {abs(skew):.3f} s {side} the server")
+    if abs(skew) > SKEW_WARN_SECONDS:
+        click.echo(
+            f"warning: clock skew {skew:+.3f} s; event timestamps come from this host's clock "
+            "(enable NTP)",
+            err=True,
+        )
+
+
+def _check_reads(client: Any) -> None:
+    """Informational: whether the private key may read customers (tracking does not need it)."""
+    from tracker_agent.exceptions import APIException, NotFoundError, PermissionDeniedError
+
+    probe = {"registered": PROBE_ID_PREFIX + uuid.uuid4().hex}
+    try:
+        client.customer.get_customer(probe)
+    except NotFoundError:
+        pass  # the key was accepted; the made-up customer does not exist
+    except PermissionDeniedError:
+        _step("data API", True, "the key may not read customers (not needed for tracking)")
+        return
+    except APIException as exc:
+        _step("data API", False, str(exc))
+        return
+    _step("data API", True, "the key can read customers")
+
+
+@click.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_cli
+def config_(cli: CliContext, as_json: bool) -> None:
+    """Print the effective settings (secrets redacted) and where each value came from."""
+    settings, sources = explain_settings(
+        config_file=cli.config_file, env=cli.env, overrides=cli.overrides
+    )
+    shown = settings.redacted()
+    if as_json:
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    width = max(len(name) for name in FIELD_NAMES)
+    for name in FIELD_NAMES:
+        value = "none" if shown[name] is None else json.dumps(shown[name])
+        where = sources.get(name, "default")
+        click.echo(f"{name:<{width}} = {value:<30} # {where}")

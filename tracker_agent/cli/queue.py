@@ -1,0 +1,298 @@
+"""Putting commands in the queue and pushing them out: `track`, `import` and `flush`."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+
+from tracker_agent.cli.context import CliContext, fail, pass_cli
+
+DEFAULT_CHUNK_SIZE = 500  # commands per transaction in `import`
+EVENT_COMMAND = "customers/events"
+CUSTOMER_COMMAND = "customers"
+EVENT_KEYS = frozenset({"customer_ids", "event_type", "properties", "timestamp"})
+CUSTOMER_KEYS = frozenset({"customer_ids", "properties"})
+_COMMAND_INDEX = re.compile(r"^commands\[(\d+)\]")
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it parses (9.5, true, [1,2], {"a":1}, "quoted"), else the text as is."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_pairs(pairs: tuple[str, ...], option: str, *, json_values: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
+        out[key] = parse_value(value) if json_values else value
+    return out
+
+
+def parse_json_object(text: str | None, option: str, keys: frozenset[str]) -> dict[str, Any]:
+    """The --json object; only `keys` may appear in it."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"invalid JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    unknown = sorted(set(value) - keys)
+    if unknown:
+        raise click.BadParameter(
+            f"unknown key {unknown[0]!r} (expected {', '.join(sorted(keys))})", param_hint=option
+        )
+    return value
+
+
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"{key!r} must be a JSON object", param_hint="--json")
+    return value
+
+
+# ---------------------------------------------------------------------------- track
+
+_CUSTOMER_OPTION = click.option(
+    "--customer",
+    "customer",
+    multiple=True,
+    metavar="ID=VALUE",
+    help="Customer id, e.g. registered=alice (repeatable; values stay strings).",
+)
+_PROP_OPTION = click.option(
+    "--prop",
+    "props",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Property (repeatable); VALUE is JSON when it parses (9.5, true, [1]) else a string.",
+)
+
+
+@click.group()
+def track() -> None:
+    """Queue an event or a customer update (delivered by the daemon or `flush`)."""
+
+
+@track.command("event")
+@_CUSTOMER_OPTION
+@click.option("--type", "event_type", metavar="TYPE", help="Event type, e.g. purchase.")
+@_PROP_OPTION
+@click.option("--timestamp", type=float, help="POSIX seconds (default: now, fixed at enqueue).")
+@click.option(
+    "--json",
+    "as_json",
+    metavar="OBJECT",
+    help='The event as JSON: {"customer_ids", "event_type", "properties", "timestamp"}; '
+    "the options above add to it.",
+)
+@pass_cli
+def track_event(
+    cli: CliContext,
+    customer: tuple[str, ...],
+    event_type: str | None,
+    props: tuple[str, ...],
+    timestamp: float | None,
+    as_json: str | None,
+) -> None:
+    """Queue one event: --customer registered=alice --type purchase --prop price=9.5"""
+    data = parse_json_object(as_json, "--json", EVENT_KEYS)
+    customer_ids = {
+        **_object(data, "customer_ids"),
+        **parse_pairs(customer, "--customer", json_values=False),
+    }
+    properties = {**_object(data, "properties"), **parse_pairs(props, "--prop", json_values=True)}
+    event_type = event_type or data.get("event_type")
+    timestamp = timestamp if timestamp is not None else data.get("timestamp")
+    if not event_type:
+        raise click.UsageError("give the event type with --type or in --json")
+    cli.agent().tracking.add_event(customer_ids, event_type, properties, timestamp=timestamp)
+    click.echo(f"queued event {event_type!r} for {json.dumps(customer_ids, sort_keys=True)}")
+
+
+@track.command("customer")
+@_CUSTOMER_OPTION
+@_PROP_OPTION
+@click.option(
+    "--json",
+    "as_json",
+    metavar="OBJECT",
+    help='The update as JSON: {"customer_ids", "properties"}; the options above add to it.',
+)
+@pass_cli
+def track_customer(
+    cli: CliContext, customer: tuple[str, ...], props: tuple[str, ...], as_json: str | None
+) -> None:
+    """Queue a customer properties update: --customer registered=alice --prop plan=pro"""
+    data = parse_json_object(as_json, "--json", CUSTOMER_KEYS)
+    customer_ids = {
+        **_object(data, "customer_ids"),
+        **parse_pairs(customer, "--customer", json_values=False),
+    }
+    properties = {**_object(data, "properties"), **parse_pairs(props, "--prop", json_values=True)}
+    cli.agent().tracking.update_customer_properties(customer_ids, properties)
+    click.echo(f"queued customer update for {json.dumps(customer_ids, sort_keys=True)}")
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def line_to_command(line: str) -> dict[str, Any]:
+    """A JSON Lines record: a raw {"name", "data"} command, an event, or a customer update."""
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    if "name" in record:
+        return record
+    name = EVENT_COMMAND if "event_type" in record else CUSTOMER_COMMAND
+    return {"name": name, "data": record}
+
+
+Chunk = tuple[list[int], list[dict[str, Any]], int]
+
+
+def read_chunks(stream: IO[str], chunk_size: int) -> Iterator[Chunk]:
+    """(line numbers, commands, bytes read) per chunk; a bad line raises ValueError naming it."""
+    numbers: list[int] = []
+    commands: list[dict[str, Any]] = []
+    consumed = 0
+    for number, line in enumerate(stream, start=1):
+        consumed += len(line.encode("utf-8"))
+        if not line.strip():
+            continue
+        try:
+            commands.append(line_to_command(line))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+        numbers.append(number)
+        if len(commands) >= chunk_size:
+            yield numbers, commands, consumed
+            numbers, commands, consumed = [], [], 0
+    if commands:
+        yield numbers, commands, consumed
+
+
+def _line_of(exc: Exception, numbers: list[int]) -> str:
+    match = _COMMAND_INDEX.match(getattr(exc, "field", "") or "")
+    if match and int(match.group(1)) < len(numbers):
+        return f"line {numbers[int(match.group(1))]}"
+    return f"lines {numbers[0]}-{numbers[-1]}"
+
+
+@click.command("import")
+@click.argument("source", type=click.File("r", encoding="utf-8", lazy=False), metavar="FILE|-")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Commands per transaction; a failed chunk is not written at all.",
+)
+@pass_cli
+def import_(cli: CliContext, source: IO[str], chunk_size: int) -> None:
+    """Queue commands from JSON Lines (FILE, or - for stdin).
+
+    Each line is {"name": "customers/events"|"customers", "data": {...}}, or the data alone
+    (an object with "event_type" is an event, else a customer update). Chunks before a bad
+    line stay queued; nothing from the chunk holding it is written.
+    """
+    from tracker_agent.exceptions import ValidationError
+
+    agent = cli.agent()
+    queued = 0
+    with _progress(_file_size(source), "importing") as bar:
+        try:
+            for numbers, commands, consumed in read_chunks(source, chunk_size):
+                try:
+                    queued += agent.enqueue_many(commands)
+                except ValidationError as exc:
+                    raise ValueError(f"{_line_of(exc, numbers)}: {exc}") from exc
+                bar.update(consumed)
+        except ValueError as exc:
+            before = f"; the {queued} commands before its chunk are queued" if queued else ""
+            fail(f"{exc}{before}")
+    click.echo(f"queued {queued} commands")
+
+
+def _file_size(source: IO[str]) -> int | None:
+    """Bytes in a regular file (for the progress bar); None for pipes and terminals."""
+    try:
+        if not source.seekable():
+            return None
+        size = source.seek(0, 2)
+        source.seek(0)
+        return size or None
+    except (OSError, ValueError):
+        return None
+
+
+class _NoBar:
+    pos = 0
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def update(self, steps: int) -> None:
+        self.pos += steps
+
+
+def _progress(length: int | None, label: str) -> Any:
+    """click.progressbar on stderr when it is a terminal and the total is known."""
+    if not length or not sys.stderr.isatty():
+        return _NoBar()
+    return click.progressbar(length=length, label=label, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- flush
+
+
+@click.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Keep trying (waiting out backoff) for up to this long. Default: one pass, no waiting.",
+)
+@pass_cli
+def flush(cli: CliContext, timeout: float | None) -> None:
+    """Deliver the queue now; exit 1 if anything is left."""
+    agent = cli.agent()
+    total = agent.stats()["pending"]
+    with _progress(total or None, "delivering") as bar:
+
+        def progress(done: int, _total: int) -> None:
+            if done > bar.pos:
+                bar.update(done - bar.pos)
+
+        result = agent.flush(timeout=timeout, progress=progress)
+    click.echo(
+        f"delivered {result.delivered}, dead-lettered {result.dead_lettered}, "
+        f"remaining {result.remaining}"
+    )
+    if result.remaining:
+        why = (
+            f"delivery is paused: {result.paused_reason}"
+            if result.paused_reason
+            else "timed out"
+            if result.timed_out
+            else f"last error: {result.last_error}"
+            if result.last_error
+            else "waiting for retry"
+        )
+        fail(f"{result.remaining} commands remain ({why})")

@@ -1,0 +1,224 @@
+"""Settings: the frozen, validated dataclass and the rules every field must pass.
+
+Errors name the field and, when known, where its value came from (file, variable, option).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from tracker_agent.exceptions import ConfigError
+
+DEFAULT_URL = "https://api.exponea.com"
+MAX_BATCH_COMMANDS = 50  # the API's limit per batch request
+MIN_BATCH_MAX_BYTES = 1024 * 1024  # 1 MiB: one event may be up to 800 KB
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+#: Fields whose values are redacted everywhere.
+SECRET_FIELDS = frozenset({"password", "public_key"})
+#: Fields that may also come from a file (<FIELD>_FILE, <field>_file in TOML, systemd credentials).
+FILE_FIELDS = ("project_token", "username", "password", "public_key")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the agent, the client and the daemon need. Validated on construction."""
+
+    project_token: str
+    username: str = ""
+    password: str = field(default="", repr=False)
+    public_key: str = field(default="", repr=False)
+    url: str = DEFAULT_URL
+    allow_http: bool = False
+    request_timeout: float = 10.0  # seconds, read timeout
+    connect_timeout: float = 3.05  # seconds
+    read_retries: int = 2
+    database_url: str | None = None  # None: default_database_path()
+    synchronous: str = "FULL"
+    busy_timeout: float = 30.0  # seconds
+    max_rows: int = 5_000_000
+    max_bytes: int = 2 * 1024**3
+    overflow: str = "raise"
+    batch_size: int = MAX_BATCH_COMMANDS
+    batch_max_bytes: int = 4 * 1024 * 1024
+    drain_interval: float = 1.0  # seconds
+    lease_seconds: float = 60.0  # seconds
+    backoff_base: float = 1.0  # seconds
+    backoff_cap: float = 300.0  # seconds
+    max_attempts: int | None = None  # None: retry forever
+    max_age: float | None = None  # seconds; None: forever
+    rate_limit: float = 100.0  # requests per second
+    pause_probe_interval: float = 60.0  # seconds
+    shutdown_grace: float = 10.0  # seconds
+
+    def __post_init__(self) -> None:
+        values = {name: getattr(self, name) for name in FIELD_NAMES}
+        for name, value in validate(values, sources=None).items():
+            if value is not values[name] or type(value) is not type(values[name]):
+                object.__setattr__(self, name, value)
+
+    def redacted(self) -> dict[str, Any]:
+        """All fields; secrets shown as "***" when set and "" when empty."""
+        out = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            out[name] = "***" if out[name] else ""
+        return out
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Settings))
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(Settings) if f.default is not dataclasses.MISSING
+}
+_TYPES = {"str": str, "bool": bool, "int": int, "float": float}
+
+
+def _kind(annotation: str) -> tuple[type, bool]:
+    parts = [p.strip() for p in annotation.split("|")]
+    return _TYPES[parts[0]], "None" in parts
+
+
+#: field -> (base type, optional)
+KINDS: dict[str, tuple[type, bool]] = {
+    f.name: _kind(str(f.type)) for f in dataclasses.fields(Settings)
+}
+
+# ---------------------------------------------------------------------------- validation
+
+
+class Invalid(Exception):
+    """One field's value is wrong; the caller adds the field name and the source."""
+
+
+def validate(values: dict[str, Any], sources: Mapping[str, str] | None) -> dict[str, Any]:
+    """Check and normalise every field, then the cross-field rules. Returns the new values."""
+
+    def fail(name: str, message: str) -> ConfigError:
+        where = sources.get(name, "default") if sources is not None else None
+        return ConfigError(f"{name} ({where}): {message}" if where else f"{name}: {message}")
+
+    out = dict(values)
+    for name in FIELD_NAMES:
+        try:
+            out[name] = check_type(name, out[name])
+            out[name] = check_value(name, out[name])
+        except Invalid as exc:
+            raise fail(name, str(exc)) from None
+    if out["lease_seconds"] <= out["request_timeout"] + out["connect_timeout"]:
+        bound = out["request_timeout"] + out["connect_timeout"]
+        raise fail("lease_seconds", f"must exceed request_timeout + connect_timeout ({bound:g} s)")
+    if out["backoff_cap"] < out["backoff_base"]:
+        raise fail("backoff_cap", f"must be >= backoff_base ({out['backoff_base']:g} s)")
+    if bool(out["username"]) != bool(out["password"]):
+        have, missing = ("username", "password") if out["username"] else ("password", "username")
+        where = f" ({sources[have]})" if sources and have in sources else ""
+        raise ConfigError(f"{missing}: is not set, but {have}{where} is; set both or neither")
+    try:
+        _check_scheme(out["url"], out["allow_http"])
+    except Invalid as exc:
+        raise fail("url", str(exc)) from None
+    return out
+
+
+def check_type(name: str, value: Any) -> Any:
+    """The value if it has the field's type (ints widen to float), else Invalid."""
+    kind, optional = KINDS[name]
+    if value is None and optional:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    expected = {str: "a string", bool: "true or false", int: "an integer", float: "a number"}[kind]
+    shown = "<hidden>" if name in SECRET_FIELDS else repr(value)
+    raise Invalid(f"expected {expected}{' or none' if optional else ''}, got {shown}")
+
+
+def check_value(name: str, value: Any) -> Any:  # noqa: C901 - one flat table of rules
+    """The value, normalised, if it is in the field's range or enum, else Invalid."""
+    if value is None:  # check_type let it through: the field is optional
+        return None
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Invalid("must not contain control characters or newlines")
+    if name == "project_token":
+        if not value:
+            raise Invalid("is required")
+        if any(c.isspace() or c in "/?#%\\" for c in value):
+            raise Invalid("must not contain '/', '?', '#', '%', '\\' or whitespace")
+    elif name == "url":
+        return _check_url(value)
+    elif name == "database_url":
+        if not value.strip():
+            raise Invalid("must not be empty (omit it for the default location)")
+    elif name == "synchronous":
+        if value.upper() not in ("FULL", "NORMAL"):
+            raise Invalid(f"must be FULL or NORMAL, got {value!r}")
+        return value.upper()
+    elif name == "overflow":
+        if value not in ("raise", "drop_oldest"):
+            raise Invalid(f"must be 'raise' or 'drop_oldest', got {value!r}")
+    elif name == "batch_size":
+        if not 1 <= value <= MAX_BATCH_COMMANDS:
+            raise Invalid(f"must be between 1 and {MAX_BATCH_COMMANDS}, got {value}")
+    elif name == "batch_max_bytes":
+        if value < MIN_BATCH_MAX_BYTES:
+            raise Invalid(f"must be at least {MIN_BATCH_MAX_BYTES} (1 MiB), got {value}")
+    elif name in ("read_retries",):
+        if value < 0:
+            raise Invalid(f"must be >= 0, got {value}")
+    elif name in ("max_rows", "max_bytes", "max_attempts"):
+        if value < 1:
+            raise Invalid(f"must be >= 1, got {value}")
+    elif name in ("busy_timeout", "shutdown_grace"):
+        if not (math.isfinite(value) and value >= 0):
+            raise Invalid(f"must be a finite number >= 0, got {value}")
+    elif KINDS[name][0] is float:
+        if not (math.isfinite(value) and value > 0):
+            raise Invalid(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"must be an http(s) URL such as {DEFAULT_URL}")
+    if parts.username is not None or parts.password is not None:
+        # Never echo it: the URL carries a credential.
+        raise Invalid("must not contain credentials; use username/password settings")
+    if parts.query or parts.fragment:
+        raise Invalid(f"must not have a query or fragment: {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise Invalid(f"has an invalid port: {url!r}") from exc
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _check_scheme(url: str, allow_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname or ""):
+        raise Invalid(
+            f"plain http:// to {parts.hostname!r} would send credentials unencrypted; "
+            "use https://, a loopback host, or set allow_http = true"
+        )
