@@ -758,3 +758,18 @@ def test_run_with_bad_settings_is_one_error_line(tmp_path: Path) -> None:
         "'example.com' would send credentials unencrypted; use https://, a loopback host, or "
         "set allow_http = true"
     ]
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def test_demo_delivers_to_the_bundled_fake_through_a_separate_outbox(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    result = invoke("demo", "--events", "30", "--failures", "1", XDG_STATE_HOME=str(state))
+    assert result.exit_code == 0, result.output
+    assert "the fake API received 31 commands" in result.stdout
+    assert (state / "tracker-agent" / "demo.db").exists()
+    assert not (tmp_path / "outbox.db").exists()  # the configured outbox is never touched
+    assert "delivered       31" in result.stdout

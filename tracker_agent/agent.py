@@ -220,8 +220,8 @@ class TrackerAgent:
     def _set_state(self, state: str, detail: str | None) -> None:
         previous, self._state = self._state, state
         changed = previous != state and {previous, state} != {"idle", "delivering"}
-        if changed and previous in ("paused", "backing off", "storage error"):
-            log.info("delivery resumed (was %s)", previous)
+        if changed and previous == "storage error":
+            log.info("the outbox is writable again")
         if changed and self._on_state_change is not None:
             self._on_state_change(state, detail)
 

@@ -250,8 +250,10 @@ class Drainer:
                 outcome.dead[0][1],
             )
         report.retried += len(outcome.retry)
-        if paused and not report.paused_reason:
-            log.info("delivery resumed: the server accepted a probe batch")
+        failures = int(state.get(state_keys.STATE_FAILURES) or 0)
+        if report.backoff_until is None and not report.paused_reason and (paused or failures):
+            why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
+            log.info("delivery resumed: %s", why)
         return report
 
     def _deliver(
@@ -390,7 +392,14 @@ class Drainer:
                 state_keys.STATE_LAST_ERROR_AT: now,
             }
         )
-        log.warning("delivery backing off %.1fs after failure %d: %s", delay, failures, reason)
+        # One line when delivery starts backing off; the retries that follow log at DEBUG.
+        log.log(
+            logging.WARNING if failures == 1 else logging.DEBUG,
+            "delivery backing off %.1fs after failure %d: %s",
+            delay,
+            failures,
+            reason,
+        )
         report.backoff_until = retry_at
         report.last_error = reason
 

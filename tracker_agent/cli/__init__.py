@@ -18,6 +18,7 @@ from tracker_agent.cli import logs
 from tracker_agent.cli.admin import check, config_, migrate
 from tracker_agent.cli.context import EXIT_ERROR, PROG, CliContext, fail
 from tracker_agent.cli.deadletters import dead_letters
+from tracker_agent.cli.demo import demo
 from tracker_agent.cli.queue import flush, import_, track
 from tracker_agent.cli.run import run
 from tracker_agent.cli.status import status
@@ -115,7 +116,9 @@ def cli(
     these options. `tracker-agent config` shows the result.
     """
     env = dict(os.environ)
-    default_level = DAEMON_LOG_LEVEL if ctx.invoked_subcommand == "run" else COMMAND_LOG_LEVEL
+    default_level = (
+        DAEMON_LOG_LEVEL if ctx.invoked_subcommand in ("run", "demo") else COMMAND_LOG_LEVEL
+    )
     logs.configure(log_level or default_level, log_format, env)
     given = {"database_url": database_url, "project_token": project_token, "url": url}
     # Values click took from the environment are left to the settings loader, which reads the
@@ -128,7 +131,7 @@ def cli(
     ctx.obj = CliContext(env=env, config_file=config_file, overrides=overrides)
 
 
-for _command in (run, status, flush, track, import_, dead_letters, migrate, check, config_):
+for _command in (run, status, flush, track, import_, dead_letters, migrate, check, config_, demo):
     cli.add_command(_command)
 
 
