@@ -168,7 +168,8 @@ def test_dead_letters_retry_in_original_order_and_purge_by_filter(make_store):
     store.enqueue([cmd(f"c{i}", i) for i in range(4)])
     rows = claim(store, "me")
     reasons = ["timeout gave up", "rejected: bad price", "rejected: bad price", "other"]
-    store.settle("me", Settlement(dead=[(r.id, why, 400) for r, why in zip(rows, reasons, strict=True)]), NOW)
+    dead = [(r.id, why, 400) for r, why in zip(rows, reasons, strict=True)]
+    store.settle("me", Settlement(dead=dead), NOW)
     assert [d.id for d in store.list_dead(error_contains="BAD PRICE")] == [rows[1].id, rows[2].id]
     assert [d.id for d in store.list_dead(ids=[rows[3].id])] == [rows[3].id]
     assert store.list_dead(older_than_s=10) == []

@@ -306,6 +306,18 @@ def test_delay_with_apply_first_acts_although_the_client_timed_out(fake: FakeExp
     assert (len(fake.events), fake.duplicate_events) == (1, 1)
 
 
+def test_clear_faults_ends_a_fault_mode_and_keeps_data(fake: FakeExponea) -> None:
+    assert send(fake, "POST", f"{TRACK}/customers/events", event()).status == 200
+    fake.fail_next(n=1000, status=503, path_contains="/batch")
+    fake.drop_next(n=5)
+    for _ in range(3):  # a mode: every batch fails while it lasts
+        assert send(fake, "POST", f"{TRACK}/batch", {"commands": []}).status == 503
+    assert fake.clear_faults() == 997 + 5
+    assert (fake.pending_faults, fake.clear_faults()) == (0, 0)
+    assert send(fake, "POST", f"{TRACK}/batch", {"commands": []}).status == 200
+    assert len(fake.events) == 1 and len(fake.requests) == 5
+
+
 def test_request_waiting_across_reset_is_dropped(fake: FakeExponea) -> None:
     fake.delay_next(seconds=0.2)
     errors: list[BaseException] = []

@@ -123,18 +123,7 @@ class TrackerAgent:
     def _make_client(self) -> Any:
         from .client import Exponea
 
-        s = self.settings
-        return Exponea(
-            s.project_token,
-            username=s.username,
-            password=s.password,
-            url=s.url,
-            request_timeout=s.request_timeout,
-            public_key=s.public_key or None,
-            connect_timeout=s.connect_timeout,
-            read_retries=s.read_retries,
-            session=self._session,
-        )
+        return Exponea.from_settings(self.settings, session=self._session)
 
     def _make_drainer(self) -> Drainer:
         s = self.settings

@@ -43,6 +43,8 @@ from tracker_agent.validation import dumps
 if TYPE_CHECKING:
     import requests
 
+    from .config import Settings
+
 __all__ = [
     "Exponea",
     "HTTPTransport",
@@ -301,7 +303,12 @@ class HTTPTransport:
                 delay = read_retry_delay(attempt, exc.retry_after, self._rng)
                 log.info(
                     "retrying %s %s in %.2f s (retry %d of %d): %s",
-                    method, path, delay, attempt, attempts - 1, type(exc).__name__,
+                    method,
+                    path,
+                    delay,
+                    attempt,
+                    attempts - 1,
+                    type(exc).__name__,
                 )
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -328,14 +335,21 @@ class HTTPTransport:
         started = time.monotonic()
         try:
             response = session.request(
-                method, self.url + path, data=body, params=params, headers=headers,
-                auth=auth, timeout=self.timeout, allow_redirects=False,
+                method,
+                self.url + path,
+                data=body,
+                params=params,
+                headers=headers,
+                auth=auth,
+                timeout=self.timeout,
+                allow_redirects=False,
             )
         except requests.Timeout as exc:
             self._log_failure(method, path, started, exc)
             raise APITimeoutError(
                 f"no answer within the timeout (connect, read) = {self.timeout} s",
-                method=method, path=path,
+                method=method,
+                path=path,
             ) from exc
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             self._log_failure(method, path, started, exc)
@@ -352,7 +366,10 @@ class HTTPTransport:
             retry_after = response.headers.get("Retry-After")
         log.debug(
             "%s %s -> %d in %.1f ms",
-            method, path, status, (time.monotonic() - started) * 1000,
+            method,
+            path,
+            status,
+            (time.monotonic() - started) * 1000,
         )
         return translate_response(method, path, status, content, retry_after, require)
 
@@ -360,7 +377,10 @@ class HTTPTransport:
     def _log_failure(method: str, path: str, started: float, exc: BaseException) -> None:
         log.debug(
             "%s %s -> no answer after %.1f ms (%s)",
-            method, path, (time.monotonic() - started) * 1000, type(exc).__name__,
+            method,
+            path,
+            (time.monotonic() - started) * 1000,
+            type(exc).__name__,
         )
 
 
@@ -443,6 +463,23 @@ class Exponea:
         self.customer = Customer(self._transport, self.project_token)
         self.catalog = Catalog(self._transport, self.project_token)
         self.analyses = Analyses(self._transport, self.project_token)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, session: requests.Session | None = None
+    ) -> Exponea:
+        """A client configured by tracker-agent's `Settings` (what the agent and CLI use)."""
+        return cls(
+            settings.project_token,
+            username=settings.username,
+            password=settings.password,
+            url=settings.url,
+            request_timeout=settings.request_timeout,
+            public_key=settings.public_key or None,
+            connect_timeout=settings.connect_timeout,
+            read_retries=settings.read_retries,
+            session=session,
+        )
 
     def close(self) -> None:
         """Close pooled connections (idempotent)."""

@@ -77,17 +77,7 @@ class CliContext:
         """A direct API client (no outbox); closed when the command ends."""
         from tracker_agent.client import Exponea
 
-        s = self.settings()
-        client = Exponea(
-            s.project_token,
-            username=s.username,
-            password=s.password,
-            url=s.url,
-            request_timeout=s.request_timeout,
-            public_key=s.public_key or None,
-            connect_timeout=s.connect_timeout,
-            read_retries=s.read_retries,
-        )
+        client = Exponea.from_settings(self.settings())
         click.get_current_context().call_on_close(client.close)
         return client
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 
 import click
 
@@ -22,7 +23,7 @@ DEMO_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.1
 
 
-def demo_database_url(env: dict[str, str]) -> str:
+def demo_database_url(env: Mapping[str, str]) -> str:
     """The demo outbox: demo.db beside the default outbox (state directory)."""
     from tracker_agent.outbox.engine import default_database_url, sqlite_path
 

@@ -75,7 +75,8 @@ Faults are queued and each request consumes at most one (optionally only on path
 `path_contains`): fail_next (answer a status/body, optional Retry-After; nothing is applied),
 drop_next (close the connection without a byte), delay_next (handle the request late, and not
 at all if the client hung up meanwhile; apply_first=True acts at once and only answers late),
-plus `latency` for every request, reject_commands (per-command failure),
+clear_faults (drop the queue: a fault with a large n is a mode until cleared), plus `latency`
+for every request, reject_commands (per-command failure),
 reject_batches_containing (refuse the whole batch) and max_batch_commands.
 The lists `requests` and `batches` log everything received, faulted requests included.
 """

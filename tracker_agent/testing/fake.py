@@ -243,6 +243,15 @@ class FakeExponea(StateAccess):
         with self._lock:
             self._faults.add(fault)
 
+    def clear_faults(self) -> int:
+        """Drop every queued fault (data, settings and the request log stay); returns how many
+        fault uses were still pending. A fault queued with a large `n` acts as a mode ("every
+        batch gets a 503") until this ends it, e.g. to make the fake flap between modes."""
+        with self._lock:
+            left = self._faults.pending()
+            self._faults.clear()
+            return left
+
     @property
     def pending_faults(self) -> int:
         """How many requests are still going to get a queued fault."""
