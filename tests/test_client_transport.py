@@ -417,7 +417,7 @@ def test_credentials_never_appear_in_logs_errors_or_reprs(caplog):
 def test_debug_log_names_method_path_status_and_duration(exponea, caplog):
     caplog.set_level(logging.DEBUG, logger="tracker_agent")
     exponea.tracking.get_system_time()
-    messages = [r.getMessage() for r in caplog.records if r.name == "tracker_agent.client"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "tracker_agent.transport"]
     assert any(
         m.startswith(f"GET /track/v2/projects/{TOKEN}/system/time -> 200 in ") and m.endswith("ms")
         for m in messages

@@ -1,8 +1,8 @@
 """What the four API namespaces share: their base class, argument checks for names and ids,
-and the API's error-body format (also used by the transport in tracker_agent.client).
+and the API's error-body format (also used by tracker_agent.transport).
 
 The namespaces live in tracking.py, customer.py, catalog.py and analyses.py; this package
-never imports tracker_agent.client, which builds them.
+never imports tracker_agent.client, which builds them, nor tracker_agent.transport.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ GLOBAL_ERRORS_KEY = "_global"
 
 
 class Transport(Protocol):
-    """What a namespace needs from the HTTP transport (tracker_agent.client.HTTPTransport)."""
+    """What a namespace needs from the HTTP transport (tracker_agent.transport.HTTPTransport)."""
 
     def request(
         self,

@@ -1,4 +1,5 @@
-"""Opening the outbox file: where it lives, SQLite pragmas, refusing foreign files, migrations.
+"""Opening the outbox file: where it lives, SQLite pragmas, migrations, SQLite error translation
+(inspect.py refuses foreign or newer files before anything here writes).
 
 Importing this module is cheap: SQLAlchemy and Alembic are imported only by the functions that
 need them, and Alembic only when the file is not already at HEAD_REVISION.
@@ -14,7 +15,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from ..exceptions import (
     ConfigError,
@@ -60,15 +61,10 @@ APP_DIRNAME = "tracker-agent"
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 _BEGIN_MODES = ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")
 _SQLITE_SCHEMES = ("sqlite", "sqlite+pysqlite")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_HEADER_BYTES = 100
-_READ_VERSION_OFFSET = 18  # file-format read version: 1 = rollback journal, 2 = WAL
-_WAL_FORMAT = 2
-_TABLES_SQL = (
+TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
 )
-_REVISION_SQL = "SELECT version_num FROM alembic_version"
-_SHOWN_TABLES = 5
+REVISION_SQL = "SELECT version_num FROM alembic_version"
 
 # Primary SQLite result codes (https://www.sqlite.org/rescode.html).
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
@@ -165,9 +161,11 @@ def open_outbox(
     A file that is not an outbox, or that a newer tracker-agent migrated, is refused before
     anything writes to it. The caller owns the engine (engine.dispose() when done).
     """
+    from .inspect import inspect_existing  # inspect.py imports this module
+
     path = sqlite_path(database_url)
     _check_options(synchronous, busy_timeout)
-    _inspect_existing(path)
+    inspect_existing(path)
     _prepare_directory(path)
     engine = create_outbox_engine(database_url, synchronous=synchronous, busy_timeout=busy_timeout)
     try:
@@ -273,8 +271,8 @@ def _upgrade_locked(conn: Connection, path: str, revision: str | None) -> None:
     from alembic import command
 
     config = alembic_config(conn)
-    if revision is not None and revision not in _known_revisions(config):
-        raise _version_error(path, revision)
+    if revision is not None and revision not in known_revisions(config):
+        raise version_error(path, revision)
     log.info("migrating outbox %s from %s to %s", path, revision or "empty", HEAD_REVISION)
     command.upgrade(config, "head")
 
@@ -301,11 +299,20 @@ def _migrations_dir() -> str:
     raise OutboxError("tracker-agent's migration scripts are missing: reinstall tracker-agent")
 
 
-def _known_revisions(config: Config | None = None) -> set[str]:
+def known_revisions(config: Config | None = None) -> set[str]:
+    """Every revision in our migration scripts (imports Alembic)."""
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(config or alembic_config())
     return {rev.revision for rev in script.walk_revisions()}
+
+
+def version_error(path: str, revision: str) -> OutboxVersionError:
+    """The refusal of a file migrated by a newer tracker-agent."""
+    return OutboxVersionError(
+        f"{path}: the outbox is at schema revision {revision!r}, newer than this tracker-agent "
+        f"knows (up to {HEAD_REVISION!r}); upgrade tracker-agent. The file was not changed."
+    )
 
 
 def current_revision(engine_or_path: Engine | str) -> str | None:
@@ -315,9 +322,11 @@ def current_revision(engine_or_path: Engine | str) -> str | None:
     """
     if not isinstance(engine_or_path, str):
         return _engine_revision(engine_or_path, engine_or_path.url.database or "")
+    from .inspect import read_catalog, read_header  # inspect.py imports this module
+
     path = sqlite_path(engine_or_path) if "://" in engine_or_path else engine_or_path
-    header = _read_header(path)
-    return None if header is None else _read_catalog(path, header)[1]
+    header = read_header(path)
+    return None if header is None else read_catalog(path, header)[1]
 
 
 def _engine_revision(engine: Engine, path: str) -> str | None:
@@ -326,10 +335,10 @@ def _engine_revision(engine: Engine, path: str) -> str | None:
 
 
 def _connection_revision(conn: Connection) -> str | None:
-    tables = {row[0] for row in conn.exec_driver_sql(_TABLES_SQL)}
+    tables = {row[0] for row in conn.exec_driver_sql(TABLES_SQL)}
     if "alembic_version" not in tables:
         return None
-    return conn.exec_driver_sql(_REVISION_SQL).scalar()
+    return conn.exec_driver_sql(REVISION_SQL).scalar()
 
 
 def _prepare_directory(path: str) -> None:
@@ -345,95 +354,3 @@ def _prepare_directory(path: str) -> None:
         raise StorageReadOnlyError(f"{path}: its directory {folder} is not writable")
     if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
         raise StorageReadOnlyError(f"{path}: the file is not writable")
-
-
-def _inspect_existing(path: str) -> str | None:
-    """Refuse a file that is not ours, without writing to it; its revision, None when new."""
-    header = _read_header(path)
-    if header is None:
-        return None
-    tables, revision = _read_catalog(path, header, check=True)
-    if not tables:
-        return None  # an empty SQLite database holds nothing to lose
-    if "alembic_version" not in tables:
-        raise _foreign_error(path, tables)
-    if revision is None:
-        if tables - {"alembic_version"}:
-            raise _foreign_error(path, tables)
-        return None  # downgraded to base: an empty shell
-    if revision != HEAD_REVISION and revision not in _known_revisions():
-        if "outbox" not in tables:
-            raise _foreign_error(path, tables)
-        raise _version_error(path, revision)
-    missing = (OUTBOX_TABLES if revision == HEAD_REVISION else {"outbox"}) - tables
-    if missing:
-        raise NotAnOutboxError(
-            f"{path}: not a complete tracker-agent outbox (missing tables: "
-            f"{', '.join(sorted(missing))}); left untouched"
-        )
-    return revision
-
-
-def _foreign_error(path: str, tables: set[str]) -> NotAnOutboxError:
-    shown = ", ".join(sorted(tables)[:_SHOWN_TABLES])
-    more = ", ..." if len(tables) > _SHOWN_TABLES else ""
-    return NotAnOutboxError(
-        f"{path}: an SQLite database that is not a tracker-agent outbox (tables: {shown}{more}); "
-        "left untouched - point database_url elsewhere"
-    )
-
-
-def _version_error(path: str, revision: str) -> OutboxVersionError:
-    return OutboxVersionError(
-        f"{path}: the outbox is at schema revision {revision!r}, newer than this tracker-agent "
-        f"knows (up to {HEAD_REVISION!r}); upgrade tracker-agent. The file was not changed."
-    )
-
-
-def _read_header(path: str) -> bytes | None:
-    """The file's SQLite header, None for an absent or empty (new) file."""
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(_HEADER_BYTES)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageReadOnlyError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    if not header:
-        return None
-    if len(header) < _HEADER_BYTES or not header.startswith(_SQLITE_MAGIC):
-        raise NotAnOutboxError(f"{path}: not an SQLite database; left untouched")
-    return header
-
-
-def _read_catalog(path: str, header: bytes, check: bool = False) -> tuple[set[str], str | None]:
-    # mode=ro on a WAL-format file creates -wal/-shm beside it when they are missing, which we
-    # must not do to a file that may not be ours. With no -wal file everything is in the main
-    # file, so immutable=1 reads it creating nothing and taking no lock.
-    immutable = header[_READ_VERSION_OFFSET] == _WAL_FORMAT and not os.path.exists(path + "-wal")
-    try:
-        return _query_catalog(path, "immutable=1" if immutable else "mode=ro", check)
-    except sqlite3.Error as exc:
-        error: sqlite3.Error = exc
-    if immutable and os.path.exists(path + "-wal"):
-        # A process opened the file meanwhile and may have checkpointed under our read.
-        try:
-            return _query_catalog(path, "mode=ro", check)
-        except sqlite3.Error as exc:
-            error = exc
-    raise translate_sqlite_error(error, path) from error
-
-
-def _query_catalog(path: str, options: str, check: bool = False) -> tuple[set[str], str | None]:
-    uri = f"file:{quote(path)}?{options}"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        if check:
-            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
-        tables = {row[0] for row in conn.execute(_TABLES_SQL)}
-        revision = None
-        if "alembic_version" in tables:
-            row = conn.execute(_REVISION_SQL).fetchone()
-            revision = row[0] if row else None
-        return tables, revision

@@ -1,0 +1,116 @@
+"""Read-only checks of an existing outbox file before the engine touches it: its SQLite header,
+its tables and Alembic revision, PRAGMA quick_check, and refusing what is not ours to migrate.
+
+Nothing here writes to the file or creates files beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from urllib.parse import quote
+
+from ..exceptions import NotAnOutboxError, StorageReadOnlyError
+from .engine import (
+    HEAD_REVISION,
+    OUTBOX_TABLES,
+    REVISION_SQL,
+    TABLES_SQL,
+    known_revisions,
+    translate_sqlite_error,
+    version_error,
+)
+
+__all__ = ["inspect_existing", "read_catalog", "read_header"]
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_BYTES = 100
+_READ_VERSION_OFFSET = 18  # file-format read version: 1 = rollback journal, 2 = WAL
+_WAL_FORMAT = 2
+_SHOWN_TABLES = 5
+
+
+def inspect_existing(path: str) -> str | None:
+    """Refuse a file that is not ours, without writing to it; its revision, None when new."""
+    header = read_header(path)
+    if header is None:
+        return None
+    tables, revision = read_catalog(path, header, check=True)
+    if not tables:
+        return None  # an empty SQLite database holds nothing to lose
+    if "alembic_version" not in tables:
+        raise _foreign_error(path, tables)
+    if revision is None:
+        if tables - {"alembic_version"}:
+            raise _foreign_error(path, tables)
+        return None  # downgraded to base: an empty shell
+    if revision != HEAD_REVISION and revision not in known_revisions():
+        if "outbox" not in tables:
+            raise _foreign_error(path, tables)
+        raise version_error(path, revision)
+    missing = (OUTBOX_TABLES if revision == HEAD_REVISION else {"outbox"}) - tables
+    if missing:
+        raise NotAnOutboxError(
+            f"{path}: not a complete tracker-agent outbox (missing tables: "
+            f"{', '.join(sorted(missing))}); left untouched"
+        )
+    return revision
+
+
+def _foreign_error(path: str, tables: set[str]) -> NotAnOutboxError:
+    shown = ", ".join(sorted(tables)[:_SHOWN_TABLES])
+    more = ", ..." if len(tables) > _SHOWN_TABLES else ""
+    return NotAnOutboxError(
+        f"{path}: an SQLite database that is not a tracker-agent outbox (tables: {shown}{more}); "
+        "left untouched - point database_url elsewhere"
+    )
+
+
+def read_header(path: str) -> bytes | None:
+    """The file's SQLite header, None for an absent or empty (new) file."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageReadOnlyError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    if not header:
+        return None
+    if len(header) < _HEADER_BYTES or not header.startswith(_SQLITE_MAGIC):
+        raise NotAnOutboxError(f"{path}: not an SQLite database; left untouched")
+    return header
+
+
+def read_catalog(path: str, header: bytes, check: bool = False) -> tuple[set[str], str | None]:
+    # mode=ro on a WAL-format file creates -wal/-shm beside it when they are missing, which we
+    # must not do to a file that may not be ours. With no -wal file everything is in the main
+    # file, so immutable=1 reads it creating nothing and taking no lock.
+    immutable = header[_READ_VERSION_OFFSET] == _WAL_FORMAT and not os.path.exists(path + "-wal")
+    try:
+        return _query_catalog(path, "immutable=1" if immutable else "mode=ro", check)
+    except sqlite3.Error as exc:
+        error: sqlite3.Error = exc
+    if immutable and os.path.exists(path + "-wal"):
+        # A process opened the file meanwhile and may have checkpointed under our read.
+        try:
+            return _query_catalog(path, "mode=ro", check)
+        except sqlite3.Error as exc:
+            error = exc
+    raise translate_sqlite_error(error, path) from error
+
+
+def _query_catalog(path: str, options: str, check: bool = False) -> tuple[set[str], str | None]:
+    uri = f"file:{quote(path)}?{options}"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        if check:
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
+        tables = {row[0] for row in conn.execute(TABLES_SQL)}
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute(REVISION_SQL).fetchone()
+            revision = row[0] if row else None
+        return tables, revision
