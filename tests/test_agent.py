@@ -222,3 +222,21 @@ def test_forked_child_gets_no_drain_thread_and_its_events_are_delivered_by_the_p
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert wait_for(lambda: {e["event_type"] for e in fake.events} == {"before-fork", "from-child"})
+
+
+def test_oversized_command_is_refused_at_the_call_and_nothing_is_written(agent):
+    big = {f"p{i}": "x" * 14_000 for i in range(60)}  # each value is fine, the whole is not
+    with pytest.raises(ValidationError, match="limit"):
+        agent.tracking.add_event({"registered": "a"}, "huge", big)
+    with pytest.raises(ValidationError, match="limit"):
+        agent.tracking.update_customer_properties({"registered": "a"}, big)
+    assert agent.stats()["pending"] == 0
+
+
+def test_enqueues_stay_synchronous_full_while_drain_bookkeeping_skips_its_fsync(agent):
+    agent.tracking.add_event({"registered": "a"}, "e")
+    agent.flush()
+    writer = agent.store._writer.driver_connection
+    drain = agent.store._drain_conn.driver_connection
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert drain.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

@@ -47,7 +47,7 @@ def client(fake):
 
 def drainer_for(store, client, **policy) -> Drainer:
     policy.setdefault("rate_limit", 10_000.0)
-    return Drainer(store, client.tracking.send_batch, DrainPolicy(**policy), rng=lambda: 1.0)
+    return Drainer(store, client.tracking.send_stored_batch, DrainPolicy(**policy), rng=lambda: 1.0)
 
 
 def enqueue_events(store, customer: str, count: int, start: int = 0) -> None:

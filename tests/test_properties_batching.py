@@ -200,7 +200,7 @@ def test_drained_batches_respect_both_caps_fill_greedily_and_keep_id_order(
     with fresh_store(template) as store:
         sizes = enqueue(store, rows)
         policy = DrainPolicy(batch_size=batch_size, batch_max_bytes=max_bytes, rate_limit=FAST_RATE)
-        report = Drainer(store, client.tracking.send_batch, policy).drain()
+        report = Drainer(store, client.tracking.send_stored_batch, policy).drain()
         assert report.delivered == len(rows) and store.stats()["pending"] == 0
 
     batches = [[int(c["command_id"]) for c in batch] for batch in fake_server.batches]
@@ -236,7 +236,7 @@ def test_bisection_dead_letters_exactly_the_poison_and_delivers_the_rest_in_orde
     with fresh_store(template) as store:
         ids = list(enqueue(store, [(customer, 0) for customer in customers]))
         policy = DrainPolicy(batch_size=batch_size, rate_limit=FAST_RATE)
-        report = Drainer(store, client.tracking.send_batch, policy).drain()
+        report = Drainer(store, client.tracking.send_stored_batch, policy).drain()
         dead = {ids.index(d.id): d for d in store.list_dead()}
         assert store.stats()["pending"] == 0
 
@@ -256,7 +256,7 @@ def test_a_lone_oversize_row_is_sent_alone_rather_than_stuck(fake_server, client
     with fresh_store(template) as store:
         sizes = enqueue(store, [("ann", 10), ("ann", 5000), ("ann", 10)])
         policy = DrainPolicy(batch_max_bytes=1000, rate_limit=FAST_RATE)
-        assert Drainer(store, client.tracking.send_batch, policy).drain().delivered == 3
+        assert Drainer(store, client.tracking.send_stored_batch, policy).drain().delivered == 3
     assert [len(b) for b in fake_server.batches] == [1, 1, 1]
     assert max(sizes.values()) > 1000
     assert delivered_ns(fake_server) == [0, 1, 2]

@@ -138,7 +138,7 @@ class TrackerAgent:
             rate_limit=s.rate_limit,
             pause_probe_interval=s.pause_probe_interval,
         )
-        return Drainer(self.store, self.client.tracking.send_batch, policy)
+        return Drainer(self.store, self.client.tracking.send_stored_batch, policy)
 
     # -- reads go straight to the API ----------------------------------------------------------
 
@@ -191,7 +191,7 @@ class TrackerAgent:
 
     def _scheduled_drain(self) -> None:
         try:
-            report = self.drainer.drain()
+            report = self.drainer.drain(stop_on_partial=True)
         except OutboxError as exc:
             self._set_state("storage error", str(exc))
             log.error("drain failed: %s", exc)

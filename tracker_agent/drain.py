@@ -16,7 +16,6 @@ The only module that joins the HTTP client and the outbox. The policy is pure (`
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import random
 import threading
@@ -41,7 +40,9 @@ log = logging.getLogger(__name__)
 #: Upper bound on a server's Retry-After we obey, so a bogus header cannot stall us for days.
 MAX_RETRY_AFTER_SECONDS = 3600.0
 
-SendBatch = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+#: Sends one batch request of stored commands, given as (name, data JSON text, command_id)
+#: triples, and returns one result dict per command in order (Tracking.send_stored_batch).
+SendBatch = Callable[[list[tuple[str, str, str]]], list[dict[str, Any]]]
 
 
 class Action(enum.Enum):
@@ -173,12 +174,14 @@ class Drainer:
         self._limiter = limiter or RateLimiter(self.policy.rate_limit)
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self._last_claimed = 0
 
     def drain(
         self,
         *,
         deadline: float | None = None,
         progress: Callable[[DrainReport], None] | None = None,
+        stop_on_partial: bool = False,
     ) -> DrainReport:
         """Deliver due rows until none is due, delivery waits (backoff/pause), stop or deadline.
 
@@ -193,6 +196,8 @@ class Drainer:
                 report.add(round_report)
                 if progress is not None:
                     progress(report)
+                if stop_on_partial and 0 < self._last_claimed < self.policy.batch_size:
+                    break  # a partial batch: the rest waits for the next tick or a full batch
                 if (
                     round_report.requests == 0
                     or round_report.paused_reason
@@ -223,6 +228,7 @@ class Drainer:
             lease_seconds=p.lease_seconds,
             now=now,
         )
+        self._last_claimed = len(rows)
         if not rows:
             return report
         outcome = Settlement()
@@ -264,13 +270,11 @@ class Drainer:
         state: dict[str, Any],
     ) -> None:
         """Send `rows` as one request; on a whole-batch rejection, bisect. Raises _Stop."""
-        commands = [
-            {"name": r.kind, "data": json.loads(r.payload), "command_id": str(r.id)} for r in rows
-        ]
         self._limiter.acquire()
         report.requests += 1
         try:
-            results = self.send_batch(commands)
+            # Payloads were validated and serialised at enqueue: they go out as stored.
+            results = self.send_batch([(r.kind, r.payload, str(r.id)) for r in rows])
         except APIException as exc:
             action = classify(exc)
             if action is Action.SPLIT:

@@ -41,9 +41,12 @@ class MonotonicTimestamps:
             return stamp
 
 
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def customer_key(customer_ids: dict[str, Any]) -> str:
     """Canonical JSON of a customer's ids: the ordering key of the outbox."""
-    return json.dumps(customer_ids, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _KEY_ENCODER.encode(customer_ids)
 
 
 class DurableTracking:
@@ -79,7 +82,9 @@ class DurableTracking:
         """Queue an event; True once it is durable. batch=True returns the command instead."""
         if timestamp is None:
             timestamp = self._timestamps.next()
-        data = validation.event_command(customer_ids, event_type, properties, timestamp)
+        data = validation.event_command(
+            customer_ids, event_type, properties, timestamp, check_size=False
+        )  # _commit serialises once and checks the size
         command = {"name": KIND_EVENT, "data": data}
         return command if batch else self._commit([command])
 
@@ -87,7 +92,9 @@ class DurableTracking:
         self, customer_ids: dict[str, Any], properties: dict[str, Any], batch: bool = False
     ) -> Any:
         """Queue a customer update stamped now; True once durable (batch=True: the command)."""
-        data = validation.customer_command(customer_ids, properties, self._timestamps.next())
+        data = validation.customer_command(
+            customer_ids, properties, self._timestamps.next(), check_size=False
+        )
         command = {"name": KIND_CUSTOMER, "data": data}
         return command if batch else self._commit([command])
 
@@ -130,12 +137,15 @@ class DurableTracking:
         rows = []
         for index, command in enumerate(commands):
             data = command["data"]
-            row = NewCommand(
-                command["name"], customer_key(data["customer_ids"]), validation.dumps(data)
-            )
-            if (
-                row.size >= validation.MAX_COMMAND_BYTES
-            ):  # the builders checked before the timestamp
+            try:
+                row = NewCommand(
+                    command["name"], customer_key(data["customer_ids"]), validation.dumps(data)
+                )
+            except UnicodeEncodeError as exc:  # check_command_size used to catch it
+                raise ValidationError(
+                    f"commands[{index}]", "contains text that is not valid Unicode"
+                ) from exc
+            if row.size >= validation.MAX_COMMAND_BYTES:  # serialised once, checked here
                 raise ValidationError(
                     f"commands[{index}]",
                     f"is {row.size} bytes; the API limit is {validation.MAX_COMMAND_BYTES}",

@@ -282,9 +282,10 @@ class HTTPTransport:
         idempotent: bool,
         public_key_ok: bool = False,
         require: Mapping[str, type | tuple[type, ...]] | None = None,
+        body: bytes | None = None,
     ) -> dict[str, Any]:
-        """Send one API call and return its JSON object; retry only if `idempotent`."""
-        body = None
+        """Send one API call and return its JSON object; retry only if `idempotent`.
+        `body`: an already serialised JSON body (instead of `json`)."""
         if json is not None:
             try:
                 body = dumps(json).encode("utf-8")

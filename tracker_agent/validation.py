@@ -159,10 +159,25 @@ def _convert(value: Any, path: str) -> Any:
 def _normalize_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, item in value.items():
-        if not isinstance(key, str):
-            raise ValidationTypeError(path, f"keys must be str, got {_type_name(key)}")
-        result[str.__str__(key)] = _normalize_value(item, f"{path}[{key!r}]", depth)
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise ValidationTypeError(path, f"keys must be str, got {_type_name(key)}")
+            key = str.__str__(key)
+        kind = type(item)  # exact JSON scalars: nothing to convert, no error path to build
+        if kind is str or kind is bool or item is None:
+            result[key] = item
+        elif kind is float and math.isfinite(item):
+            result[key] = item
+        elif kind is int and item.bit_length() <= MAX_INT_BITS:
+            result[key] = item
+        else:
+            result[key] = _normalize_value(item, f"{path}[{key!r}]", depth)
     return result
+
+
+#: An ASCII str shorter than this cannot reach MAX_PROPERTY_VALUE_BYTES as JSON (a character
+#: is at most 6 bytes, "\\u001f", plus 2 quotes): no need to serialise it to measure it.
+_SHORT_ASCII = (MAX_PROPERTY_VALUE_BYTES - 2) // 6
 
 
 def normalize_properties(value: object, field: str = "properties") -> dict[str, Any]:
@@ -175,13 +190,14 @@ def normalize_properties(value: object, field: str = "properties") -> dict[str, 
         raise ValidationTypeError(field, f"expected a dict, got {_type_name(value)}")
     result = _normalize_mapping(value, field, 0)
     for key, item in result.items():
+        if type(item) is str and len(item) < _SHORT_ASCII and item.isascii():
+            continue
         if isinstance(item, (str, list, dict)):
             size = _json_size(item, f"{field}[{key!r}]")
             if size >= MAX_PROPERTY_VALUE_BYTES:
                 raise ValidationError(
                     f"{field}[{key!r}]",
-                    f"value is {size} bytes as JSON; the API limit is "
-                    f"{MAX_PROPERTY_VALUE_BYTES}",
+                    f"value is {size} bytes as JSON; the API limit is {MAX_PROPERTY_VALUE_BYTES}",
                 )
     return result
 
@@ -209,9 +225,12 @@ def normalize_timestamp(value: object, field: str = "timestamp") -> float:
     return rounded
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, keys in insertion order, UTF-8 text, NaN refused (ValueError)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def _json_size(obj: Any, field: str) -> int:
@@ -238,8 +257,11 @@ def event_command(
     event_type: object,
     properties: object = None,
     timestamp: object = None,
+    *,
+    check_size: bool = True,
 ) -> dict[str, Any]:
-    """Validated "data" of a customers/events command. No timestamp: the server's clock."""
+    """Validated "data" of a customers/events command. No timestamp: the server's clock.
+    check_size=False: the caller serialises the data once and checks its size itself."""
     data: dict[str, Any] = {
         "customer_ids": normalize_customer_ids(customer_ids),
         "event_type": normalize_event_type(event_type),
@@ -247,12 +269,17 @@ def event_command(
     }
     if timestamp is not None:
         data["timestamp"] = normalize_timestamp(timestamp)
-    check_command_size(data)
+    if check_size:
+        check_command_size(data)
     return data
 
 
 def customer_command(
-    customer_ids: object, properties: object, update_timestamp: object = None
+    customer_ids: object,
+    properties: object,
+    update_timestamp: object = None,
+    *,
+    check_size: bool = True,
 ) -> dict[str, Any]:
     """Validated "data" of a customers (property update) command."""
     data: dict[str, Any] = {
@@ -261,7 +288,8 @@ def customer_command(
     }
     if update_timestamp is not None:
         data["update_timestamp"] = normalize_timestamp(update_timestamp, "update_timestamp")
-    check_command_size(data)
+    if check_size:
+        check_command_size(data)
     return data
 
 

@@ -37,6 +37,7 @@ class Transport(Protocol):
         idempotent: bool,
         public_key_ok: bool = False,
         require: Mapping[str, type | tuple[type, ...]] | None = None,
+        body: bytes | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -61,12 +62,14 @@ class Namespace:
         params: Mapping[str, Any] | None = None,
         read: bool = False,
         require: Mapping[str, type | tuple[type, ...]] | None = None,
+        body: bytes | None = None,
     ) -> dict[str, Any]:
         """One API call; `read=True` marks it safe to retry (no side effect)."""
         return self._transport.request(
             method,
             self._base + path,
             json=json,
+            body=body,
             params=params,
             idempotent=read,
             public_key_ok=self.public_key_ok,

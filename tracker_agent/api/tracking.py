@@ -32,6 +32,8 @@ def _result(command_id: str, raw: object) -> dict[str, Any]:
             "errors": [MISSING_RESULT_ERROR],
             "missing": True,
         }
+    if raw.get("success") is True and not raw.get("errors") and "time" not in raw:
+        return {"command_id": command_id, "success": True, "errors": []}
     result: dict[str, Any] = {
         "command_id": command_id,
         "success": raw.get("success") is True,
@@ -148,6 +150,17 @@ class Tracking(Namespace):
         response = self._call("POST", "/batch", json=payload, require={"results": list})
         return align_batch_results(command_ids, response["results"])
 
+    def send_stored_batch(self, stored: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
+        """One POST /batch of (name, data as compact JSON text, command_id): the outbox's
+        payloads, validated at enqueue, go out as stored (no parse, no re-encode)."""
+        parts = [
+            f'{{"name":"{name}","data":{data},"command_id":"{command_id}"}}'
+            for name, data, command_id in stored
+        ]
+        body = ('{"commands":[' + ",".join(parts) + "]}").encode("utf-8")
+        response = self._call("POST", "/batch", body=body, require={"results": list})
+        return align_batch_results([c for _, _, c in stored], response["results"])
+
     def batch_commands(self, commands: Sequence[Mapping[str, Any]]) -> list[bool | float]:
         """Send commands in batches of 50; per command True/False, or the time for system/time.
 
@@ -167,6 +180,7 @@ class Tracking(Namespace):
         outcome: list[bool | float] = []
         for start in range(0, len(prepared), MAX_BATCH_COMMANDS):
             for result in self.send_batch(prepared[start : start + MAX_BATCH_COMMANDS]):
-                outcome.append(result["time"] if result["success"] and "time" in result
-                               else result["success"])
+                outcome.append(
+                    result["time"] if result["success"] and "time" in result else result["success"]
+                )
         return outcome
