@@ -192,7 +192,7 @@ def test_results_are_aligned_by_echoed_command_id_whatever_order_they_come_in(id
     st.integers(min_value=1, max_value=MAX_BATCH_COMMANDS),
     st.integers(min_value=200, max_value=12_000),
 )
-def test_drained_batches_respect_both_caps_fill_greedily_and_keep_id_order(
+def test_drained_batches_respect_both_caps_and_keep_each_customers_order(
     fake_server, client, template, count, rnd, batch_size, max_bytes
 ):
     rows = [(rnd.choice(CUSTOMERS), rnd.choices(PADS, PAD_WEIGHTS)[0](rnd)) for _ in range(count)]
@@ -204,15 +204,22 @@ def test_drained_batches_respect_both_caps_fill_greedily_and_keep_id_order(
         assert report.delivered == len(rows) and store.stats()["pending"] == 0
 
     batches = [[int(c["command_id"]) for c in batch] for batch in fake_server.batches]
-    assert [i for batch in batches for i in batch] == list(sizes)  # every row once, id order
-    for number, batch in enumerate(batches):
+    sent = [i for batch in batches for i in batch]
+    assert sorted(sent) == list(sizes)  # every row exactly once
+    customer_of = dict(zip(sizes, (customer for customer, _ in rows), strict=True))
+    for customer in CUSTOMERS:  # per-customer FIFO (the pipeline may reorder customers)
+        mine = [i for i in sent if customer_of[i] == customer]
+        assert mine == sorted(mine)
+    for batch in batches:
         total = sum(sizes[i] for i in batch)
+        assert batch == sorted(batch)  # each claim takes the oldest eligible rows in order
         assert len(batch) <= batch_size
         assert total <= max_bytes or len(batch) == 1  # only a lone oversize row may exceed
-        if number + 1 < len(batches):  # greedy: the next row would not have fitted
-            following = batches[number + 1][0]
-            assert len(batch) == batch_size or total + sizes[following] > max_bytes
-    assert delivered_ns(fake_server) == list(range(len(rows)))
+    arrived = [(e["customer_ids"]["registered"], e["properties"]["n"]) for e in fake_server.events]
+    for customer in CUSTOMERS:
+        ns = [n for who, n in arrived if who == customer]
+        assert ns == sorted(ns)
+    assert len(arrived) == len(rows)
 
 
 # --- the drain's bisection of refused batches ------------------------------------------------
@@ -243,12 +250,18 @@ def test_bisection_dead_letters_exactly_the_poison_and_delivers_the_rest_in_orde
     assert set(dead) == poison | refused
     assert all(dead[n].status_code == 400 for n in poison)
     assert report.dead_lettered == len(poison | refused)
-    assert delivered_ns(fake_server) == [n for n in numbers if n not in poison | refused]
+    arrived = [(e["customer_ids"]["registered"], e["properties"]["n"]) for e in fake_server.events]
+    assert sorted(n for _, n in arrived) == [n for n in numbers if n not in poison | refused]
+    for customer in CUSTOMERS:  # each customer's commands arrive in the order they were made
+        ns = [n for who, n in arrived if who == customer]
+        assert ns == sorted(ns)
     assert fake_server.duplicate_events == 0
     # Bisection, not one request per command: each poison costs at most two requests per level.
+    # The pipeline may add one smaller batch per full one (claimed while customers are in
+    # flight), hence the factor 2 on the plain batch count.
     first_batches = math.ceil(count / batch_size)
     levels = math.ceil(math.log2(batch_size)) if batch_size > 1 else 0
-    assert len(fake_server.batches) <= first_batches + 2 * levels * len(poison)
+    assert len(fake_server.batches) <= 2 * first_batches + 2 * levels * len(poison)
 
 
 def test_a_lone_oversize_row_is_sent_alone_rather_than_stuck(fake_server, client, template):

@@ -289,6 +289,7 @@ class TrackerAgent:
         if self._closed:
             return
         self.stop(timeout)
+        self.drainer.close(wait=False)  # idle unless a request outlived the grace period
         self._closed = True
         self.store.close()
         self.store.engine.dispose()

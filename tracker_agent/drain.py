@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,11 @@ class DrainReport:
     backoff_until: float | None = None
     last_error: str | None = None
 
+    @property
+    def waits(self) -> bool:
+        """Delivery must wait: a backoff or a pause is in force."""
+        return bool(self.paused_reason) or self.backoff_until is not None
+
     def add(self, other: DrainReport) -> None:
         self.requests += other.requests
         self.delivered += other.delivered
@@ -151,6 +157,16 @@ class _Stop(Exception):
     """Raised inside a round to end the pass (backoff or pause began)."""
 
 
+@dataclass
+class _Batch:
+    """A claimed batch on its way: its rows, the state seen at claim time, its report."""
+
+    rows: list[ClaimedRow]
+    state: dict[str, Any]
+    report: DrainReport
+    answer: Future[list[dict[str, Any]] | APIException] | None = None
+
+
 class Drainer:
     """Delivers the outbox through `send_batch`; one instance per process is enough."""
 
@@ -174,7 +190,7 @@ class Drainer:
         self._limiter = limiter or RateLimiter(self.policy.rate_limit)
         self._lock = threading.Lock()
         self.stopping = threading.Event()
-        self._last_claimed = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     def drain(
         self,
@@ -185,30 +201,96 @@ class Drainer:
     ) -> DrainReport:
         """Deliver due rows until none is due, delivery waits (backoff/pause), stop or deadline.
 
-        `deadline` is on the `now` clock. Only one pass runs at a time per Drainer.
+        Pipelined: while one batch's request is in flight, the previous batch is settled and
+        the next one claimed (the lease keeps the next batch clear of customers in flight, so
+        per-customer order holds). `deadline` is on the `now` clock. With `stop_on_partial`
+        the pass ends after a batch smaller than batch_size (the scheduler's ticks). Only one
+        pass runs at a time per Drainer.
         """
         report = DrainReport()
+        in_flight: _Batch | None = None
+        upcoming: _Batch | None = None
+        caught_up = False
         with self._lock:
-            while not self.stopping.is_set():
-                if deadline is not None and self._now() >= deadline:
-                    break
-                round_report = self._round()
-                report.add(round_report)
-                if progress is not None:
-                    progress(report)
-                if stop_on_partial and 0 < self._last_claimed < self.policy.batch_size:
-                    break  # a partial batch: the rest waits for the next tick or a full batch
-                if (
-                    round_report.requests == 0
-                    or round_report.paused_reason
-                    or (round_report.backoff_until is not None)
-                ):
-                    break
+            try:
+                while True:
+                    upcoming, waiting = None, None
+                    if not (self._should_stop(deadline) or (stop_on_partial and caught_up)):
+                        begun = self._begin()
+                        upcoming, waiting = (
+                            (begun, None)
+                            if isinstance(begun, _Batch)
+                            else (
+                                None,
+                                begun,
+                            )
+                        )
+                    if in_flight is None:
+                        if upcoming is None:
+                            if waiting is not None and waiting.waits:
+                                report.add(waiting)
+                            break
+                        # A short claim with nothing in flight: the queue is caught up.
+                        caught_up = len(upcoming.rows) < self.policy.batch_size
+                        in_flight, upcoming = self._launch(upcoming), None
+                        continue
+                    finished, in_flight, upcoming = self._land(in_flight, upcoming)
+                    report.add(finished)
+                    if progress is not None:
+                        progress(report)
+                    if finished.waits:
+                        break
+            finally:
+                # Claimed but never settled (delivery must wait, or an error): rows go back.
+                self._abandon(upcoming)
+                self._abandon(in_flight)
         return report
 
-    # -- one round: claim a batch, send it, settle it -----------------------------------------
+    def _launch(self, batch: _Batch) -> _Batch:
+        batch.answer = self._executor().submit(self._send, batch)
+        return batch
 
-    def _round(self) -> DrainReport:
+    def _land(
+        self, in_flight: _Batch, upcoming: _Batch | None
+    ) -> tuple[DrainReport, _Batch | None, _Batch | None]:
+        """Wait for the request in flight; if it was answered, launch the next batch at once
+        and settle the landed one while that request travels. Returns (report of the landed
+        batch, the batch now in flight, a batch still to launch)."""
+        assert in_flight.answer is not None
+        answered = not isinstance(in_flight.answer.result(), APIException)
+        launched = None
+        if answered and upcoming is not None:
+            launched, upcoming = self._launch(upcoming), None
+        try:
+            finished = self._finish(in_flight)
+        except BaseException:
+            self._abandon(launched)
+            raise
+        if finished.waits:
+            self._abandon(launched)
+            return finished, None, upcoming
+        if launched is None and upcoming is not None:
+            launched, upcoming = self._launch(upcoming), None
+        return finished, launched, upcoming
+
+    def _should_stop(self, deadline: float | None) -> bool:
+        return self.stopping.is_set() or (deadline is not None and self._now() >= deadline)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracker-agent-send")
+        return self._pool
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the sending thread (idle between passes; a new pass starts it again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)
+
+    # -- one batch: begin (state, claim), send, finish (settle) --------------------------------
+
+    def _begin(self) -> _Batch | DrainReport:
+        """Claim the next batch, or say why not (`waits`: backoff or pause in force)."""
         report = DrainReport()
         now = self._now()
         state = self.store.state()
@@ -228,12 +310,36 @@ class Drainer:
             lease_seconds=p.lease_seconds,
             now=now,
         )
-        self._last_claimed = len(rows)
-        if not rows:
-            return report
+        return _Batch(rows, state, report) if rows else report
+
+    def _send(self, batch: _Batch) -> list[dict[str, Any]] | APIException:
+        self._limiter.acquire()
+        batch.report.requests += 1
+        try:
+            # Payloads were validated and serialised at enqueue: they go out as stored.
+            return self.send_batch([(r.kind, r.payload, str(r.id)) for r in batch.rows])
+        except APIException as exc:
+            return exc
+
+    def _abandon(self, batch: _Batch | None) -> None:
+        """Give a claimed batch's rows back untouched (best effort: leases expire anyway)."""
+        if batch is None:
+            return
+        if batch.answer is not None:
+            batch.answer.result()  # never leave a request running behind our back
+        try:
+            released = Settlement(release=[r.id for r in batch.rows])
+            self.store.settle(self.owner, released, self._now())
+        except Exception:
+            log.warning("could not release %d leased rows", len(batch.rows), exc_info=True)
+
+    def _finish(self, batch: _Batch) -> DrainReport:
+        rows, state, report = batch.rows, batch.state, batch.report
+        assert batch.answer is not None
+        answer = batch.answer.result()
         outcome = Settlement()
         try:
-            self._deliver(rows, outcome, report, state)
+            self._handle(rows, answer, outcome, report, state)
         except _Stop:
             pass
         except BaseException:
@@ -256,6 +362,7 @@ class Drainer:
                 outcome.dead[0][1],
             )
         report.retried += len(outcome.retry)
+        paused = state.get(state_keys.STATE_PAUSED_REASON)
         failures = int(state.get(state_keys.STATE_FAILURES) or 0)
         if report.backoff_until is None and not report.paused_reason and (paused or failures):
             why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
@@ -269,23 +376,30 @@ class Drainer:
         report: DrainReport,
         state: dict[str, Any],
     ) -> None:
-        """Send `rows` as one request; on a whole-batch rejection, bisect. Raises _Stop."""
-        self._limiter.acquire()
-        report.requests += 1
-        try:
-            # Payloads were validated and serialised at enqueue: they go out as stored.
-            results = self.send_batch([(r.kind, r.payload, str(r.id)) for r in rows])
-        except APIException as exc:
-            action = classify(exc)
+        """Send `rows` now, as one request, and handle the answer (the bisection's path)."""
+        batch = _Batch(list(rows), state, report)
+        self._handle(rows, self._send(batch), outcome, report, state)
+
+    def _handle(
+        self,
+        rows: Sequence[ClaimedRow],
+        answer: list[dict[str, Any]] | APIException,
+        outcome: Settlement,
+        report: DrainReport,
+        state: dict[str, Any],
+    ) -> None:
+        """Settle rows from their results; on a whole-batch rejection, bisect. Raises _Stop."""
+        if isinstance(answer, APIException):
+            action = classify(answer)
             if action is Action.SPLIT:
-                self._split(rows, exc, outcome, report, state)
+                self._split(rows, answer, outcome, report, state)
                 return
             if action is Action.PAUSE:
-                self._pause(rows, exc, outcome, report, state)
+                self._pause(rows, answer, outcome, report, state)
             else:
-                self._back_off(rows, exc, outcome, report, state)
-            raise _Stop from exc
-        self._settle_results(rows, results, outcome)
+                self._back_off(rows, answer, outcome, report, state)
+            raise _Stop from answer
+        self._settle_results(rows, answer, outcome)
 
     def _settle_results(
         self, rows: Sequence[ClaimedRow], results: list[dict[str, Any]], outcome: Settlement
