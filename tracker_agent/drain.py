@@ -322,11 +322,19 @@ class Drainer:
             return exc
 
     def _abandon(self, batch: _Batch | None) -> None:
-        """Give a claimed batch's rows back untouched (best effort: leases expire anyway)."""
+        """Give a claimed batch's rows back (best effort: leases expire anyway). A batch whose
+        request was answered is settled from its answer instead, so that an error elsewhere
+        never re-sends what the server already took."""
         if batch is None:
             return
         if batch.answer is not None:
-            batch.answer.result()  # never leave a request running behind our back
+            answered = not isinstance(batch.answer.result(), APIException)
+            if answered:
+                try:
+                    self._finish(batch)
+                    return
+                except Exception:
+                    log.warning("could not settle an answered batch", exc_info=True)
         try:
             released = Settlement(release=[r.id for r in batch.rows])
             self.store.settle(self.owner, released, self._now())

@@ -61,8 +61,8 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
     state = read_state(conn)
     backoff_until = state.get(STATE_BACKOFF_UNTIL)
     paused = state.get(STATE_PAUSED_REASON)
-    if paused:
-        next_attempt = state.get(STATE_PROBE_AT)
+    if paused:  # a probe that met a transient fault waits for the backoff too
+        next_attempt = max(float(state.get(STATE_PROBE_AT) or 0), float(backoff_until or 0))
     elif backoff_until and backoff_until > now:
         next_attempt = backoff_until
     else:
