@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +53,25 @@ def exponea(fake: FakeExponea, sleeps: list[float]) -> Iterator[Exponea]:
         sleep=sleeps.append,
     ) as client:
         yield client
+
+
+@pytest.fixture
+def make_read_only() -> Iterator[Callable[[Path], None]]:
+    """Make a path unwritable even for root: the immutable flag (as root) or chmod (others)."""
+    changed: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() != 0:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        else:
+            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+            if result.returncode != 0:
+                pytest.skip(f"root without chattr +i here: {result.stderr!r}")
+        changed.append(path)
+
+    yield make
+    for path in changed:  # undo first, or tmp_path cannot be cleaned up
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)

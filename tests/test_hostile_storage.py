@@ -382,28 +382,6 @@ def test_an_outbox_from_a_newer_tracker_agent_is_refused_and_left_byte_identical
 # --- storage that cannot be written -------------------------------------------------------
 
 
-@pytest.fixture
-def make_read_only() -> Iterator[Callable[[Path], None]]:
-    """Make a path unwritable even for root: the immutable flag (as root) or chmod (others)."""
-    changed: list[Path] = []
-
-    def make(path: Path) -> None:
-        if os.geteuid() != 0:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        else:
-            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
-            if result.returncode != 0:
-                pytest.skip(f"root without chattr +i here: {result.stderr!r}")
-        changed.append(path)
-
-    yield make
-    for path in changed:  # undo first, or tmp_path cannot be cleaned up
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        else:
-            path.chmod(0o755 if path.is_dir() else 0o644)
-
-
 def test_a_new_outbox_in_a_read_only_directory_gives_a_clear_error(fake, tmp_path, make_read_only):
     folder = tmp_path / "state"
     folder.mkdir()

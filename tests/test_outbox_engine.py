@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -321,28 +321,6 @@ def test_a_directory_that_cannot_be_created_raises_storage_read_only(tmp_path):
     with pytest.raises(StorageReadOnlyError) as info:
         open_outbox(_url(path))
     assert str(path) in str(info.value)
-
-
-@pytest.fixture
-def make_read_only() -> Iterator[Callable[[Path], None]]:
-    """Make a path unwritable even for root: the immutable flag (as root) or chmod (others)."""
-    changed: list[Path] = []
-
-    def make(path: Path) -> None:
-        if os.geteuid() != 0:
-            path.chmod(0o555 if path.is_dir() else 0o444)
-        else:
-            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
-            if result.returncode != 0:
-                pytest.skip(f"root without chattr +i here: {result.stderr!r}")
-        changed.append(path)
-
-    yield make
-    for path in changed:  # undo first, or tmp_path cannot be cleaned up
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        else:
-            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def test_a_read_only_directory_raises_storage_read_only(db_path, make_read_only):
