@@ -34,6 +34,12 @@ _INSERT = (
     "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
+# The lone-caller fast path: insert one row only if it fits, bound check and insert in one
+# statement (a separate SELECT of the counters costs a fifth of an un-fsynced commit).
+_INSERT_IF_ROOM = (
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
+    " SELECT ?, ?, ?, ?, ? FROM queue_counters WHERE id = 1 AND rows <= ? AND bytes <= ?"
+)
 # Oldest due rows whose customer has no earlier row that is leased by someone or waiting for a
 # retry: a customer's later command never overtakes an earlier pending one.
 _CLAIM = """
@@ -189,6 +195,15 @@ class OutboxStore:
         errors: list[BaseException | None] = []
         now = self._now()
         with self._transaction(self._writer) as cur:
+            if len(requests) == 1 and len(requests[0]) == 1:
+                c = requests[0][0]
+                room = (self.max_rows - 1, self.max_bytes - c.size)
+                cur.execute(
+                    _INSERT_IF_ROOM, (c.kind, c.customer_key, c.payload, c.size, now, *room)
+                )
+                if cur.rowcount == 1:
+                    return [None]
+                # Full: nothing was inserted; the general path below decides (raise or drop).
             rows, size = cur.execute(_COUNTERS).fetchone()
             pending: list[tuple[Any, ...]] = []
             for commands in requests:
