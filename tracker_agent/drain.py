@@ -147,23 +147,23 @@ class Drainer:
             try:
                 while True:
                     upcoming, waiting = None, None
-                    if not (self._should_stop(deadline) or (stop_on_partial and caught_up)):
+                    # Claim beside a flight only when that batch was full (a backlog): beside a
+                    # short one, the claim would catch a trickle of new rows one request each.
+                    ready = in_flight is None or self._is_full(in_flight)
+                    stop = self._should_stop(deadline) or (stop_on_partial and caught_up)
+                    if ready and not stop:
                         begun = self._begin()
-                        upcoming, waiting = (
-                            (begun, None)
-                            if isinstance(begun, _Batch)
-                            else (
-                                None,
-                                begun,
-                            )
-                        )
+                        if isinstance(begun, _Batch):
+                            upcoming = begun
+                        else:
+                            waiting = begun
                     if in_flight is None:
                         if upcoming is None:
                             if waiting is not None and waiting.waits:
                                 report.add(waiting)
                             break
                         # A short claim with nothing in flight: the queue is caught up.
-                        caught_up = len(upcoming.rows) < self.policy.batch_size
+                        caught_up = not self._is_full(upcoming)
                         in_flight, upcoming = self._launch(upcoming), None
                         continue
                     finished, in_flight, upcoming = self._land(in_flight, upcoming)
@@ -177,6 +177,12 @@ class Drainer:
                 self._abandon(upcoming)
                 self._abandon(in_flight)
         return report
+
+    def _is_full(self, batch: _Batch) -> bool:
+        """The claim hit a cap (commands, or about half the byte cap): more is likely due."""
+        p = self.policy
+        size = sum(r.size for r in batch.rows)
+        return len(batch.rows) >= p.batch_size or size * 2 >= p.batch_max_bytes
 
     def _launch(self, batch: _Batch) -> _Batch:
         batch.answer = self._executor().submit(self._send, batch)

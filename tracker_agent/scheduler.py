@@ -1,5 +1,8 @@
 """APScheduler wiring: one drain job per process, on an interval, with an immediate wake-up.
 
+A tick that finds the last pass still running is skipped (max_instances=1, coalesced), and
+logged at DEBUG rather than APScheduler's WARNING: a long drain is normal.
+
 The job runs in APScheduler's background thread (max_instances=1, coalesced, no misfire
 limit), so a library app's threads never wait on the network; the daemon uses the same
 scheduler and parks its main thread on a stop event, where signals land. APScheduler is
@@ -44,6 +47,7 @@ class DrainScheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=dt.timezone.utc,
             daemon=True,
+            logger=_SchedulerLog(logging.getLogger("apscheduler.scheduler"), {}),
         )
         self._job = scheduler.add_job(
             self._run,
@@ -88,6 +92,17 @@ class DrainScheduler:
         self._idle = threading.Event()
         self._idle.set()
         self._wake_pending = False
+
+
+class _SchedulerLog(logging.LoggerAdapter):
+    """APScheduler's own logger, except one message: a tick that finds the previous pass still
+    running is how a long drain looks (max_instances=1 on purpose), not a warning."""
+
+    def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
+        if "maximum number of running instances" in str(msg):
+            self.debug(msg, *args, **kwargs)
+        else:
+            super().warning(msg, *args, **kwargs)
 
 
 def _utcnow() -> dt.datetime:
