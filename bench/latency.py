@@ -151,8 +151,9 @@ def run(scale: Scale, workdir: str) -> Section:
     section.notes += [
         "tracker-agent: defaults otherwise (rate_limit 100 requests/s, batch_size 50, "
         "synchronous=FULL); the latency includes the durable commit of add_event.",
-        "A drain pass starts every drain_interval (and at once when 50 events are waiting) and "
-        "keeps claiming while anything is due, so under a steady load it rarely idles: events "
-        "leave in small batches soon after their commit (see events/request).",
+        "A drain pass starts every drain_interval (and at once when 50 events are waiting), "
+        "sends full batches back to back and ends at the first short one, so a steady trickle "
+        "leaves in batches of about rate x drain_interval (see events/request) and waits up to "
+        "about one interval.",
     ]
     return section
