@@ -403,8 +403,8 @@ def _locked(path: Path) -> BaseException:
     raise AssertionError("expected SQLITE_BUSY")
 
 
-def _not_a_database(path: Path) -> BaseException:
-    _random_bytes(path)
+def _error_reading(path: Path, expected: str) -> BaseException:
+    """The error stdlib sqlite3 raises when it reads the catalog of the file at `path`."""
     conn = sqlite3.connect(path)
     try:
         conn.execute("SELECT * FROM sqlite_master")
@@ -412,19 +412,17 @@ def _not_a_database(path: Path) -> BaseException:
         return exc
     finally:
         conn.close()
-    raise AssertionError("expected SQLITE_NOTADB")
+    raise AssertionError(f"expected {expected}")
+
+
+def _not_a_database(path: Path) -> BaseException:
+    _random_bytes(path)
+    return _error_reading(path, "SQLITE_NOTADB")
 
 
 def _malformed(path: Path) -> BaseException:
     _corrupt_sqlite(path)
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("SELECT * FROM sqlite_master")
-    except sqlite3.Error as exc:
-        return exc
-    finally:
-        conn.close()
-    raise AssertionError("expected SQLITE_CORRUPT")
+    return _error_reading(path, "SQLITE_CORRUPT")
 
 
 def _wrapped_by_sqlalchemy(path: Path) -> BaseException:

@@ -290,14 +290,10 @@ class Drainer:
             pass
         except BaseException:
             # Unexpected: let the rows go back to the queue untouched before propagating.
-            handled = set(outcome.delivered) | {d[0] for d in outcome.dead} | set(outcome.retry)
-            outcome.release.extend(r.id for r in rows if r.id not in handled)
+            outcome.release_the_rest(r.id for r in rows)
             self.store.settle(self.owner, outcome, self._now())
             raise
-        handled = set(outcome.delivered) | {d[0] for d in outcome.dead} | set(outcome.retry)
-        outcome.release.extend(
-            r.id for r in rows if r.id not in handled and r.id not in outcome.release
-        )
+        outcome.release_the_rest(r.id for r in rows)
         report.delivered += self.store.settle(self.owner, outcome, self._now())
         report.dead_lettered += len(outcome.dead)
         if outcome.dead:

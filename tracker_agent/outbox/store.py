@@ -13,7 +13,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +88,11 @@ class Settlement:
     retry_at: float = 0.0
     error: str | None = None
     state: dict[str, Any] = field(default_factory=dict)  # agent_state keys to set
+
+    def release_the_rest(self, ids: Iterable[int]) -> None:
+        """Release every id of `ids` that no other outcome covers (nothing is left leased)."""
+        covered = {*self.delivered, *(d[0] for d in self.dead), *self.retry, *self.release}
+        self.release.extend(i for i in ids if i not in covered)
 
 
 class OutboxStore:
