@@ -22,6 +22,7 @@ from tracker_agent.validation import (
     normalize_customer_ids,
     normalize_properties,
     normalize_timestamp,
+    tree_encoder,
 )
 
 FAST = settings(max_examples=150, deadline=None)
@@ -144,6 +145,26 @@ def test_any_properties_give_plain_json_or_a_validation_error_and_nothing_else(p
         return
     assert is_plain_json(result)
     assert round_trips(result)  # json.dumps(allow_nan=False) accepts it
+
+
+FAST_DUMPS = tree_encoder()
+FAST_SORTED_DUMPS = tree_encoder(sort_keys=True)
+
+
+@NESTED
+@given(hostile_properties)
+@example({"huge": 10**1200, "text": "\u2028 \x00 \"q\" \ud83d\ude00", "f": -0.0})
+def test_the_reused_encoder_writes_exactly_what_dumps_writes(properties):
+    try:
+        result = normalize_properties(properties)
+    except ValidationError:
+        return
+    # On CPython the C encoder is there: the reused one runs, not the fallback bound method.
+    assert getattr(FAST_DUMPS, "__self__", None) is None
+    assert FAST_DUMPS(result) == dumps(result)
+    assert FAST_SORTED_DUMPS(result) == json.dumps(
+        result, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
 
 
 @NESTED
