@@ -10,6 +10,7 @@ import traceback
 import pytest
 
 from tracker_agent import AgentClosedError, TrackerAgent, ValidationError
+from tracker_agent.durable import MonotonicTimestamps
 from tracker_agent.testing import FakeExponea
 
 
@@ -71,6 +72,15 @@ def test_timestamps_are_fixed_at_enqueue_and_strictly_increase_per_process(agent
     assert fake.events[5]["timestamp"] == 1_600_000_000.123457
     (update,) = fake.customer_updates
     assert stamps[-1] < update["update_timestamp"] <= before
+
+
+def test_timestamp_source_rounds_to_microseconds_and_steps_when_the_clock_stalls_or_goes_back():
+    t = 1_700_000_000
+    readings = iter([t + 0.1234564, t + 0.1234561, t - 1.0, t + 1.5])
+    stamps = MonotonicTimestamps(now=lambda: next(readings))
+    got = [stamps.next() for _ in range(4)]
+    assert got == [t + 0.123456, t + 0.123457, t + 0.123458, t + 1.5]
+    assert all(round(s, 6) == s for s in got)  # six decimals, as the API stores them
 
 
 def test_bad_input_is_refused_at_the_call_and_nothing_is_written(agent):

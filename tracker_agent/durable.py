@@ -9,7 +9,6 @@ strictly increasing (microsecond steps), so two events of one customer never tie
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -29,24 +28,26 @@ class MonotonicTimestamps:
 
     def __init__(self, now: Callable[[], float] | None = None) -> None:
         self._now = now or wall_clock
-        self._last = 0.0
+        self._last_us = 0  # in whole microseconds: no decimal rounding per call
         self._lock = threading.Lock()
 
     def next(self) -> float:
+        micros = round(self._now() * 1_000_000)
         with self._lock:
-            stamp = round(self._now(), 6)
-            if stamp <= self._last:
-                stamp = round(self._last + TIMESTAMP_STEP, 6)
-            self._last = stamp
-            return stamp
+            if micros <= self._last_us:
+                micros = self._last_us + 1
+            self._last_us = micros
+        # The double nearest to micros / 10**6: exactly what round(seconds, 6) gives.
+        return micros / 1_000_000
 
 
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_dumps = validation.tree_encoder()
+_key_dumps = validation.tree_encoder(sort_keys=True)
 
 
 def customer_key(customer_ids: dict[str, Any]) -> str:
-    """Canonical JSON of a customer's ids: the ordering key of the outbox."""
-    return _KEY_ENCODER.encode(customer_ids)
+    """Canonical JSON of a customer's (normalised) ids: the ordering key of the outbox."""
+    return _key_dumps(customer_ids)
 
 
 class DurableTracking:
@@ -80,23 +81,24 @@ class DurableTracking:
         batch: bool = False,
     ) -> Any:
         """Queue an event; True once it is durable. batch=True returns the command instead."""
-        if timestamp is None:
-            timestamp = self._timestamps.next()
         data = validation.event_command(
             customer_ids, event_type, properties, timestamp, check_size=False
         )  # _commit serialises once and checks the size
-        command = {"name": KIND_EVENT, "data": data}
-        return command if batch else self._commit([command])
+        if timestamp is None:  # ours is valid by construction: no second rounding
+            data["timestamp"] = self._timestamps.next()
+        if batch:
+            return {"name": KIND_EVENT, "data": data}
+        return self._commit_one(KIND_EVENT, data)
 
     def update_customer_properties(
         self, customer_ids: dict[str, Any], properties: dict[str, Any], batch: bool = False
     ) -> Any:
         """Queue a customer update stamped now; True once durable (batch=True: the command)."""
-        data = validation.customer_command(
-            customer_ids, properties, self._timestamps.next(), check_size=False
-        )
-        command = {"name": KIND_CUSTOMER, "data": data}
-        return command if batch else self._commit([command])
+        data = validation.customer_command(customer_ids, properties, check_size=False)
+        data["update_timestamp"] = self._timestamps.next()  # valid by construction
+        if batch:
+            return {"name": KIND_CUSTOMER, "data": data}
+        return self._commit_one(KIND_CUSTOMER, data)
 
     def batch_commands(self, commands: list[dict[str, Any]]) -> list[bool]:
         """Queue every command in one transaction (all or none); a True per command."""
@@ -132,25 +134,32 @@ class DurableTracking:
             data["update_timestamp"] = self._timestamps.next()
         return {"name": normalized["name"], "data": data}
 
+    def _commit_one(self, kind: str, data: dict[str, Any]) -> bool:
+        """_commit for one validated command: the add_event/update path, kept short."""
+        self._check_open()
+        self._store.enqueue((_row(0, kind, data),))
+        self._on_enqueued(1)
+        return True
+
     def _commit(self, commands: list[dict[str, Any]]) -> bool:
         self._check_open()
-        rows = []
-        for index, command in enumerate(commands):
-            data = command["data"]
-            try:
-                row = NewCommand(
-                    command["name"], customer_key(data["customer_ids"]), validation.dumps(data)
-                )
-            except UnicodeEncodeError as exc:  # check_command_size used to catch it
-                raise ValidationError(
-                    f"commands[{index}]", "contains text that is not valid Unicode"
-                ) from exc
-            if row.size >= validation.MAX_COMMAND_BYTES:  # serialised once, checked here
-                raise ValidationError(
-                    f"commands[{index}]",
-                    f"is {row.size} bytes; the API limit is {validation.MAX_COMMAND_BYTES}",
-                )
-            rows.append(row)
+        rows = [_row(i, command["name"], command["data"]) for i, command in enumerate(commands)]
         self._store.enqueue(rows)
         self._on_enqueued(len(rows))
         return True
+
+
+def _row(index: int, kind: str, data: dict[str, Any]) -> NewCommand:
+    """The stored form of a validated command: serialised once, its size checked here."""
+    try:
+        row = NewCommand(kind, _key_dumps(data["customer_ids"]), _dumps(data))
+    except UnicodeEncodeError as exc:  # lone surrogates: not encodable as UTF-8
+        raise ValidationError(
+            f"commands[{index}]", "contains text that is not valid Unicode"
+        ) from exc
+    if row.size >= validation.MAX_COMMAND_BYTES:
+        raise ValidationError(
+            f"commands[{index}]",
+            f"is {row.size} bytes; the API limit is {validation.MAX_COMMAND_BYTES}",
+        )
+    return row
