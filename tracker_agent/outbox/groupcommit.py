@@ -38,41 +38,72 @@ class GroupCommitter(Generic[T]):
 
     def reset_after_fork(self) -> None:
         """Fresh lock and queue (a forked child must not inherit a lock held by a dead thread)."""
-        self._cond = threading.Condition(threading.Lock())
+        # A plain Lock is taken with C-level `with`; the Condition on it is only touched when
+        # a caller has to wait (counted in _waiting), so a lone caller never pays for it.
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._queue: list[_Request[T]] = []
         self._leading = False
+        self._waiting = 0
 
     def submit(self, item: T) -> None:
         """Write `item`; return once it is committed, or raise its error."""
-        request = _Request(item)
-        with self._cond:
-            self._queue.append(request)
-            while self._leading and not request.done:
-                self._cond.wait()
-            if request.done:
-                self._raise_if_failed(request)
-                return
-            self._leading = True
-            # Everything queued, the leader's own request included (the queue is bounded by
-            # the number of waiting threads).
-            round_, self._queue = self._queue, []
-        try:
-            self._run_round(round_)
-        finally:
-            with self._cond:
-                self._leading = False
-                self._cond.notify_all()
-        self._raise_if_failed(request)
+        with self._mutex:
+            lone = not self._leading and not self._queue
+            if lone:
+                self._leading = True
+        if lone:  # nobody to wait for or to take along: no request object, no round list
+            try:
+                error = self._write((item,))[0]
+            except BaseException as exc:
+                error = exc
+            finally:
+                with self._mutex:
+                    self._leading = False
+                    if self._waiting:
+                        self._cond.notify_all()
+            if error is not None:
+                raise error
+            return
+        self._submit_in_round(item)
 
-    def _run_round(self, round_: list[_Request[T]]) -> None:
+    def _submit_in_round(self, item: T) -> None:
+        request = _Request(item)
+        with self._mutex:
+            if self._leading:
+                self._queue.append(request)
+                self._waiting += 1
+                try:
+                    while self._leading and not request.done:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                if request.done:
+                    self._raise_if_failed(request)
+                    return
+                # The last leader finished before our rows were taken: we lead the next round
+                # with everything queued meanwhile (ours is in there).
+                round_, self._queue = self._queue, []
+            else:
+                round_ = [*self._queue, request] if self._queue else [request]
+                self._queue = []
+            self._leading = True
+        errors: Sequence[BaseException | None] = ()
         try:
             errors = self._write([r.item for r in round_])
         except BaseException as exc:  # the round failed as a whole: every caller learns why
             errors = [exc] * len(round_)
-        with self._cond:
-            for req, err in zip(round_, errors, strict=True):
-                req.error = err
-                req.done = True
+        finally:
+            with self._mutex:
+                try:
+                    for req, err in zip(round_, errors, strict=True):
+                        req.error = err
+                        req.done = True
+                finally:
+                    self._leading = False
+                    if self._waiting:
+                        self._cond.notify_all()
+        self._raise_if_failed(request)
 
     @staticmethod
     def _raise_if_failed(request: _Request[T]) -> None:
