@@ -71,6 +71,39 @@ def test_byte_bound_is_enforced_too(make_store):
         store.enqueue([cmd("a")])
 
 
+def test_one_row_calls_stop_exactly_at_each_bound_even_when_another_process_filled_it(
+    make_store,
+):
+    # A lone one-row enqueue relies on a TEMP trigger on its own connection, which reads the
+    # live counters: rows written through another engine (another process) count too.
+    row = cmd("a", pad=10)
+    store = make_store(max_rows=3, max_bytes=row.size * 3)
+    other = make_store(max_rows=1000)
+    other.enqueue([row, row])
+    store.enqueue([row])  # the third row fits both bounds exactly
+    with pytest.raises(OutboxFullError, match="nothing was written"):
+        store.enqueue([row])
+    assert store.stats()["pending"] == 3
+    roomy = make_store(max_rows=10, max_bytes=row.size * 3 + row.size - 1)
+    with pytest.raises(OutboxFullError):
+        roomy.enqueue([row])  # a byte short
+    other.enqueue([row])  # the other process's own, larger limits still apply to it
+    assert store.stats()["pending"] == 4
+
+
+def test_the_bound_stays_with_the_enqueue_connection(make_store):
+    store = make_store(max_rows=1)
+    store.enqueue([cmd("a")])
+    store.close()  # the writer goes back to the pool without its bound
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
+            " VALUES ('customers/events', 'k', '{}', 2, 0)"
+        )
+        conn.commit()
+    assert store.stats()["pending"] == 2
+
+
 def test_drop_oldest_makes_room_and_counts_what_it_dropped(make_store):
     store = make_store(max_rows=3, overflow="drop_oldest")
     for n in range(5):
