@@ -73,3 +73,75 @@ def test_each_caller_gets_its_own_error_and_a_failed_round_fails_everyone_in_it(
     with pytest.raises(OSError, match="disk full"):
         committer.submit("boom")
     committer.submit("ok again")  # the committer recovers after a failed round
+
+
+
+class Interrupt(BaseException):
+    """Stands for KeyboardInterrupt raised in a caller blocked in submit()."""
+
+
+@pytest.mark.parametrize("when", ["while waiting", "just after the lead passed to it"])
+def test_a_caller_interrupted_in_line_does_not_stall_the_others(monkeypatch, when):
+    from tracker_agent.outbox import groupcommit
+
+    gate = threading.Event()
+    written: list[int] = []
+
+    def write(items):
+        if not written:
+            gate.wait(5)  # hold the first round so that the others queue behind it
+        written.extend(items)
+        return [None] * len(items)
+
+    class InterruptedRequest(groupcommit._Request):
+        """The wake lock of the first queued caller raises instead of returning."""
+
+        def __init__(self, item):
+            super().__init__(item)
+            if item == 1:
+                real = self.wake
+
+                class Wake:
+                    def acquire(self, blocking=True):
+                        if blocking and when != "while waiting":
+                            real.acquire()  # the lead (or the result) arrives, then Ctrl-C
+                            real.release()
+                        if blocking:
+                            raise Interrupt
+                        return real.acquire(blocking=False)
+
+                    def release(self):
+                        real.release()
+
+                self.wake = Wake()
+
+    monkeypatch.setattr(groupcommit, "_Request", InterruptedRequest)
+    committer = GroupCommitter(write)
+    leader = threading.Thread(target=committer.submit, args=(0,))
+    leader.start()
+    while not committer._leading:
+        time.sleep(0.001)
+    outcome: list[BaseException] = []
+
+    def interrupted_caller():
+        try:
+            committer.submit(1)
+        except Interrupt as exc:
+            outcome.append(exc)
+
+    first = threading.Thread(target=interrupted_caller)
+    first.start()
+    while not committer._queue and first.is_alive():
+        time.sleep(0.001)
+    second = threading.Thread(target=committer.submit, args=(2,))
+    second.start()
+    while len(committer._queue) < (2 if first.is_alive() else 1):
+        time.sleep(0.001)
+    gate.set()
+    for thread in (leader, first, second):
+        thread.join(5)
+        assert not thread.is_alive()
+    assert len(outcome) == 1
+    assert written == [0, 2]  # the interrupted caller's item was not written; the next one was
+    committer.submit(3)  # and the committer still works
+    assert written == [0, 2, 3]

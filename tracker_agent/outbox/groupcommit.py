@@ -1,10 +1,13 @@
 """Group commit: many threads' writes share one transaction and one fsync.
 
-A caller that finds no commit in progress becomes the leader and writes every request queued
-so far in one transaction; callers that arrive meanwhile wait, and the next of them leads the
-next commit. A lone caller leads at once (no thread hop), so single-thread latency is that of a
-plain commit, while N waiting callers cost one fsync instead of N. Every caller returns only
-after its own rows are committed, or raises its own error.
+A caller that finds no commit in progress becomes the leader and writes its item at once (no
+thread hop: single-thread latency is that of a plain commit). Callers that arrive while a
+commit is in progress queue up and sleep, each on its own lock. When the leader's round is
+written it wakes exactly the callers whose items were in it, and hands the lead to the first
+queued caller, who writes everything queued by then in one transaction. So N waiting callers
+cost one fsync instead of N, nobody is woken for nothing, and nobody leads for others'
+sake more than once. Every caller returns only after its own item is committed, or raises its
+own error.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ WriteFn = Callable[[Sequence[T]], Sequence[BaseException | None]]
 
 
 class _Request(Generic[T]):
-    __slots__ = ("item", "done", "error")
+    __slots__ = ("item", "done", "error", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.done = False
+        self.done = False  # written (error None) or failed (error set)
         self.error: BaseException | None = None
+        self.wake = threading.Lock()  # held until the request is done or must lead
+        self.wake.acquire()
 
 
 class GroupCommitter(Generic[T]):
@@ -38,74 +43,73 @@ class GroupCommitter(Generic[T]):
 
     def reset_after_fork(self) -> None:
         """Fresh lock and queue (a forked child must not inherit a lock held by a dead thread)."""
-        # A plain Lock is taken with C-level `with`; the Condition on it is only touched when
-        # a caller has to wait (counted in _waiting), so a lone caller never pays for it.
         self._mutex = threading.Lock()
-        self._cond = threading.Condition(self._mutex)
-        self._queue: list[_Request[T]] = []
-        self._leading = False
-        self._waiting = 0
+        self._queue: list[_Request[T]] = []  # waiting, not yet taken into a round
+        self._leading = False  # invariant: a non-empty queue has a leader to serve it
 
     def submit(self, item: T) -> None:
         """Write `item`; return once it is committed, or raise its error."""
         with self._mutex:
-            lone = not self._leading and not self._queue
+            lone = not self._leading
             if lone:
                 self._leading = True
+            else:
+                request = _Request(item)
+                self._queue.append(request)
         if lone:  # nobody to wait for or to take along: no request object, no round list
             try:
                 error = self._write((item,))[0]
             except BaseException as exc:
                 error = exc
             finally:
-                with self._mutex:
-                    self._leading = False
-                    if self._waiting:
-                        self._cond.notify_all()
+                self._hand_over()
             if error is not None:
                 raise error
             return
-        self._submit_in_round(item)
-
-    def _submit_in_round(self, item: T) -> None:
-        request = _Request(item)
-        with self._mutex:
-            if self._leading:
-                self._queue.append(request)
-                self._waiting += 1
-                try:
-                    while self._leading and not request.done:
-                        self._cond.wait()
-                finally:
-                    self._waiting -= 1
-                if request.done:
-                    self._raise_if_failed(request)
-                    return
-                # The last leader finished before our rows were taken: we lead the next round
-                # with everything queued meanwhile (ours is in there).
+        try:
+            request.wake.acquire()  # until our round is written or the lead passes to us
+        except BaseException:  # KeyboardInterrupt while waiting: leave, but keep others going
+            self._abandon(request)
+            raise
+        if not request.done:
+            with self._mutex:  # we lead: everything queued so far, ours first
                 round_, self._queue = self._queue, []
-            else:
-                round_ = [*self._queue, request] if self._queue else [request]
-                self._queue = []
-            self._leading = True
+            self._lead(round_)
+        if request.error is not None:
+            raise request.error
+
+    def _lead(self, round_: list[_Request[T]]) -> None:
         errors: Sequence[BaseException | None] = ()
         try:
             errors = self._write([r.item for r in round_])
         except BaseException as exc:  # the round failed as a whole: every caller learns why
             errors = [exc] * len(round_)
         finally:
-            with self._mutex:
-                try:
-                    for req, err in zip(round_, errors, strict=True):
-                        req.error = err
-                        req.done = True
-                finally:
-                    self._leading = False
-                    if self._waiting:
-                        self._cond.notify_all()
-        self._raise_if_failed(request)
+            try:
+                for req, err in zip(round_, errors, strict=True):
+                    req.error = err
+                    req.done = True
+                    if req is not round_[0]:  # the first is the leader itself, awake
+                        req.wake.release()
+            finally:
+                self._hand_over()
 
-    @staticmethod
-    def _raise_if_failed(request: _Request[T]) -> None:
-        if request.error is not None:
-            raise request.error
+    def _abandon(self, request: _Request[T]) -> None:
+        with self._mutex:
+            if request not in self._queue:
+                return  # a leader has taken it into its round: it may yet be written
+            promoted = request.wake.acquire(blocking=False)  # only the lead releases it
+            self._queue.remove(request)
+            if promoted:  # pass the lead on, as _hand_over would have done for us
+                if self._queue:
+                    self._queue[0].wake.release()
+                else:
+                    self._leading = False
+
+    def _hand_over(self) -> None:
+        """After a round: wake the first queued caller to lead the next one, or stand down."""
+        with self._mutex:
+            if self._queue:
+                self._queue[0].wake.release()
+            else:
+                self._leading = False
