@@ -122,7 +122,8 @@ class DurableTracking:
         return len(prepared)
 
     def _prepare(self, field: str, command: Any) -> dict[str, Any]:
-        normalized = validation.normalize_batch_command(command, field)
+        # _row serialises each command once and checks its size
+        normalized = validation.normalize_batch_command(command, field, check_size=False)
         if normalized["name"] == validation.SYSTEM_TIME_COMMAND:
             raise ValidationError(
                 f"{field}['name']", "system/time cannot be queued; call get_system_time() directly"

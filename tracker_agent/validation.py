@@ -328,12 +328,16 @@ def customer_command(
 
 
 def _check_keys(data: Mapping[Any, Any], allowed: frozenset[str], field: str) -> None:
+    if allowed.issuperset(data):
+        return
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
         raise ValidationError(field, f"unknown keys {unknown}; allowed: {sorted(allowed)}")
 
 
-def _normalize_data(name: str, data: Mapping[Any, Any], field: str) -> dict[str, Any]:
+def _normalize_data(
+    name: str, data: Mapping[Any, Any], field: str, check_size: bool
+) -> dict[str, Any]:
     try:
         if name == EVENT_COMMAND:
             _check_keys(data, _EVENT_KEYS, field)
@@ -342,10 +346,14 @@ def _normalize_data(name: str, data: Mapping[Any, Any], field: str) -> dict[str,
                 data.get("event_type"),
                 data.get("properties"),
                 data.get("timestamp"),
+                check_size=check_size,
             )
         _check_keys(data, _CUSTOMER_KEYS, field)
         return customer_command(
-            data.get("customer_ids"), data.get("properties"), data.get("update_timestamp")
+            data.get("customer_ids"),
+            data.get("properties"),
+            data.get("update_timestamp"),
+            check_size=check_size,
         )
     except ValidationError as exc:
         if exc.field == field:
@@ -356,10 +364,13 @@ def _normalize_data(name: str, data: Mapping[Any, Any], field: str) -> dict[str,
         raise type(exc)(where, exc.reason) from exc
 
 
-def normalize_batch_command(cmd: object, field: str = "command") -> dict[str, Any]:
+def normalize_batch_command(
+    cmd: object, field: str = "command", *, check_size: bool = True
+) -> dict[str, Any]:
     """Validate a raw batch command {"name", "data"[, "command_id"]} and return a clean copy.
 
     Accepts the seed SDK's builders' output (None for an absent properties/timestamp).
+    check_size=False: the caller serialises the data once and checks its size itself.
     """
     if not isinstance(cmd, Mapping):
         raise ValidationTypeError(field, f"expected a dict, got {_type_name(cmd)}")
@@ -376,7 +387,7 @@ def normalize_batch_command(cmd: object, field: str = "command") -> dict[str, An
     elif not isinstance(data, Mapping):
         raise ValidationTypeError(data_field, f"expected a dict, got {_type_name(data)}")
     else:
-        result["data"] = _normalize_data(name, data, data_field)
+        result["data"] = _normalize_data(name, data, data_field, check_size)
     if cmd.get("command_id") is not None:
         command_id = cmd["command_id"]
         if not isinstance(command_id, str) or not command_id:
