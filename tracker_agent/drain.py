@@ -89,6 +89,15 @@ class _Stop(Exception):
     """Raised inside a round to end the pass (backoff or pause began)."""
 
 
+class _NotSent:
+    """The answer of a batch queued behind one whose request failed (or of a stopping pass):
+    it was never sent, and its rows go back to the queue as they were."""
+
+
+NOT_SENT = _NotSent()
+Answer = list[dict[str, Any]] | APIException | _NotSent
+
+
 @dataclass
 class _Batch:
     """A claimed batch on its way: its rows, the state seen at claim time, its report."""
@@ -96,7 +105,8 @@ class _Batch:
     rows: list[ClaimedRow]
     state: dict[str, Any]
     report: DrainReport
-    answer: Future[list[dict[str, Any]] | APIException] | None = None
+    answer: Future[Answer] | None = None
+    after: _Batch | None = None  # queued behind this batch's request: sent only if answered
 
 
 class Drainer:
@@ -140,33 +150,36 @@ class Drainer:
         pass runs at a time per Drainer.
         """
         report = DrainReport()
-        in_flight: _Batch | None = None
-        upcoming: _Batch | None = None
+        in_flight: _Batch | None = None  # its request is out (or about to be)
+        queued: _Batch | None = None  # launched behind in_flight, goes out the moment it lands
         caught_up = False
         with self._lock:
             try:
                 while True:
-                    upcoming, waiting = None, None
                     # Claim beside a flight only when that batch was full (a backlog): beside a
                     # short one, the claim would catch a trickle of new rows one request each.
-                    ready = in_flight is None or self._is_full(in_flight)
                     stop = self._should_stop(deadline) or (stop_on_partial and caught_up)
+                    ready = in_flight is None or (queued is None and self._is_full(in_flight))
                     if ready and not stop:
                         begun = self._begin()
-                        if isinstance(begun, _Batch):
-                            upcoming = begun
+                        if isinstance(begun, DrainReport):
+                            if in_flight is None:
+                                if begun.waits:
+                                    report.add(begun)
+                                break
+                        elif in_flight is None:
+                            # A short claim with nothing in flight: the queue is caught up.
+                            caught_up = not self._is_full(begun)
+                            in_flight = self._launch(begun)
+                            continue
                         else:
-                            waiting = begun
+                            queued = self._launch(begun, after=in_flight)
                     if in_flight is None:
-                        if upcoming is None:
-                            if waiting is not None and waiting.waits:
-                                report.add(waiting)
-                            break
-                        # A short claim with nothing in flight: the queue is caught up.
-                        caught_up = not self._is_full(upcoming)
-                        in_flight, upcoming = self._launch(upcoming), None
+                        break
+                    finished = self._land(in_flight)
+                    in_flight, queued = queued, None
+                    if finished is None:  # never sent: nothing to report
                         continue
-                    finished, in_flight, upcoming = self._land(in_flight, upcoming)
                     report.add(finished)
                     if progress is not None:
                         progress(report)
@@ -174,7 +187,7 @@ class Drainer:
                         break
             finally:
                 # Claimed but never settled (delivery must wait, or an error): rows go back.
-                self._abandon(upcoming)
+                self._abandon(queued)
                 self._abandon(in_flight)
         return report
 
@@ -184,32 +197,21 @@ class Drainer:
         size = sum(r.size for r in batch.rows)
         return len(batch.rows) >= p.batch_size or size * 2 >= p.batch_max_bytes
 
-    def _launch(self, batch: _Batch) -> _Batch:
+    def _launch(self, batch: _Batch, after: _Batch | None = None) -> _Batch:
+        """Hand `batch` to the sending thread. With `after`, it waits in that thread's queue
+        and goes out as soon as `after`'s request is answered (no hop back through this
+        thread), or not at all if that request failed."""
+        batch.after = after
         batch.answer = self._executor().submit(self._send, batch)
         return batch
 
-    def _land(
-        self, in_flight: _Batch, upcoming: _Batch | None
-    ) -> tuple[DrainReport, _Batch | None, _Batch | None]:
-        """Wait for the request in flight; if it was answered, launch the next batch at once
-        and settle the landed one while that request travels. Returns (report of the landed
-        batch, the batch now in flight, a batch still to launch)."""
-        assert in_flight.answer is not None
-        answered = not isinstance(in_flight.answer.result(), APIException)
-        launched = None
-        if answered and upcoming is not None:
-            launched, upcoming = self._launch(upcoming), None
-        try:
-            finished = self._finish(in_flight)
-        except BaseException:
-            self._abandon(launched)
-            raise
-        if finished.waits:
-            self._abandon(launched)
-            return finished, None, upcoming
-        if launched is None and upcoming is not None:
-            launched, upcoming = self._launch(upcoming), None
-        return finished, launched, upcoming
+    def _land(self, batch: _Batch) -> DrainReport | None:
+        """Wait for the answer of `batch` and settle it; None if it was never sent."""
+        assert batch.answer is not None
+        if batch.answer.result() is NOT_SENT:
+            self._release(batch)
+            return None
+        return self._finish(batch)
 
     def _should_stop(self, deadline: float | None) -> bool:
         return self.stopping.is_set() or (deadline is not None and self._now() >= deadline)
@@ -231,26 +233,42 @@ class Drainer:
         """Claim the next batch, or say why not (`waits`: backoff or pause in force)."""
         report = DrainReport()
         now = self._now()
-        state = self.store.state()
-        paused = state.get(state_keys.STATE_PAUSED_REASON)
-        if paused and now < float(state.get(state_keys.STATE_PROBE_AT) or 0):
-            report.paused_reason = paused
-            return report
-        backoff_until = float(state.get(state_keys.STATE_BACKOFF_UNTIL) or 0)
-        if backoff_until > now:
-            report.backoff_until = backoff_until
-            return report
+
+        def may_claim(state: dict[str, Any]) -> bool:
+            paused = state.get(state_keys.STATE_PAUSED_REASON)
+            if paused and now < float(state.get(state_keys.STATE_PROBE_AT) or 0):
+                report.paused_reason = paused
+                return False
+            backoff_until = float(state.get(state_keys.STATE_BACKOFF_UNTIL) or 0)
+            if backoff_until > now:
+                report.backoff_until = backoff_until
+                return False
+            return True
+
         p = self.policy
-        rows = self.store.claim(
+        state, rows = self.store.claim_if(
             self.owner,
             limit=p.batch_size,
             max_bytes=p.batch_max_bytes,
             lease_seconds=p.lease_seconds,
             now=now,
+            may_claim=may_claim,
         )
         return _Batch(rows, state, report) if rows else report
 
-    def _send(self, batch: _Batch) -> list[dict[str, Any]] | APIException:
+    def _send(self, batch: _Batch) -> Answer:
+        after, batch.after = batch.after, None  # no chain of batches kept alive
+        if after is not None:  # one worker thread: `after` has its answer by now
+            assert after.answer is not None
+            # Held back if the request just before failed (the drain thread decides what
+            # comes next: back off, pause or split) or the pass is stopping. A batch queued
+            # behind one that was itself held back goes out: that failure was handled before
+            # it was claimed.
+            if isinstance(after.answer.result(), APIException) or self.stopping.is_set():
+                return NOT_SENT
+        return self._post(batch)
+
+    def _post(self, batch: _Batch) -> list[dict[str, Any]] | APIException:
         self._limiter.acquire()
         batch.report.requests += 1
         try:
@@ -265,14 +283,16 @@ class Drainer:
         never re-sends what the server already took."""
         if batch is None:
             return
-        if batch.answer is not None:
-            answered = not isinstance(batch.answer.result(), APIException)
-            if answered:
-                try:
-                    self._finish(batch)
-                    return
-                except Exception:
-                    log.warning("could not settle an answered batch", exc_info=True)
+        if batch.answer is not None and isinstance(batch.answer.result(), list):
+            try:
+                self._finish(batch)
+                return
+            except Exception:
+                log.warning("could not settle an answered batch", exc_info=True)
+        self._release(batch)
+
+    def _release(self, batch: _Batch) -> None:
+        """Drop the leases of `batch` (best effort: leases expire anyway)."""
         try:
             released = Settlement(release=[r.id for r in batch.rows])
             self.store.settle(self.owner, released, self._now())
@@ -283,6 +303,7 @@ class Drainer:
         rows, state, report = batch.rows, batch.state, batch.report
         assert batch.answer is not None
         answer = batch.answer.result()
+        assert not isinstance(answer, _NotSent)  # _land and _abandon never finish those
         outcome = Settlement()
         try:
             self._handle(rows, answer, outcome, report, state)
@@ -320,7 +341,7 @@ class Drainer:
     ) -> None:
         """Send `rows` now, as one request, and handle the answer (the bisection's path)."""
         batch = _Batch(list(rows), state, report)
-        self._handle(rows, self._send(batch), outcome, report, state)
+        self._handle(rows, self._post(batch), outcome, report, state)
 
     def _handle(
         self,

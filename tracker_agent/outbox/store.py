@@ -17,14 +17,14 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..clock import wall_clock
 from ..exceptions import OutboxFullError
 from . import deadletters
 from .engine import translate_sqlite_error
 from .groupcommit import GroupCommitter
-from .status import STATE_DROPPED, collect_stats, read_state
+from .status import STATE_DELIVERED, STATE_DROPPED, collect_stats, read_state
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ WHEN (SELECT rows + 1 > {{max_rows:d}} OR bytes + NEW.size > {{max_bytes:d}}
 BEGIN SELECT RAISE(ABORT, '{_FULL_MESSAGE}'); END
 """
 _DROP_BOUND_TRIGGER = f"DROP TRIGGER IF EXISTS temp.{_BOUND_TRIGGER}"
+_ADD_DELIVERED = (
+    "INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT(key)"
+    " DO UPDATE SET value = coalesce(CAST(value AS INTEGER), 0) + excluded.value"
+)
 # Oldest due rows whose customer has no earlier row that is leased by someone or waiting for a
 # retry: a customer's later command never overtakes an earlier pending one.
 _CLAIM = """
@@ -85,8 +89,9 @@ class NewCommand:
         return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
 
 
-@dataclass(frozen=True)
-class ClaimedRow:
+class ClaimedRow(NamedTuple):
+    """A leased outbox row, as the claim query returns it (a tuple: 50 are built per batch)."""
+
     id: int
     kind: str
     payload: str
@@ -338,21 +343,43 @@ class OutboxStore:
         self, owner: str, *, limit: int, max_bytes: int, lease_seconds: float, now: float
     ) -> list[ClaimedRow]:
         """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload)."""
+        return self.claim_if(
+            owner, limit=limit, max_bytes=max_bytes, lease_seconds=lease_seconds, now=now
+        )[1]
+
+    def claim_if(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        max_bytes: int,
+        lease_seconds: float,
+        now: float,
+        may_claim: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> tuple[dict[str, Any], list[ClaimedRow]]:
+        """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
+        the rows leased as claim() does; one transaction, so the state is the one acted on."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            state = read_state(cur)
+            if may_claim is not None and not may_claim(state):
+                return state, []
             picked: list[ClaimedRow] = []
             total = 0
-            for row in cur.execute(_CLAIM, {"now": now, "limit": limit}).fetchall():
-                claimed = ClaimedRow(*row)
+            for claimed in map(
+                ClaimedRow._make, cur.execute(_CLAIM, {"now": now, "limit": limit}).fetchall()
+            ):
                 if picked and total + claimed.size > max_bytes:
                     break
                 picked.append(claimed)
                 total += claimed.size
-            if picked:
-                cur.executemany(
-                    "UPDATE outbox SET lease_owner = ?, lease_expires_at = ? WHERE id = ?",
-                    [(owner, now + lease_seconds, r.id) for r in picked],
+            if picked:  # one statement (at most batch_size ids): a fifth cheaper than 50
+                marks = ",".join("?" * len(picked))
+                cur.execute(
+                    "UPDATE outbox SET lease_owner = ?, lease_expires_at = ?"
+                    f" WHERE id IN ({marks})",
+                    (owner, now + lease_seconds, *(r.id for r in picked)),
                 )
-            return picked
+            return state, picked
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -377,11 +404,9 @@ class OutboxStore:
                 " WHERE id = ? AND lease_owner = ?",
                 [(row_id, owner) for row_id in outcome.release],
             )
-            state = dict(outcome.state)
-            if delivered:
-                prior = int(read_state(cur).get("delivered_total") or 0)
-                state["delivered_total"] = prior + delivered
-            _set_state(cur, state)
+            if delivered:  # counted in SQL: no read of the state
+                cur.execute(_ADD_DELIVERED, (STATE_DELIVERED, delivered))
+            _set_state(cur, outcome.state)
             return delivered
 
     def release_all(self, owner: str) -> int:
