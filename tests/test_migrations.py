@@ -170,6 +170,7 @@ def test_offline_mode_renders_the_migration_as_sql(tmp_path):
     sql = config.output_buffer.getvalue()
     assert "CREATE TABLE outbox" in sql and "CREATE TRIGGER" in sql
     assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql
+    assert f"UPDATE alembic_version SET version_num='{HEAD_REVISION}'" in sql
     assert not (tmp_path / "never-created.db").exists()
 
 
@@ -195,3 +196,35 @@ def test_failed_migration_leaves_the_file_at_its_old_revision(engine, tmp_path):
     check.close()
     assert "outbox" not in tables and "queue_counters" not in tables
     assert current_revision(str(path)) is None
+
+
+def test_a_0001_file_with_queued_rows_is_migrated_on_open_and_keeps_them_in_order(tmp_path):
+    from tracker_agent.outbox.store import OutboxStore
+
+    path = tmp_path / "from-0001.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{path}")
+    command.upgrade(config, "0001")
+    old = sqlite3.connect(path)
+    old.executemany(
+        "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?,?,?,?,?)",
+        [("customers/events", key, "{}", 2, 1.0) for key in ("a", "a", "b")],
+    )
+    old.execute("UPDATE outbox SET next_attempt_at = 5000 WHERE id = 1")  # a backs off
+    old.commit()
+    old.close()
+
+    engine = open_outbox(f"sqlite:///{path}")
+    try:
+        assert current_revision(engine) == HEAD_REVISION
+        indexes = _sqlite_master(engine, "index")
+        assert "ix_outbox_retry" in indexes and "ix_outbox_customer_key_id" not in indexes
+        store = OutboxStore(engine, max_rows=100, max_bytes=10**6)
+        claim = dict(limit=50, max_bytes=10**6, lease_seconds=10_000)
+        # a's second row waits behind its first, which waits for its retry; b goes.
+        assert [r.id for r in store.claim("x", now=100.0, **claim)] == [3]
+        assert [r.id for r in store.claim("y", now=6000.0, **claim)] == [1, 2]
+        assert store.stats(now=6000.0)["in_flight"] == 3  # nothing lost in the migration
+        store.close()
+    finally:
+        engine.dispose()

@@ -48,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The newest migration this code knows; tests check it against the Alembic scripts.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 #: Tables a database at HEAD_REVISION must have (tests check it against schema.metadata).
 OUTBOX_TABLES = frozenset({"outbox", "dead_letters", "queue_counters", "agent_state"})
 #: Connection execution option naming the BEGIN flavour our "begin" hook emits:
