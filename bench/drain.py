@@ -124,8 +124,8 @@ def run(scale: Scale, workdir: str) -> Section:
     section.notes += [
         f"agent.flush() with rate_limit={UNLIMITED_RATE:,.0f} requests/s (the default 100/s "
         "is the API's per-IP policy, not a code limit; at 100/s the drain tops out at "
-        "5,000 events/s). Claim and settle are two SQLite commits per batch, without fsync (the "
-        "drain connection runs synchronous=NORMAL; enqueues stay FULL).",
+        "5,000 events/s). Settling a batch and claiming the next share one SQLite commit, "
+        "without fsync (the drain connection runs synchronous=NORMAL; enqueues stay FULL).",
         f"bare session: {len(bodies)} pre-serialised bodies, trust_env=False, one keep-alive "
         "connection, nothing stored.",
         f"{ROUNDS} rounds, bare and agent alternating first; FakeExponea held {arrived:,} "

@@ -152,6 +152,7 @@ class Drainer:
         report = DrainReport()
         in_flight: _Batch | None = None  # its request is out (or about to be)
         queued: _Batch | None = None  # launched behind in_flight, goes out the moment it lands
+        claimed: _Batch | DrainReport | None = None  # claimed with the last settlement
         caught_up = False
         with self._lock:
             try:
@@ -160,8 +161,9 @@ class Drainer:
                     # short one, the claim would catch a trickle of new rows one request each.
                     stop = self._should_stop(deadline) or (stop_on_partial and caught_up)
                     ready = in_flight is None or (queued is None and self._is_full(in_flight))
+                    begun, claimed = claimed, None
                     if ready and not stop:
-                        begun = self._begin()
+                        begun = begun if begun is not None else self._begin()
                         if isinstance(begun, DrainReport):
                             if in_flight is None:
                                 if begun.waits:
@@ -174,9 +176,15 @@ class Drainer:
                             continue
                         else:
                             queued = self._launch(begun, after=in_flight)
+                    elif isinstance(begun, _Batch):  # claimed, then told to stop: give back
+                        self._release(begun)
                     if in_flight is None:
                         break
-                    finished = self._land(in_flight)
+                    # Claim the next batch in the settlement's transaction when the loop will
+                    # want one (the same test as `ready`, once queued has taken off).
+                    stop = self._should_stop(deadline) or (stop_on_partial and caught_up)
+                    claim_next = not stop and (queued is None or self._is_full(queued))
+                    finished, claimed = self._land(in_flight, claim_next)
                     in_flight, queued = queued, None
                     if finished is None:  # never sent: nothing to report
                         continue
@@ -187,6 +195,7 @@ class Drainer:
                         break
             finally:
                 # Claimed but never settled (delivery must wait, or an error): rows go back.
+                self._abandon(claimed if isinstance(claimed, _Batch) else None)
                 self._abandon(queued)
                 self._abandon(in_flight)
         return report
@@ -205,13 +214,16 @@ class Drainer:
         batch.answer = self._executor().submit(self._send, batch)
         return batch
 
-    def _land(self, batch: _Batch) -> DrainReport | None:
-        """Wait for the answer of `batch` and settle it; None if it was never sent."""
+    def _land(
+        self, batch: _Batch, claim_next: bool = False
+    ) -> tuple[DrainReport | None, _Batch | DrainReport | None]:
+        """Wait for the answer of `batch` and settle it (report None if it was never sent);
+        with `claim_next`, also claim the next batch in the same transaction."""
         assert batch.answer is not None
         if batch.answer.result() is NOT_SENT:
             self._release(batch)
-            return None
-        return self._finish(batch)
+            return None, None
+        return self._finish(batch, claim_next)
 
     def _should_stop(self, deadline: float | None) -> bool:
         return self.stopping.is_set() or (deadline is not None and self._now() >= deadline)
@@ -231,8 +243,22 @@ class Drainer:
 
     def _begin(self) -> _Batch | DrainReport:
         """Claim the next batch, or say why not (`waits`: backoff or pause in force)."""
-        report = DrainReport()
         now = self._now()
+        may_claim, report = self._claim_gate(now)
+        p = self.policy
+        state, rows = self.store.claim_if(
+            self.owner,
+            limit=p.batch_size,
+            max_bytes=p.batch_max_bytes,
+            lease_seconds=p.lease_seconds,
+            now=now,
+            may_claim=may_claim,
+        )
+        return _Batch(rows, state, report) if rows else report
+
+    def _claim_gate(self, now: float) -> tuple[Callable[[dict[str, Any]], bool], DrainReport]:
+        """may_claim(state) for the store, and the report it fills in when it says no."""
+        report = DrainReport()
 
         def may_claim(state: dict[str, Any]) -> bool:
             paused = state.get(state_keys.STATE_PAUSED_REASON)
@@ -245,16 +271,7 @@ class Drainer:
                 return False
             return True
 
-        p = self.policy
-        state, rows = self.store.claim_if(
-            self.owner,
-            limit=p.batch_size,
-            max_bytes=p.batch_max_bytes,
-            lease_seconds=p.lease_seconds,
-            now=now,
-            may_claim=may_claim,
-        )
-        return _Batch(rows, state, report) if rows else report
+        return may_claim, report
 
     def _send(self, batch: _Batch) -> Answer:
         after, batch.after = batch.after, None  # no chain of batches kept alive
@@ -299,7 +316,11 @@ class Drainer:
         except Exception:
             log.warning("could not release %d leased rows", len(batch.rows), exc_info=True)
 
-    def _finish(self, batch: _Batch) -> DrainReport:
+    def _finish(
+        self, batch: _Batch, claim_next: bool = False
+    ) -> tuple[DrainReport, _Batch | DrainReport | None]:
+        """Settle `batch` from its answer; with `claim_next`, claim the next batch in the same
+        transaction (returned second: a _Batch, or the report of why there is none)."""
         rows, state, report = batch.rows, batch.state, batch.report
         assert batch.answer is not None
         answer = batch.answer.result()
@@ -315,7 +336,24 @@ class Drainer:
             self.store.settle(self.owner, outcome, self._now())
             raise
         outcome.release_the_rest(r.id for r in rows)
-        report.delivered += self.store.settle(self.owner, outcome, self._now())
+        begun: _Batch | DrainReport | None = None
+        now = self._now()
+        if claim_next:
+            may_claim, why_not = self._claim_gate(now)
+            p = self.policy
+            delivered, next_state, next_rows = self.store.settle_and_claim(
+                self.owner,
+                outcome,
+                now,
+                limit=p.batch_size,
+                max_bytes=p.batch_max_bytes,
+                lease_seconds=p.lease_seconds,
+                may_claim=may_claim,
+            )
+            begun = _Batch(next_rows, next_state, why_not) if next_rows else why_not
+        else:
+            delivered = self.store.settle(self.owner, outcome, now)
+        report.delivered += delivered
         report.dead_lettered += len(outcome.dead)
         if outcome.dead:
             log.warning(
@@ -330,7 +368,7 @@ class Drainer:
         if report.backoff_until is None and not report.paused_reason and (paused or failures):
             why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
             log.info("delivery resumed: %s", why)
-        return report
+        return report, begun
 
     def _deliver(
         self,
