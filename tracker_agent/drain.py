@@ -1,7 +1,8 @@
 """One drain pass: claim -> build batch -> send -> settle rows, pipelined.
 
-The only module that joins the HTTP client and the outbox. The policy it applies is pure and
-lives in policy.py (`classify`, `backoff_delay`, `RateLimiter`; re-exported here):
+The only module that joins the HTTP client and the outbox. What it applies is pure: the rules
+in policy.py (`classify`, `backoff_delay`, `RateLimiter`; re-exported here), and what an answer
+does to each row in outcomes.py (`DrainReport`, re-exported):
 
 - command succeeded                      -> row deleted, counted as delivered
 - command rejected inside a 200 batch    -> that row dead-lettered with the server's message
@@ -28,6 +29,7 @@ from .clock import wall_clock
 from .exceptions import APIException
 from .outbox import status as state_keys
 from .outbox.store import ClaimedRow, OutboxStore, Settlement
+from .outcomes import DrainReport, back_off, pause, settle_results
 from .policy import (
     MAX_RETRY_AFTER_SECONDS,
     Action,
@@ -56,33 +58,6 @@ log = logging.getLogger(__name__)
 #: Sends one batch request of stored commands, given as (name, data JSON text, command_id)
 #: triples, and returns one result dict per command in order (Tracking.send_stored_batch).
 SendBatch = Callable[[list[tuple[str, str, str]]], list[dict[str, Any]]]
-
-
-@dataclass
-class DrainReport:
-    """What one `Drainer.drain` call did."""
-
-    requests: int = 0
-    delivered: int = 0
-    dead_lettered: int = 0
-    retried: int = 0
-    paused_reason: str | None = None
-    backoff_until: float | None = None
-    last_error: str | None = None
-
-    @property
-    def waits(self) -> bool:
-        """Delivery must wait: a backoff or a pause is in force."""
-        return bool(self.paused_reason) or self.backoff_until is not None
-
-    def add(self, other: DrainReport) -> None:
-        self.requests += other.requests
-        self.delivered += other.delivered
-        self.dead_lettered += other.dead_lettered
-        self.retried += other.retried
-        self.paused_reason = other.paused_reason
-        self.backoff_until = other.backoff_until
-        self.last_error = other.last_error or self.last_error
 
 
 class _Stop(Exception):
@@ -395,41 +370,16 @@ class Drainer:
             if action is Action.SPLIT:
                 self._split(rows, answer, outcome, report, state)
                 return
+            now = self._now()
             if action is Action.PAUSE:
-                self._pause(rows, answer, outcome, report, state)
+                pause(rows, answer, outcome, report, state, now=now, policy=self.policy)
             else:
-                self._back_off(rows, answer, outcome, report, state)
+                back_off(
+                    rows, answer, outcome, report, state,
+                    now=now, policy=self.policy, rng=self._rng,
+                )  # fmt: skip
             raise _Stop from answer
-        self._settle_results(rows, answer, outcome)
-
-    def _settle_results(
-        self, rows: Sequence[ClaimedRow], results: list[dict[str, Any]], outcome: Settlement
-    ) -> None:
-        now = self._now()
-        for row, result in zip(rows, results, strict=True):
-            if result.get("success"):
-                outcome.delivered.append(row.id)
-            elif result.get("missing"):
-                # The server returned no result for it: it may or may not have been applied.
-                # Send it again (the fixed timestamp makes a duplicate harmless), a bit later.
-                outcome.retry.append(row.id)
-                outcome.retry_at = max(outcome.retry_at, now + self.policy.backoff_base)
-                outcome.error = "the server returned no result for this command"
-            else:
-                errors = result.get("errors") or ["rejected without a message"]
-                reason = (
-                    "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
-                )
-                outcome.dead.append((row.id, f"rejected by the server: {reason}", 200))
-        outcome.state.update(
-            {
-                state_keys.STATE_LAST_SUCCESS: now,
-                state_keys.STATE_FAILURES: 0,
-                state_keys.STATE_BACKOFF_UNTIL: 0,
-                state_keys.STATE_PAUSED_REASON: None,
-                state_keys.STATE_PROBE_AT: None,
-            }
-        )
+        settle_results(rows, answer, outcome, now=self._now(), policy=self.policy)
 
     def _split(
         self,
@@ -447,83 +397,3 @@ class Drainer:
         log.info("batch of %d refused (%s); splitting to isolate it", len(rows), error_text(exc))
         for half in (rows[:middle], rows[middle:]):
             self._deliver(half, outcome, report, state)
-
-    def _pause(
-        self,
-        rows: Sequence[ClaimedRow],
-        exc: APIException,
-        outcome: Settlement,
-        report: DrainReport,
-        state: dict[str, Any],
-    ) -> None:
-        now = self._now()
-        reason = error_text(exc)
-        outcome.release.extend(r.id for r in rows)
-        if not state.get(state_keys.STATE_PAUSED_REASON):
-            log.error(
-                "delivery paused: %s (probing every %ss)", reason, self.policy.pause_probe_interval
-            )
-        outcome.state.update(
-            {
-                state_keys.STATE_PAUSED_REASON: reason,
-                state_keys.STATE_PAUSED_AT: state.get(state_keys.STATE_PAUSED_AT) or now,
-                state_keys.STATE_PROBE_AT: now + self.policy.pause_probe_interval,
-                state_keys.STATE_LAST_ERROR: reason,
-                state_keys.STATE_LAST_ERROR_AT: now,
-            }
-        )
-        report.paused_reason = reason
-        report.last_error = reason
-
-    def _back_off(
-        self,
-        rows: Sequence[ClaimedRow],
-        exc: APIException,
-        outcome: Settlement,
-        report: DrainReport,
-        state: dict[str, Any],
-    ) -> None:
-        p = self.policy
-        now = self._now()
-        failures = int(state.get(state_keys.STATE_FAILURES) or 0) + 1
-        delay = backoff_delay(
-            failures,
-            base=p.backoff_base,
-            cap=p.backoff_cap,
-            retry_after=exc.retry_after,
-            rng=self._rng,
-        )
-        reason = error_text(exc)
-        retry_at = now + delay
-        for row in rows:
-            if self._gives_up(row, now):
-                why = f"gave up after {row.attempts + 1} attempts: {reason}"
-                outcome.dead.append((row.id, why, exc.status_code))
-            else:
-                outcome.retry.append(row.id)
-        outcome.retry_at = retry_at
-        outcome.error = reason
-        outcome.state.update(
-            {
-                state_keys.STATE_FAILURES: failures,
-                state_keys.STATE_BACKOFF_UNTIL: retry_at,
-                state_keys.STATE_LAST_ERROR: reason,
-                state_keys.STATE_LAST_ERROR_AT: now,
-            }
-        )
-        # One line when delivery starts backing off; the retries that follow log at DEBUG.
-        log.log(
-            logging.WARNING if failures == 1 else logging.DEBUG,
-            "delivery backing off %.1fs after failure %d: %s",
-            delay,
-            failures,
-            reason,
-        )
-        report.backoff_until = retry_at
-        report.last_error = reason
-
-    def _gives_up(self, row: ClaimedRow, now: float) -> bool:
-        p = self.policy
-        if p.max_attempts is not None and row.attempts + 1 >= p.max_attempts:
-            return True
-        return p.max_age is not None and now - row.created_at >= p.max_age

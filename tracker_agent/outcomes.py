@@ -1,0 +1,171 @@
+"""What a batch's answer does to its rows and to the shared delivery state (pure: no I/O).
+
+The drain (drain.py) sends and stores; these functions decide, from one answer, which rows are
+delivered, retried, dead-lettered or given back, what goes into agent_state, and what the
+pass reports. policy.py holds the rules they apply (classify, backoff_delay).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .exceptions import APIException
+from .outbox import status as state_keys
+from .outbox.store import ClaimedRow, Settlement
+from .policy import DrainPolicy, backoff_delay, error_text
+
+log = logging.getLogger("tracker_agent.drain")
+
+
+@dataclass
+class DrainReport:
+    """What one `Drainer.drain` call did."""
+
+    requests: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    paused_reason: str | None = None
+    backoff_until: float | None = None
+    last_error: str | None = None
+
+    @property
+    def waits(self) -> bool:
+        """Delivery must wait: a backoff or a pause is in force."""
+        return bool(self.paused_reason) or self.backoff_until is not None
+
+    def add(self, other: DrainReport) -> None:
+        self.requests += other.requests
+        self.delivered += other.delivered
+        self.dead_lettered += other.dead_lettered
+        self.retried += other.retried
+        self.paused_reason = other.paused_reason
+        self.backoff_until = other.backoff_until
+        self.last_error = other.last_error or self.last_error
+
+
+def settle_results(
+    rows: Sequence[ClaimedRow],
+    results: list[dict[str, Any]],
+    outcome: Settlement,
+    *,
+    now: float,
+    policy: DrainPolicy,
+) -> None:
+    """A 200 answer: each row delivered, retried (no result for it) or dead-lettered."""
+    for row, result in zip(rows, results, strict=True):
+        if result.get("success"):
+            outcome.delivered.append(row.id)
+        elif result.get("missing"):
+            # The server returned no result for it: it may or may not have been applied.
+            # Send it again (the fixed timestamp makes a duplicate harmless), a bit later.
+            outcome.retry.append(row.id)
+            outcome.retry_at = max(outcome.retry_at, now + policy.backoff_base)
+            outcome.error = "the server returned no result for this command"
+        else:
+            errors = result.get("errors") or ["rejected without a message"]
+            reason = (
+                "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
+            )
+            outcome.dead.append((row.id, f"rejected by the server: {reason}", 200))
+    outcome.state.update(
+        {
+            state_keys.STATE_LAST_SUCCESS: now,
+            state_keys.STATE_FAILURES: 0,
+            state_keys.STATE_BACKOFF_UNTIL: 0,
+            state_keys.STATE_PAUSED_REASON: None,
+            state_keys.STATE_PROBE_AT: None,
+        }
+    )
+
+
+def pause(
+    rows: Sequence[ClaimedRow],
+    exc: APIException,
+    outcome: Settlement,
+    report: DrainReport,
+    state: dict[str, Any],
+    *,
+    now: float,
+    policy: DrainPolicy,
+) -> None:
+    """Credentials or project refused: give the rows back, pause until the next probe."""
+    reason = error_text(exc)
+    outcome.release.extend(r.id for r in rows)
+    if not state.get(state_keys.STATE_PAUSED_REASON):
+        log.error(
+            "delivery paused: %s (probing every %ss)", reason, policy.pause_probe_interval
+        )
+    outcome.state.update(
+        {
+            state_keys.STATE_PAUSED_REASON: reason,
+            state_keys.STATE_PAUSED_AT: state.get(state_keys.STATE_PAUSED_AT) or now,
+            state_keys.STATE_PROBE_AT: now + policy.pause_probe_interval,
+            state_keys.STATE_LAST_ERROR: reason,
+            state_keys.STATE_LAST_ERROR_AT: now,
+        }
+    )
+    report.paused_reason = reason
+    report.last_error = reason
+
+
+def back_off(
+    rows: Sequence[ClaimedRow],
+    exc: APIException,
+    outcome: Settlement,
+    report: DrainReport,
+    state: dict[str, Any],
+    *,
+    now: float,
+    policy: DrainPolicy,
+    rng: Callable[[], float],
+) -> None:
+    """A transient failure: the rows retry after the backoff (or die at max attempts/age)."""
+    p = policy
+    failures = int(state.get(state_keys.STATE_FAILURES) or 0) + 1
+    delay = backoff_delay(
+        failures,
+        base=p.backoff_base,
+        cap=p.backoff_cap,
+        retry_after=exc.retry_after,
+        rng=rng,
+    )
+    reason = error_text(exc)
+    retry_at = now + delay
+    for row in rows:
+        if gives_up(row, now, policy):
+            why = f"gave up after {row.attempts + 1} attempts: {reason}"
+            outcome.dead.append((row.id, why, exc.status_code))
+        else:
+            outcome.retry.append(row.id)
+    outcome.retry_at = retry_at
+    outcome.error = reason
+    outcome.state.update(
+        {
+            state_keys.STATE_FAILURES: failures,
+            state_keys.STATE_BACKOFF_UNTIL: retry_at,
+            state_keys.STATE_LAST_ERROR: reason,
+            state_keys.STATE_LAST_ERROR_AT: now,
+        }
+    )
+    # One line when delivery starts backing off; the retries that follow log at DEBUG.
+    log.log(
+        logging.WARNING if failures == 1 else logging.DEBUG,
+        "delivery backing off %.1fs after failure %d: %s",
+        delay,
+        failures,
+        reason,
+    )
+    report.backoff_until = retry_at
+    report.last_error = reason
+
+
+def gives_up(row: ClaimedRow, now: float, policy: DrainPolicy) -> bool:
+    """max_attempts or max_age reached (both off by default: retry forever)."""
+    p = policy
+    if p.max_attempts is not None and row.attempts + 1 >= p.max_attempts:
+        return True
+    return p.max_age is not None and now - row.created_at >= p.max_age
