@@ -10,21 +10,20 @@ number of processes never send the same row at the same time.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from ..clock import wall_clock
 from ..exceptions import OutboxFullError
-from . import deadletters
+from . import deadletters, leases
 from .engine import translate_sqlite_error
 from .groupcommit import GroupCommitter
-from .status import STATE_DELIVERED, STATE_DROPPED, collect_stats, read_state
+from .leases import ClaimedRow, Settlement
+from .status import STATE_DROPPED, collect_stats, read_state
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +50,6 @@ WHEN (SELECT rows + 1 > {{max_rows:d}} OR bytes + NEW.size > {{max_bytes:d}}
 BEGIN SELECT RAISE(ABORT, '{_FULL_MESSAGE}'); END
 """
 _DROP_BOUND_TRIGGER = f"DROP TRIGGER IF EXISTS temp.{_BOUND_TRIGGER}"
-_ADD_DELIVERED = (
-    "INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT(key)"
-    " DO UPDATE SET value = coalesce(CAST(value AS INTEGER), 0) + excluded.value"
-)
-# The claim: due rows in id order, minus every row of a customer that comes after one of its
-# rows that is blocked (leased by a drainer, or waiting for a retry), so that a customer's
-# later command never overtakes an earlier pending one. The blocked rows are few (the batches
-# in flight, the rows in backoff) and both kinds sit in a partial index.
-_BLOCKED = """
-SELECT customer_key, min(id) FROM outbox
-WHERE (lease_expires_at > 0 AND lease_expires_at > :now)
-   OR (next_attempt_at > 0 AND next_attempt_at > :now)
-GROUP BY customer_key
-"""
-_DUE = """
-SELECT id, kind, payload, size, attempts, created_at, customer_key FROM outbox
-WHERE lease_expires_at <= :now AND next_attempt_at <= :now ORDER BY id
-"""
-
-
 class NewCommand:
     """A validated command ready to store: its batch name, ordering key and JSON data.
 
@@ -90,35 +69,6 @@ class NewCommand:
 
     def __repr__(self) -> str:
         return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
-
-
-class ClaimedRow(NamedTuple):
-    """A leased outbox row, as the claim query returns it (a tuple: 50 are built per batch)."""
-
-    id: int
-    kind: str
-    payload: str
-    size: int
-    attempts: int
-    created_at: float
-
-
-@dataclass
-class Settlement:
-    """How one drain round ends for the rows it claimed; applied in one transaction."""
-
-    delivered: list[int] = field(default_factory=list)
-    dead: list[tuple[int, str, int | None]] = field(default_factory=list)  # id, reason, status
-    retry: list[int] = field(default_factory=list)  # attempt counted, wait until retry_at
-    release: list[int] = field(default_factory=list)  # lease dropped, no attempt counted
-    retry_at: float = 0.0
-    error: str | None = None
-    state: dict[str, Any] = field(default_factory=dict)  # agent_state keys to set
-
-    def release_the_rest(self, ids: Iterable[int]) -> None:
-        """Release every id of `ids` that no other outcome covers (nothing is left leased)."""
-        covered = {*self.delivered, *(d[0] for d in self.dead), *self.retry, *self.release}
-        self.release.extend(i for i in ids if i not in covered)
 
 
 class OutboxStore:
@@ -323,7 +273,7 @@ class OutboxStore:
             return full
         cur.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
         dropped = int(read_state(cur).get(STATE_DROPPED) or 0) + len(victims)
-        _set_state(cur, {STATE_DROPPED: dropped})
+        leases.set_state(cur, {STATE_DROPPED: dropped})
         log.warning(
             "outbox full: dropped the %d oldest commands (overflow=drop_oldest)", len(victims)
         )
@@ -363,34 +313,12 @@ class OutboxStore:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return self._claim(cur, owner, limit, max_bytes, lease_seconds, now, may_claim)
-
-    def _claim(
-        self,
-        cur: Any,
-        owner: str,
-        limit: int,
-        max_bytes: int,
-        lease_seconds: float,
-        now: float,
-        may_claim: Callable[[dict[str, Any]], bool] | None,
-    ) -> tuple[dict[str, Any], list[ClaimedRow]]:
-        state = read_state(cur)
-        if may_claim is not None and not may_claim(state):
-            return state, []
-        picked = _pick(cur, now, limit, max_bytes)
-        if picked:  # one statement (at most batch_size ids): a fifth cheaper than 50
-            marks = ",".join("?" * len(picked))
-            cur.execute(
-                f"UPDATE outbox SET lease_owner = ?, lease_expires_at = ? WHERE id IN ({marks})",
-                (owner, now + lease_seconds, *(r.id for r in picked)),
-            )
-        return state, picked
+            return leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, may_claim)
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return self._settle(cur, owner, outcome, now)
+            return leases.settle(cur, owner, outcome, now)
 
     def settle_and_claim(
         self,
@@ -406,35 +334,9 @@ class OutboxStore:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            delivered = self._settle(cur, owner, outcome, now)
-            state, rows = self._claim(cur, owner, limit, max_bytes, lease_seconds, now, may_claim)
+            delivered = leases.settle(cur, owner, outcome, now)
+            state, rows = leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, may_claim)
             return delivered, state, rows
-
-    def _settle(self, cur: Any, owner: str, outcome: Settlement, now: float) -> int:
-        delivered = 0
-        if outcome.delivered:  # one statement (at most batch_size ids, 50 by default)
-            marks = ",".join("?" * len(outcome.delivered))
-            cur.execute(
-                f"DELETE FROM outbox WHERE lease_owner = ? AND id IN ({marks})",
-                (owner, *outcome.delivered),
-            )
-            delivered = cur.rowcount
-        for row_id, reason, status in outcome.dead:
-            deadletters.bury(cur, row_id, owner, reason, status, now)
-        cur.executemany(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
-            " lease_owner = NULL, lease_expires_at = 0 WHERE id = ? AND lease_owner = ?",
-            [(outcome.retry_at, outcome.error, row_id, owner) for row_id in outcome.retry],
-        )
-        cur.executemany(
-            "UPDATE outbox SET lease_owner = NULL, lease_expires_at = 0"
-            " WHERE id = ? AND lease_owner = ?",
-            [(row_id, owner) for row_id in outcome.release],
-        )
-        if delivered:  # counted in SQL: no read of the state
-            cur.execute(_ADD_DELIVERED, (STATE_DELIVERED, delivered))
-        _set_state(cur, outcome.state)
-        return delivered
 
     def release_all(self, owner: str) -> int:
         """Drop every lease `owner` holds (shutdown): those rows are due again at once."""
@@ -447,7 +349,7 @@ class OutboxStore:
 
     def update_state(self, values: dict[str, Any]) -> None:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            _set_state(cur, values)
+            leases.set_state(cur, values)
 
     def state(self) -> dict[str, Any]:
         with self._reading() as conn:
@@ -482,34 +384,3 @@ class OutboxStore:
     def purge_dead(self, **filters: Any) -> int:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             return deadletters.purge(cur, now=self._now(), **filters)
-
-
-def _pick(cur: Any, now: float, limit: int, max_bytes: int) -> list[ClaimedRow]:
-    """Up to `limit` due rows in id order that no blocked row of their customer precedes,
-    within `max_bytes` (at least one row)."""
-    params = {"now": now}
-    blocked = dict(cur.execute(_BLOCKED, params).fetchall())
-    picked: list[ClaimedRow] = []
-    total = 0
-    due = cur.execute(_DUE, params)
-    while chunk := due.fetchmany(limit):
-        for row_id, kind, payload, size, attempts, created_at, key in chunk:
-            first = blocked.get(key)
-            if first is not None and first < row_id:
-                continue
-            if picked and total + size > max_bytes:
-                return picked
-            picked.append(ClaimedRow(row_id, kind, payload, size, attempts, created_at))
-            total += size
-            if len(picked) >= limit:
-                return picked
-    return picked
-
-
-def _set_state(cur: Any, values: dict[str, Any]) -> None:
-    if values:
-        cur.executemany(
-            "INSERT INTO agent_state (key, value) VALUES (?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(key, json.dumps(value)) for key, value in values.items()],
-        )
