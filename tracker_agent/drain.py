@@ -219,20 +219,13 @@ class Drainer:
     def _begin(self) -> _Batch | DrainReport:
         """Claim the next batch, or say why not (`waits`: backoff or pause in force)."""
         now = self._now()
-        may_claim, report = self._claim_gate(now)
-        p = self.policy
-        state, rows = self.store.claim_if(
-            self.owner,
-            limit=p.batch_size,
-            max_bytes=p.batch_max_bytes,
-            lease_seconds=p.lease_seconds,
-            now=now,
-            may_claim=may_claim,
-        )
+        terms, report = self._claim_terms(now)
+        state, rows = self.store.claim_if(self.owner, now=now, **terms)
         return _Batch(rows, state, report) if rows else report
 
-    def _claim_gate(self, now: float) -> tuple[Callable[[dict[str, Any]], bool], DrainReport]:
-        """may_claim(state) for the store, and the report it fills in when it says no."""
+    def _claim_terms(self, now: float) -> tuple[dict[str, Any], DrainReport]:
+        """The store's claim arguments (the policy's caps and a may_claim(state) gate), and
+        the report the gate fills in when it says no (backoff or pause in force)."""
         report = DrainReport()
 
         def may_claim(state: dict[str, Any]) -> bool:
@@ -246,7 +239,14 @@ class Drainer:
                 return False
             return True
 
-        return may_claim, report
+        p = self.policy
+        terms = {
+            "limit": p.batch_size,
+            "max_bytes": p.batch_max_bytes,
+            "lease_seconds": p.lease_seconds,
+            "may_claim": may_claim,
+        }
+        return terms, report
 
     def _send(self, batch: _Batch) -> Answer:
         after, batch.after = batch.after, None  # no chain of batches kept alive
@@ -314,16 +314,9 @@ class Drainer:
         begun: _Batch | DrainReport | None = None
         now = self._now()
         if claim_next:
-            may_claim, why_not = self._claim_gate(now)
-            p = self.policy
+            terms, why_not = self._claim_terms(now)
             delivered, next_state, next_rows = self.store.settle_and_claim(
-                self.owner,
-                outcome,
-                now,
-                limit=p.batch_size,
-                max_bytes=p.batch_max_bytes,
-                lease_seconds=p.lease_seconds,
-                may_claim=may_claim,
+                self.owner, outcome, now, **terms
             )
             begun = _Batch(next_rows, next_state, why_not) if next_rows else why_not
         else:

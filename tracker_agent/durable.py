@@ -19,12 +19,12 @@ from .exceptions import ValidationError, ValidationTypeError
 from .outbox.schema import KIND_CUSTOMER, KIND_EVENT
 from .outbox.store import NewCommand, OutboxStore
 
-#: Timestamps keep six decimals (what the API stores), so ties are broken in 1 µs steps.
-TIMESTAMP_STEP = 1e-6
-
 
 class MonotonicTimestamps:
-    """Wall-clock seconds, rounded to 1 µs, strictly increasing within this process."""
+    """Wall-clock seconds, rounded to 1 µs, strictly increasing within this process.
+
+    Six decimals is what the API stores, so two calls in the same microsecond are told apart
+    by a 1 µs step."""
 
     def __init__(self, now: Callable[[], float] | None = None) -> None:
         self._now = now or wall_clock

@@ -101,15 +101,16 @@ class GroupCommitter(Generic[T]):
             promoted = request.wake.acquire(blocking=False)  # only the lead releases it
             self._queue.remove(request)
             if promoted:  # pass the lead on, as _hand_over would have done for us
-                if self._queue:
-                    self._queue[0].wake.release()
-                else:
-                    self._leading = False
+                self._pass_lead()
 
     def _hand_over(self) -> None:
         """After a round: wake the first queued caller to lead the next one, or stand down."""
         with self._mutex:
-            if self._queue:
-                self._queue[0].wake.release()
-            else:
-                self._leading = False
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        # Holding _mutex.
+        if self._queue:
+            self._queue[0].wake.release()
+        else:
+            self._leading = False
