@@ -109,6 +109,12 @@ class TrackerAgent:
             max_bytes=settings.max_bytes,
             overflow=settings.overflow,
         )
+        try:
+            self.store.bind_project(settings.project_token)
+        except BaseException:
+            self.store.close()
+            engine.dispose()
+            raise
         self.drainer = self._make_drainer()
         self.tracking = DurableTracking(
             self.client, self.store, on_enqueued=self._on_enqueued, check_open=self._check_open
@@ -191,6 +197,7 @@ class TrackerAgent:
 
     def _scheduled_drain(self) -> None:
         try:
+            self.store.rescue_lost_wal()
             report = self.drainer.drain(stop_on_partial=True)
         except OutboxError as exc:
             self._set_state("storage error", str(exc))
@@ -222,7 +229,12 @@ class TrackerAgent:
         """Deliver now. Without timeout: until nothing is due or delivery must wait (backoff or
         pause). With a timeout: keep going, waiting out backoffs, until empty or out of time."""
         self._check_open()
+        if self._scheduler is None:
+            # stop() leaves the flag set for a pass that outlived its grace; that pass holds
+            # the drain lock, so this flush simply waits for it and then delivers.
+            self.drainer.stopping.clear()
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.store.rescue_lost_wal()
         total = self.store.stats()["pending"]
         done = DrainReport()
 

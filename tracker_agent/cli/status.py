@@ -61,8 +61,12 @@ def status_rows(stats: dict[str, Any], now: float) -> list[tuple[str, str]]:
     if last_error and stats.get("last_error_at") is not None:
         last_error = f"{last_error} [{human_time(stats['last_error_at'], now)}]"
     paused = stats.get("paused_reason")
-    return [
+    warning = stats.get("warning")
+    if warning and stats.get("warning_at") is not None:
+        warning = f"{warning} [{human_time(stats['warning_at'], now)}]"
+    rows = [
         ("database", str(stats.get("database", ""))),
+        ("project", stats.get("project") or "-"),
         ("pending", f"{stats['pending']:,}"),
         ("in flight", f"{stats['in_flight']:,}"),
         ("dead-lettered", f"{stats['dead']:,}"),
@@ -76,6 +80,9 @@ def status_rows(stats: dict[str, Any], now: float) -> list[tuple[str, str]]:
         ("next attempt", human_time(stats.get("next_attempt_at"), now)
          if stats.get("next_attempt_at") else "-"),
     ]  # fmt: skip
+    if warning:  # loud, and last: the line an operator's eye lands on
+        rows.append(("WARNING", warning))
+    return rows
 
 
 def alarms(stats: dict[str, Any], max_age: float | None, fail_if_paused: bool) -> list[str]:
@@ -122,6 +129,8 @@ def status(cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
             click.echo(f"{label:<{width}}  {value}")
+    if stats.get("warning"):
+        click.echo(f"{PROG}: warning: {stats['warning']}", err=True)
     problems = alarms(stats, max_age, fail_if_paused)
     for problem in problems:
         click.echo(f"{PROG}: alarm: {problem}", err=True)

@@ -8,10 +8,12 @@ need them, and Alembic only when the file is not already at HEAD_REVISION.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,7 @@ __all__ = [
     "open_outbox",
     "sqlite_path",
     "translate_sqlite_error",
+    "wal_was_lost",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,14 @@ OUTBOX_TABLES = frozenset({"outbox", "dead_letters", "queue_counters", "agent_st
 #: conn.execution_options(tracker_agent_begin="IMMEDIATE") takes the write lock up front.
 BEGIN_OPTION = "tracker_agent_begin"
 
+#: Permissions of the outbox file (and so of its -wal and -shm, which SQLite creates with the
+#: file's mode): it holds customer ids and properties, personal data. Whatever the umask.
+FILE_MODE = 0o600
+#: With share_with_group: the apps' group may enqueue into the daemon's outbox.
+GROUP_FILE_MODE = 0o660
 DIRECTORY_MODE = 0o700
+GROUP_DIRECTORY_MODE = 0o770
+_OTHERS_BITS = 0o007
 DB_FILENAME = "outbox.db"
 APP_DIRNAME = "tracker-agent"
 SYNCHRONOUS_MODES = ("FULL", "NORMAL")
@@ -67,7 +77,7 @@ TABLES_SQL = (
 REVISION_SQL = "SELECT version_num FROM alembic_version"
 
 # Primary SQLite result codes (https://www.sqlite.org/rescode.html).
-_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 3, 5, 6, 8, 10
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 11, 13, 14, 26
 # Python < 3.11 exceptions carry no code; fall back to SQLite's fixed English messages.
 _CODE_BY_TEXT = (
@@ -78,6 +88,7 @@ _CODE_BY_TEXT = (
     ("database table is locked", _SQLITE_LOCKED),
     ("file is not a database", _SQLITE_NOTADB),
     ("malformed", _SQLITE_CORRUPT),
+    ("disk i/o error", _SQLITE_IOERR),
 )
 
 
@@ -143,9 +154,25 @@ def translate_sqlite_error(exc: BaseException, path: str) -> OutboxError:
         return OutboxLockedError(
             f"{path}: another process held the database lock past the busy timeout ({detail})"
         )
+    if primary == _SQLITE_IOERR and wal_was_lost(path):
+        return OutboxError(
+            f"{path}: the outbox's -wal file was deleted while it was open ({detail}); "
+            "restart every process using the outbox"
+        )
     if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
         return NotAnOutboxError(f"{path}: the file is corrupt or not an SQLite database ({detail})")
     return OutboxError(f"{path}: {type(orig).__name__}: {detail}")
+
+
+def wal_was_lost(path: str) -> bool:
+    """True when the file's -shm is there but its -wal is not.
+
+    SQLite creates the -wal before the -shm and, on the last clean close, deletes the -shm
+    before the -wal; a crash leaves both. A lone -shm therefore means the -wal was deleted
+    (by hand, or by a cleaner) while a process had the outbox open: whatever was committed
+    to it since the last checkpoint is gone.
+    """
+    return os.path.exists(path + "-shm") and not os.path.exists(path + "-wal")
 
 
 def _code_from_text(detail: str) -> int | None:
@@ -154,27 +181,76 @@ def _code_from_text(detail: str) -> int | None:
 
 
 def open_outbox(
-    database_url: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0
+    database_url: str,
+    *,
+    synchronous: str = "FULL",
+    busy_timeout: float = 30.0,
+    file_mode: int = FILE_MODE,
 ) -> Engine:
     """An engine on the outbox file, created or migrated to HEAD_REVISION as needed.
 
     A file that is not an outbox, or that a newer tracker-agent migrated, is refused before
-    anything writes to it. The caller owns the engine (engine.dispose() when done).
+    anything writes to it. A new file is created with `file_mode` (0600) whatever the umask,
+    and an existing one loses any permission for "others". A -wal file found lost (see
+    inspect.wal_was_lost) is recorded as a warning in the outbox state and logged at ERROR.
+    The caller owns the engine (engine.dispose() when done).
     """
-    from .inspect import inspect_existing  # inspect.py imports this module
+    from .inspect import inspect_existing, wal_was_lost  # inspect.py imports this module
 
     path = sqlite_path(database_url)
     _check_options(synchronous, busy_timeout)
+    if file_mode not in (FILE_MODE, GROUP_FILE_MODE):
+        raise ConfigError(f"file_mode: must be 0o600 or 0o660, got {file_mode:#o}")
     inspect_existing(path)
-    _prepare_directory(path)
+    wal_lost = os.path.exists(path) and wal_was_lost(path)
+    _prepare_directory(path, file_mode)
+    _create_private_file(path, file_mode)
     engine = create_outbox_engine(database_url, synchronous=synchronous, busy_timeout=busy_timeout)
     try:
         if _engine_revision(engine, path) != HEAD_REVISION:
             migrate(engine)
+            # Into the main file now: were the -wal lost before the first checkpoint, a new
+            # outbox would otherwise vanish whole and the next open start afresh, unnoticed.
+            checkpoint(engine, path)
+        if wal_lost:
+            record_warning(engine, path, WAL_LOST_AT_OPEN)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+#: The warning recorded when an outbox is opened with its -wal gone (see wal_was_lost).
+WAL_LOST_AT_OPEN = (
+    "the -wal file was missing when the outbox was opened (its -shm was not): it was deleted "
+    "while a process had the outbox open, and commands committed to it since the last "
+    "checkpoint were lost"
+)
+
+
+def checkpoint(engine: Engine, path: str, mode: str = "PASSIVE") -> None:
+    """Copy what the WAL holds into the main file (PASSIVE: without waiting for readers)."""
+    if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+        raise ValueError(f"unknown checkpoint mode {mode!r}")
+    with _translating(path), engine.connect() as conn:
+        conn.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+
+def record_warning(engine: Engine, path: str, message: str) -> None:
+    """Keep `message` in the outbox state (status shows it until acknowledged) and log it."""
+    from .leases import set_state
+    from .status import STATE_WARNING, STATE_WARNING_AT
+
+    log.error("outbox %s: %s", path, message)
+    with _translating(path), engine.connect() as conn:
+        conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            driver: Any = conn.connection.driver_connection
+            cursor = driver.cursor()
+            try:
+                set_state(cursor, {STATE_WARNING: message, STATE_WARNING_AT: time.time()})
+            finally:
+                cursor.close()
 
 
 def create_outbox_engine(
@@ -341,10 +417,13 @@ def _connection_revision(conn: Connection) -> str | None:
     return conn.exec_driver_sql(REVISION_SQL).scalar()
 
 
-def _prepare_directory(path: str) -> None:
+def _prepare_directory(path: str, file_mode: int = FILE_MODE) -> None:
     folder = os.path.dirname(path)
+    mode = GROUP_DIRECTORY_MODE if file_mode == GROUP_FILE_MODE else DIRECTORY_MODE
     try:
-        os.makedirs(folder, mode=DIRECTORY_MODE, exist_ok=True)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=mode, exist_ok=True)
+            os.chmod(folder, mode)  # makedirs applies the umask to the mode
     except OSError as exc:
         raise StorageReadOnlyError(
             f"{path}: cannot create its directory {folder} ({exc.strerror})"
@@ -354,3 +433,42 @@ def _prepare_directory(path: str) -> None:
         raise StorageReadOnlyError(f"{path}: its directory {folder} is not writable")
     if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
         raise StorageReadOnlyError(f"{path}: the file is not writable")
+
+
+def _create_private_file(path: str, mode: int) -> None:
+    """Create the outbox file empty with `mode` before SQLite does (SQLite would apply the
+    umask to 0644); an existing file and its -wal/-shm lose any bits for "others"."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        for name in (path, path + "-wal", path + "-shm"):
+            _restrict(name)
+        return
+    except OSError as exc:
+        raise translate_os_error(exc, path) from exc
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits the mode asks for
+    finally:
+        os.close(fd)
+
+
+def _restrict(name: str) -> None:
+    try:
+        current = os.stat(name).st_mode & 0o777
+        if current & _OTHERS_BITS:
+            os.chmod(name, current & ~_OTHERS_BITS)
+            log.warning(
+                "%s was readable by every user (mode %#o); now %#o",
+                name, current, current & ~_OTHERS_BITS,
+            )  # fmt: skip
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # not ours to change: say so, but the outbox still works
+        log.warning("%s is readable by every user and cannot be restricted: %s", name, exc)
+
+
+def translate_os_error(exc: OSError, path: str) -> OutboxError:
+    """The OutboxError for an OSError raised while creating the outbox file."""
+    if exc.errno == errno.ENOSPC:
+        return StorageFullError(f"{path}: the disk is full ({exc.strerror})")
+    return StorageReadOnlyError(f"{path}: cannot create the file ({exc.strerror})")

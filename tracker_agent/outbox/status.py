@@ -25,6 +25,11 @@ STATE_PAUSED_AT = "paused_at"
 STATE_PROBE_AT = "probe_at"
 STATE_BACKOFF_UNTIL = "backoff_until"
 STATE_FAILURES = "consecutive_failures"
+#: The project token this outbox belongs to, recorded by the first agent that opens it.
+STATE_PROJECT = "project_token"
+#: Something an operator must know (e.g. the -wal file was lost), and since when.
+STATE_WARNING = "warning"
+STATE_WARNING_AT = "warning_at"
 
 STATS_KEYS = (
     "pending",
@@ -39,6 +44,9 @@ STATS_KEYS = (
     "last_error_at",
     "paused_reason",
     "next_attempt_at",
+    "project",
+    "warning",
+    "warning_at",
 )
 
 
@@ -80,30 +88,53 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
         "last_error_at": state.get(STATE_LAST_ERROR_AT),
         "paused_reason": paused,
         "next_attempt_at": next_attempt,
+        "project": state.get(STATE_PROJECT),
+        "warning": state.get(STATE_WARNING),
+        "warning_at": state.get(STATE_WARNING_AT),
     }
 
 
 def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
-    """Stats of the outbox at `database_path`, opened read-only; never creates or changes it."""
+    """Stats of the outbox at `database_path`, opened read-only; never creates or changes it
+    (nor any file beside it), and never blocks on a FIFO or reads a device."""
+    from .engine import wal_was_lost
+    from .inspect import read_header, read_only
+
     if not os.path.exists(database_path):
         raise OutboxError(
             f"no outbox at {database_path} (nothing has been tracked yet, or a different "
             "database_url is configured)"
         )
+    header = read_header(database_path)
+    if header is None:
+        raise NotAnOutboxError(f"{database_path} is empty: not an outbox (yet)")
     try:
-        conn = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=5.0)
+        stats = read_only(
+            database_path,
+            header,
+            lambda conn: _stats_of_outbox(conn, time.time() if now is None else now),
+        )
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "no such table" in text or "not a database" in text or "malformed" in text:
+            raise NotAnOutboxError(
+                f"{database_path} is not a tracker-agent outbox ({text})"
+            ) from exc
+        raise OutboxError(f"cannot read {database_path}: {text}") from exc
     except sqlite3.Error as exc:
-        raise OutboxError(f"cannot open {database_path}: {exc}") from exc
-    try:
-        try:
-            conn.execute("SELECT version_num FROM alembic_version").fetchone()
-            return collect_stats(conn, time.time() if now is None else now)
-        except sqlite3.DatabaseError as exc:
-            text = str(exc)
-            if "no such table" in text or "not a database" in text or "malformed" in text:
-                raise NotAnOutboxError(
-                    f"{database_path} is not a tracker-agent outbox ({text})"
-                ) from exc
-            raise OutboxError(f"cannot read {database_path}: {text}") from exc
-    finally:
-        conn.close()
+        raise OutboxError(f"cannot read {database_path}: {exc}") from exc
+    if wal_was_lost(database_path) and not stats["warning"]:
+        stats["warning"] = WAL_LOST_WARNING
+    return stats
+
+
+#: What status says when the -wal file is gone but its -shm is not (see inspect.wal_was_lost).
+WAL_LOST_WARNING = (
+    "the outbox's -wal file is missing but its -shm is not: it was deleted while a process had "
+    "the outbox open, and commands committed since the last checkpoint may be lost"
+)
+
+
+def _stats_of_outbox(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
+    conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    return collect_stats(conn, now)

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..clock import wall_clock
-from ..exceptions import OutboxFullError
+from ..exceptions import ConfigError, OutboxError, OutboxFullError
 from . import deadletters, leases
-from .engine import translate_sqlite_error
+from .engine import record_warning, translate_sqlite_error, wal_was_lost
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
-from .status import STATE_DROPPED, collect_stats, read_state
+from .status import STATE_DROPPED, STATE_PROJECT, collect_stats, read_state
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ WHEN (SELECT rows + 1 > {{max_rows:d}} OR bytes + NEW.size > {{max_bytes:d}}
 BEGIN SELECT RAISE(ABORT, '{_FULL_MESSAGE}'); END
 """
 _DROP_BOUND_TRIGGER = f"DROP TRIGGER IF EXISTS temp.{_BOUND_TRIGGER}"
+#: The warning recorded when the -wal file disappears under a running process.
+WAL_DELETED_WHILE_OPEN = (
+    "the -wal file was deleted while this outbox was open; what this process could still "
+    "read of it was checkpointed into the main file, but commands committed by other "
+    "processes since the last checkpoint may be lost. Restart every process using the outbox"
+)
+
+
 class NewCommand:
     """A validated command ready to store: its batch name, ordering key and JSON data.
 
@@ -100,6 +108,8 @@ class OutboxStore:
         # hold_for_fork) never happens while one of our connections holds an SQLite lock:
         # the child would inherit SQLite's lock bookkeeping without the locks themselves.
         self._io_lock = threading.Lock()
+        self.project: str | None = None  # set by bind_project
+        self._wal_loss_recorded = False
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -312,8 +322,9 @@ class OutboxStore:
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
+        gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, may_claim)
+            return leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -335,7 +346,8 @@ class OutboxStore:
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             delivered = leases.settle(cur, owner, outcome, now)
-            state, rows = leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, may_claim)
+            gate = self._project_gate(may_claim)
+            state, rows = leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
@@ -354,6 +366,62 @@ class OutboxStore:
     def state(self) -> dict[str, Any]:
         with self._reading() as conn:
             return read_state(conn)
+
+    # -- the outbox's project and integrity ----------------------------------------------------
+
+    def bind_project(self, project_token: str) -> None:
+        """Record that this outbox belongs to `project_token` (the first agent to open it does),
+        or refuse with ConfigError if it belongs to another project: its rows must never be
+        delivered with another project's token. Later claims check it again."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            owner = read_state(cur).get(STATE_PROJECT)
+            if owner is None:
+                leases.set_state(cur, {STATE_PROJECT: project_token})
+            elif owner != project_token:
+                raise ConfigError(
+                    f"database_url: the outbox {self.path} belongs to project {owner!r}, not "
+                    f"{project_token!r}; one outbox serves one project: give each project its "
+                    "own database_url"
+                )
+        self.project = project_token
+
+    def _project_gate(
+        self, may_claim: Callable[[dict[str, Any]], bool] | None
+    ) -> Callable[[dict[str, Any]], bool] | None:
+        """`may_claim`, preceded by the check that the outbox still belongs to our project."""
+        project = self.project
+        if project is None:
+            return may_claim
+
+        def gate(state: dict[str, Any]) -> bool:
+            owner = state.get(STATE_PROJECT)
+            if owner is not None and owner != project:
+                raise OutboxError(
+                    f"{self.path}: the outbox now belongs to project {owner!r}, not "
+                    f"{project!r}; not delivering its rows"
+                )
+            return may_claim is None or may_claim(state)
+
+        return gate
+
+    def rescue_lost_wal(self) -> bool:
+        """If the -wal file was deleted while this process has the outbox open, copy what our
+        connections still see of it into the main file (a checkpoint reads the deleted file
+        through the open descriptor), record a warning and log it. True if it was lost.
+
+        Commands committed after the deletion live in a file nobody can reopen: each call
+        rescues them again, but only restarting every process on the outbox ends the risk."""
+        if not wal_was_lost(self.path):
+            return False
+        with self._drain_connection() as conn, self._io_lock:
+            try:
+                conn.driver_connection.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            except sqlite3.Error as exc:
+                raise translate_sqlite_error(exc, self.path) from exc
+        if not self._wal_loss_recorded:
+            self._wal_loss_recorded = True
+            record_warning(self.engine, self.path, WAL_DELETED_WHILE_OPEN)
+        return True
 
     # -- inspection ----------------------------------------------------------------------------
 
