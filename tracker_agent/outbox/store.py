@@ -373,16 +373,19 @@ class OutboxStore:
         """Record that this outbox belongs to `project_token` (the first agent to open it does),
         or refuse with ConfigError if it belongs to another project: its rows must never be
         delivered with another project's token. Later claims check it again."""
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
-            owner = read_state(cur).get(STATE_PROJECT)
-            if owner is None:
-                leases.set_state(cur, {STATE_PROJECT: project_token})
-            elif owner != project_token:
-                raise ConfigError(
-                    f"database_url: the outbox {self.path} belongs to project {owner!r}, not "
-                    f"{project_token!r}; one outbox serves one project: give each project its "
-                    "own database_url"
-                )
+        owner = self.state().get(STATE_PROJECT)  # a read: no write lock on every open
+        if owner is None:
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                owner = read_state(cur).get(STATE_PROJECT)  # another agent may have won
+                if owner is None:
+                    leases.set_state(cur, {STATE_PROJECT: project_token})
+                    owner = project_token
+        if owner != project_token:
+            raise ConfigError(
+                f"database_url: the outbox {self.path} belongs to project {owner!r}, not "
+                f"{project_token!r}; one outbox serves one project: give each project its "
+                "own database_url"
+            )
         self.project = project_token
 
     def _project_gate(
