@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from tracker_agent.config import (
     load_settings,
 )
 from tracker_agent.config import loading as config_loading
+from tracker_agent.config.settings import BOUNDS, DEFAULTS, KINDS
 from tracker_agent.exceptions import ConfigError
 
 TOKEN_ENV = {"TRACKER_AGENT_PROJECT_TOKEN": "tok"}
@@ -123,10 +125,10 @@ def test_env_strings_are_parsed_to_the_field_type(
         ),
         ("ALLOW_HTTP", "maybe", r"allow_http \(environment variable TRACKER_AGENT_ALLOW_HTTP\)"),
         ("BATCH_SIZE", "51", r"batch_size \(environment variable .*\): must be between 1 and 50"),
-        ("REQUEST_TIMEOUT", "0", r"request_timeout .*must be a finite number > 0"),
-        ("RATE_LIMIT", "nan", r"rate_limit .*finite"),
+        ("REQUEST_TIMEOUT", "0", r"request_timeout .*must be between 0\.1 and 600 s, got 0"),
+        ("RATE_LIMIT", "nan", r"rate_limit .*must be between 1 and 10000 requests/s, got nan"),
         ("OVERFLOW", "block", r"overflow .*'raise' or 'drop_oldest'"),
-        ("MAX_ATTEMPTS", "0", r"max_attempts .*>= 1"),
+        ("MAX_ATTEMPTS", "0", r"max_attempts .*must be between 1 and 1000000 attempts, got 0"),
     ],
 )
 def test_bad_env_value_error_names_field_and_variable(var: str, text: str, message: str) -> None:
@@ -155,6 +157,25 @@ def test_invalid_toml_error_names_file_and_line(tmp_path: Path) -> None:
         load_settings(config_file=cfg)
 
 
+def test_binary_config_file_is_refused_naming_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"project_token = 't'\n\xed\xa0\x80\xff\n")
+    with pytest.raises(ConfigError, match=r"config file .*c\.toml: not UTF-8 text"):
+        load_settings(config_file=str(cfg))
+
+
+def test_config_file_nested_too_deeply_is_refused_naming_the_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match=r"c\.toml: invalid TOML: nested too deeply"):
+        load_settings(config_file=cfg)
+
+
+def test_config_file_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", "#" * (config_loading.MAX_CONFIG_FILE_BYTES + 1))
+    with pytest.raises(ConfigError, match=r"config file .*c\.toml: larger than 1048576 bytes"):
+        load_settings(config_file=cfg)
+
+
 def test_unknown_tracker_agent_env_var_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="tracker_agent.config"):
         load_settings(
@@ -172,8 +193,8 @@ def test_unknown_tracker_agent_env_var_is_warned_about(caplog: pytest.LogCapture
     [
         ({"project_token": ""}, r"project_token: is required"),
         ({"project_token": "a/b"}, r"project_token: must not contain '/'"),
-        ({"batch_size": 0}, r"batch_size: must be between 1 and 50, got 0"),
-        ({"batch_max_bytes": 1000}, r"batch_max_bytes: must be at least"),
+        ({"batch_size": 0}, r"batch_size: must be between 1 and 50 commands, got 0"),
+        ({"batch_max_bytes": 1000}, r"batch_max_bytes: must be between 1048576 and 67108864"),
         ({"max_rows": True}, r"max_rows: expected an integer, got True"),
         ({"request_timeout": "10"}, r"request_timeout: expected a number"),
         ({"lease_seconds": 12.0}, r"lease_seconds: must exceed request_timeout \+ connect_timeout"),
@@ -182,7 +203,10 @@ def test_unknown_tracker_agent_env_var_is_warned_about(caplog: pytest.LogCapture
         ({"username": "id"}, r"password: is not set, but username is; set both or neither"),
         ({"url": "ftp://x"}, r"url: must be an http\(s\) URL"),
         ({"url": "https://x/?a=1"}, r"url: must not have a query"),
-        ({"shutdown_grace": -1}, r"shutdown_grace: must be a finite number >= 0"),
+        ({"shutdown_grace": -1}, r"shutdown_grace: must be between 0 and 3600 s, got -1"),
+        ({"url": "https://[::1"}, r"url: is not a valid URL: Invalid IPv6 URL"),
+        ({"url": "https://[zz]"}, r"url: is not a valid URL"),
+        ({"database_url": "sqlite:////tmp/a%00b.db"}, r"database_url: must not contain %00"),
     ],
 )
 def test_settings_refuse_bad_values_naming_the_field(changes: dict, message: str) -> None:
@@ -202,6 +226,87 @@ def test_replace_returns_a_validated_copy() -> None:
     assert s.replace(batch_size=10).batch_size == 10 and s.batch_size == 50
     with pytest.raises(ConfigError, match="batch_size"):
         s.replace(batch_size=100)
+
+
+# ---------------------------------------------------------------------------- numeric bounds
+
+#: Settings that let every other field reach its own bounds (lease_seconds must exceed the
+#: request timeouts; backoff_cap must be >= backoff_base).
+ROOMY = {
+    "request_timeout": 0.1,
+    "connect_timeout": 0.1,
+    "lease_seconds": 86_400.0,
+    "backoff_base": 0.01,
+    "backoff_cap": 86_400.0,
+}
+NUMERIC_FIELDS = sorted(name for name, (kind, _) in KINDS.items() if kind in (int, float))
+
+
+def test_every_numeric_setting_has_bounds_that_hold_its_default() -> None:
+    assert sorted(BOUNDS) == NUMERIC_FIELDS
+    for name, bounds in BOUNDS.items():
+        default = DEFAULTS[name]
+        assert default is None or bounds.low <= default <= bounds.high, name
+
+
+def _typed(name: str, value: float) -> float:
+    return int(value) if KINDS[name][0] is int else float(value)
+
+
+@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+def test_numeric_setting_accepts_both_ends_of_its_range(name: str) -> None:
+    bounds = BOUNDS[name]
+    for value in (bounds.low, bounds.high):
+        settings = Settings(**{"project_token": "t", **ROOMY, name: _typed(name, value)})
+        assert getattr(settings, name) == value
+
+
+@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+def test_numeric_setting_out_of_range_names_field_bounds_and_source(name: str) -> None:
+    bounds = BOUNDS[name]
+    step = 1 if KINDS[name][0] is int else bounds.low / 2 or 0.5
+    var = "TRACKER_AGENT_" + name.upper()
+    for value in (bounds.low - step, bounds.high * 2):
+        env = {**TOKEN_ENV, var: str(_typed(name, value))}
+        with pytest.raises(ConfigError) as info:
+            load_settings(env=env)
+        message = str(info.value)
+        assert message.startswith(f"{name} (environment variable {var}): must be between ")
+        assert bounds.describe() in message
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("1e-300", "1e-300"), ("1e-6", "1e-06"), ("inf", "inf"), ("1e400", "inf")],
+)
+def test_rate_limit_that_would_overflow_or_stall_is_refused(text: str, shown: str) -> None:
+    # 1e-300: 1 / rate overflowed sleep(); 1e-6: a sleep of 11 days that flush cannot cut short.
+    with pytest.raises(
+        ConfigError,
+        match=r"^rate_limit \(environment variable TRACKER_AGENT_RATE_LIMIT\): "
+        rf"must be between 1 and 10000 requests/s, got {shown}$",
+    ):
+        load_settings(env={**TOKEN_ENV, "TRACKER_AGENT_RATE_LIMIT": text})
+
+
+def test_huge_integer_in_config_file_is_refused_without_printing_it(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "c.toml", f'project_token = "t"\nmax_rows = {10**400}\n')
+    with pytest.raises(ConfigError, match=r"max_rows \(config file .*\): .*got a huge integer$"):
+        load_settings(config_file=cfg)
+
+
+def test_malformed_url_names_field_and_source() -> None:
+    env = {**TOKEN_ENV, "TRACKER_AGENT_URL": "https://[::1"}
+    with pytest.raises(
+        ConfigError, match=r"^url \(environment variable TRACKER_AGENT_URL\): is not a valid URL"
+    ):
+        load_settings(env=env)
+
+
+def test_malformed_url_error_does_not_echo_a_credential() -> None:
+    with pytest.raises(ConfigError, match="url: is not a valid URL") as info:
+        Settings(project_token="t", url="https://id:s3cret@[::1")
+    assert "s3cret" not in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -279,6 +384,51 @@ def test_unreadable_or_empty_secret_file_error_names_its_source(tmp_path: Path) 
     env["TRACKER_AGENT_PASSWORD_FILE"] = write(tmp_path / "empty", "\n")
     with pytest.raises(ConfigError, match="is empty"):
         load_settings(env=env)
+
+
+def test_secret_file_larger_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    big = write(tmp_path / "big", "x" * (config_loading.MAX_SECRET_FILE_BYTES + 1))
+    env = {**TOKEN_ENV, "TRACKER_AGENT_USERNAME": "id", "TRACKER_AGENT_PASSWORD_FILE": big}
+    with pytest.raises(
+        ConfigError,
+        match=r"password \(environment variable TRACKER_AGENT_PASSWORD_FILE\): file .*big is "
+        r"larger than 65536 bytes",
+    ):
+        load_settings(env=env)
+
+
+def test_secret_file_that_never_ends_is_refused(tmp_path: Path) -> None:
+    env = {**TOKEN_ENV, "TRACKER_AGENT_USERNAME": "id", "TRACKER_AGENT_PASSWORD_FILE": "/dev/zero"}
+    with pytest.raises(ConfigError, match=r"/dev/zero is larger than 65536 bytes"):
+        load_settings(env=env)
+
+
+def test_secret_file_that_is_a_directory_or_not_utf8_is_refused(tmp_path: Path) -> None:
+    env = {**TOKEN_ENV, "TRACKER_AGENT_USERNAME": "id"}
+    env["TRACKER_AGENT_PASSWORD_FILE"] = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"password .*cannot read .*: Is a directory"):
+        load_settings(env=env)
+    (tmp_path / "bin").write_bytes(b"\xff\xfe\x00")
+    env["TRACKER_AGENT_PASSWORD_FILE"] = str(tmp_path / "bin")
+    with pytest.raises(ConfigError, match=r"password .*bin is not UTF-8 text"):
+        load_settings(env=env)
+
+
+def test_secret_file_may_be_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo, 0o600)
+
+    def feed() -> None:
+        with open(fifo, "w") as fh:
+            fh.write("s3cret\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    env = {**TOKEN_ENV, "TRACKER_AGENT_USERNAME": "id", "TRACKER_AGENT_PASSWORD_FILE": str(fifo)}
+    try:
+        assert load_settings(env=env).password == "s3cret"
+    finally:
+        writer.join(timeout=5)
 
 
 def test_systemd_credentials_sit_between_file_and_env(tmp_path: Path) -> None:

@@ -41,6 +41,11 @@ ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCr
 DEFAULT_CONFIG_FILE = "/etc/tracker-agent/config.toml"  # used only when it exists
 TOML_TABLE = "tracker_agent"
 WORLD_READABLE = 0o004
+#: A secret file (<FIELD>_FILE, systemd credential) holds one short line; more is a wrong
+#: path (/dev/zero, a log file) and is refused rather than read forever.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+#: A config file holds a few dozen settings.
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
 _BOOL_WORDS = {
     "1": True, "true": True, "yes": True, "on": True,
     "0": False, "false": False, "no": False, "off": False,
@@ -74,29 +79,64 @@ def _parse_text(name: str, text: str) -> Any:
         raise Invalid(f"expected {expected}, got {text!r}") from None
 
 
+class _TooLarge(Exception):
+    """The file holds more than the caller's limit."""
+
+
+def _read_bounded(path: str, limit: int) -> tuple[bytes, int]:
+    """The file's bytes and mode, reading at most `limit` bytes (then _TooLarge).
+
+    Works for regular files, pipes and FIFOs (`<(echo secret)`), devices; refuses a directory
+    with the usual OSError.
+    """
+    with open(path, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        data = fh.read(limit + 1)  # a pipe gives what it has: read until EOF or the limit
+    if len(data) > limit:
+        raise _TooLarge
+    return data, mode
+
+
 def _read_secret_file(path: str, name: str, source: str) -> str:
     try:
-        st = os.stat(path)
-        with open(path, encoding="utf-8") as fh:
-            value = fh.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        data, mode = _read_bounded(path, MAX_SECRET_FILE_BYTES)
+        value = data.decode("utf-8").strip()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
         raise ConfigError(f"{name} ({source}): cannot read {path}: {reason}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name} ({source}): file {path} is not UTF-8 text") from None
+    except _TooLarge:
+        raise ConfigError(
+            f"{name} ({source}): file {path} is larger than {MAX_SECRET_FILE_BYTES} bytes; "
+            "is it the right file?"
+        ) from None
     if not value:
         raise ConfigError(f"{name} ({source}): file {path} is empty")
-    if st.st_mode & WORLD_READABLE:
+    if mode & WORLD_READABLE:
         log.warning("%s (%s): file %s is readable by every user; chmod o-r it", name, source, path)
     return value
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def _read_toml(path: str) -> tuple[dict[str, Any], int]:
+    """The document and the file's mode."""
     try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
+        data, mode = _read_bounded(path, MAX_CONFIG_FILE_BYTES)
+        doc = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+    except _TooLarge:
+        raise ConfigError(
+            f"config file {path}: larger than {MAX_CONFIG_FILE_BYTES} bytes; is it a TOML file?"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (at byte offset {exc.start}); is it a TOML file?"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise ConfigError(f"config file {path}: invalid TOML: nested too deeply") from None
     table = doc.get(TOML_TABLE)
     if isinstance(table, dict):
         others = [k for k in doc if k != TOML_TABLE]
@@ -105,13 +145,13 @@ def _read_toml(path: str) -> dict[str, Any]:
                 f"config file {path}: unknown key {others[0]!r} outside [{TOML_TABLE}]"
             )
         doc = table
-    return doc
+    return doc, mode
 
 
 def _config_file_layer(
     path: str, values: dict[str, Any], sources: dict[str, str], *, secrets: bool
 ) -> None:
-    doc = _read_toml(path)
+    doc, mode = _read_toml(path)
     source = f"config file {path}"
     file_keys = {f + "_file": f for f in FILE_FIELDS}
     for key, value in doc.items():
@@ -132,7 +172,7 @@ def _config_file_layer(
         else:
             raise ConfigError(f"config file {path}: unknown key {key!r}")
     held = [k for k in SECRET_FIELDS if k in doc]
-    if held and os.stat(path).st_mode & WORLD_READABLE:
+    if held and mode & WORLD_READABLE:
         log.warning(
             "config file %s holds %s and is readable by every user; chmod o-r it, or move "
             "the secret to a credential file", path, " and ".join(sorted(held)),

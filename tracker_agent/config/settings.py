@@ -7,18 +7,72 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from tracker_agent.exceptions import ConfigError
+from tracker_agent.validation import MAX_BATCH_COMMANDS
 
 DEFAULT_URL = "https://api.exponea.com"
-MAX_BATCH_COMMANDS = 50  # the API's limit per batch request
 MIN_BATCH_MAX_BYTES = 1024 * 1024  # 1 MiB: one event may be up to 800 KB
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+MINUTE_SECONDS = 60
+HOUR_SECONDS = 3600
+DAY_SECONDS = 86_400
+YEAR_SECONDS = 31_557_600  # a Julian year, 365.25 days
+MIB = 1024 * 1024
+MAX_SHOWN_INT_BITS = 64  # an error message shows integers up to this size
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The inclusive range of a numeric setting, in `unit` ("s", "bytes", ...)."""
+
+    low: float
+    high: float
+    unit: str
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        return f"between {_number(self.low)} and {_number(self.high)}{unit}"
+
+
+#: Every numeric setting's sane range. Beyond it a value is a typo or a unit mix-up (ms for s)
+#: and would overflow or stall somewhere (1 / rate_limit, sleep(huge), lease arithmetic).
+#: The README's settings table states the same ranges.
+BOUNDS: dict[str, Bounds] = {
+    "request_timeout": Bounds(0.1, 10 * MINUTE_SECONDS, "s"),
+    "connect_timeout": Bounds(0.1, 2 * MINUTE_SECONDS, "s"),
+    "read_retries": Bounds(0, 10, "retries"),
+    "busy_timeout": Bounds(0, HOUR_SECONDS, "s"),
+    "max_rows": Bounds(1, 10**10, "rows"),
+    "max_bytes": Bounds(1, 2**50, "bytes"),
+    "batch_size": Bounds(1, MAX_BATCH_COMMANDS, "commands"),
+    "batch_max_bytes": Bounds(MIN_BATCH_MAX_BYTES, 64 * MIB, "bytes"),
+    "drain_interval": Bounds(0.01, HOUR_SECONDS, "s"),
+    "lease_seconds": Bounds(1, DAY_SECONDS, "s"),
+    "backoff_base": Bounds(0.01, HOUR_SECONDS, "s"),
+    "backoff_cap": Bounds(0.01, DAY_SECONDS, "s"),
+    "max_attempts": Bounds(1, 1_000_000, "attempts"),
+    "max_age": Bounds(1, 10 * YEAR_SECONDS, "s"),
+    "rate_limit": Bounds(1, 10_000, "requests/s"),
+    "pause_probe_interval": Bounds(0.1, DAY_SECONDS, "s"),
+    "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
+}
+
+
+def _number(value: float) -> str:
+    """1, 0.5, 10000000000: exact, never 1e+10 (a reader compares it with what they typed)."""
+    if isinstance(value, int):
+        # str() of a huge int is slow, then refused (sys.get_int_max_str_digits).
+        return str(value) if value.bit_length() <= MAX_SHOWN_INT_BITS else "a huge integer"
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return f"{value:g}"
+
 
 #: Fields whose values are redacted everywhere.
 SECRET_FIELDS = frozenset({"password", "public_key"})
@@ -143,7 +197,7 @@ def check_type(name: str, value: Any) -> Any:
     raise Invalid(f"expected {expected}{' or none' if optional else ''}, got {shown}")
 
 
-def check_value(name: str, value: Any) -> Any:  # noqa: C901 - one flat table of rules
+def check_value(name: str, value: Any) -> Any:
     """The value, normalised, if it is in the field's range or enum, else Invalid."""
     if value is None:  # check_type let it through: the field is optional
         return None
@@ -159,6 +213,8 @@ def check_value(name: str, value: Any) -> Any:  # noqa: C901 - one flat table of
     elif name == "database_url":
         if not value.strip():
             raise Invalid("must not be empty (omit it for the default location)")
+        if "%00" in value:  # decodes to a NUL byte, which no file name can hold
+            raise Invalid("must not contain %00")
     elif name == "synchronous":
         if value.upper() not in ("FULL", "NORMAL"):
             raise Invalid(f"must be FULL or NORMAL, got {value!r}")
@@ -166,29 +222,20 @@ def check_value(name: str, value: Any) -> Any:  # noqa: C901 - one flat table of
     elif name == "overflow":
         if value not in ("raise", "drop_oldest"):
             raise Invalid(f"must be 'raise' or 'drop_oldest', got {value!r}")
-    elif name == "batch_size":
-        if not 1 <= value <= MAX_BATCH_COMMANDS:
-            raise Invalid(f"must be between 1 and {MAX_BATCH_COMMANDS}, got {value}")
-    elif name == "batch_max_bytes":
-        if value < MIN_BATCH_MAX_BYTES:
-            raise Invalid(f"must be at least {MIN_BATCH_MAX_BYTES} (1 MiB), got {value}")
-    elif name in ("read_retries",):
-        if value < 0:
-            raise Invalid(f"must be >= 0, got {value}")
-    elif name in ("max_rows", "max_bytes", "max_attempts"):
-        if value < 1:
-            raise Invalid(f"must be >= 1, got {value}")
-    elif name in ("busy_timeout", "shutdown_grace"):
-        if not (math.isfinite(value) and value >= 0):
-            raise Invalid(f"must be a finite number >= 0, got {value}")
-    elif KINDS[name][0] is float:
-        if not (math.isfinite(value) and value > 0):
-            raise Invalid(f"must be a finite number > 0, got {value}")
+    elif name in BOUNDS:
+        bounds = BOUNDS[name]
+        # NaN fails both comparisons, so it is refused too.
+        if not bounds.low <= value <= bounds.high:
+            raise Invalid(f"must be {bounds.describe()}, got {_number(value)}")
     return value
 
 
 def _check_url(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "https://[::1": an unclosed or invalid bracketed host
+        # Not echoed: it may carry a credential.
+        raise Invalid(f"is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"must be an http(s) URL such as {DEFAULT_URL}")
     if parts.username is not None or parts.password is not None:
