@@ -20,6 +20,7 @@ from tracker_agent.validation import (
     customer_command,
     dumps,
     event_command,
+    loads,
     normalize_batch_command,
     normalize_customer_ids,
     normalize_event_type,
@@ -183,6 +184,77 @@ def test_properties_accept_nesting_up_to_the_limit():
     assert normalize_properties({"deep": value})["deep"] == value
     with pytest.raises(ValidationError):
         normalize_properties({"deep": [value]})
+
+
+HOSTILE_DEPTH = 100_000  # far beyond Python's recursion limit
+
+
+def nested_dicts(depth: int) -> dict:
+    value: dict = {"leaf": 1}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def nested_lists(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda: normalize_properties(nested_dicts(HOSTILE_DEPTH)), "properties['a']"),
+        (lambda: normalize_properties({"k": nested_lists(HOSTILE_DEPTH)}), "properties['k'][0]"),
+        (
+            lambda: event_command({"registered": "a"}, "t", nested_dicts(HOSTILE_DEPTH)),
+            "properties['a']",
+        ),
+        (lambda: customer_command({"registered": "a"}, nested_dicts(HOSTILE_DEPTH)), "properties"),
+        (
+            lambda: normalize_batch_command(
+                {
+                    "name": "customers/events",
+                    "data": {
+                        "customer_ids": {"registered": "a"},
+                        "event_type": "t",
+                        "properties": {"k": nested_lists(HOSTILE_DEPTH)},
+                    },
+                },
+                "commands[4]",
+            ),
+            "commands[4]['data']['properties']['k'][0]",
+        ),
+        (lambda: check_command_size(nested_lists(HOSTILE_DEPTH), "row"), "row"),
+    ],
+)
+def test_input_nested_far_too_deeply_is_a_validation_error_naming_the_field(call, field):
+    with pytest.raises(ValidationError, match="nested deeper than 32 levels") as info:
+        call()
+    assert info.value.field.startswith(field)
+
+
+def test_customer_ids_nested_far_too_deeply_are_refused_by_type():
+    with pytest.raises(ValidationTypeError) as info:
+        normalize_customer_ids({"registered": nested_dicts(HOSTILE_DEPTH)})
+    assert info.value.field == "customer_ids['registered']"
+
+
+def test_dumps_refuses_a_value_too_deep_to_encode_as_a_value_error():
+    with pytest.raises(ValueError, match="nested too deeply"):
+        dumps(nested_lists(HOSTILE_DEPTH))
+
+
+def test_loads_refuses_json_too_deep_to_parse_naming_the_field():
+    text = "[" * HOSTILE_DEPTH + "]" * HOSTILE_DEPTH
+    with pytest.raises(ValidationError, match="nested deeper than 32 levels") as info:
+        loads(text, "line 7")
+    assert info.value.field == "line 7"
+    assert loads('{"a": [1, 2.5]}', "x") == {"a": [1, 2.5]}
+    with pytest.raises(json.JSONDecodeError):
+        loads("{nope", "x")
 
 
 def test_property_value_size_limit_counts_serialised_utf8_bytes():

@@ -44,6 +44,7 @@ __all__ = [
     "customer_command",
     "normalize_batch_command",
     "dumps",
+    "loads",
     "check_command_size",
 ]
 
@@ -231,9 +232,29 @@ def normalize_timestamp(value: object, field: str = "timestamp") -> float:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+class _NestingTooDeep(ValueError):
+    """dumps() met a value nested deeper than Python's recursion limit allows to encode."""
+
+
 def dumps(obj: Any) -> str:
-    """Compact JSON, keys in insertion order, UTF-8 text, NaN refused (ValueError)."""
-    return _ENCODER.encode(obj)
+    """Compact JSON, keys in insertion order, UTF-8 text; NaN and values nested too deeply
+    to encode are refused (ValueError)."""
+    try:
+        return _ENCODER.encode(obj)
+    except RecursionError:  # the C encoder recurses once per level of nesting
+        raise _NestingTooDeep("nested too deeply to encode as JSON") from None
+
+
+def loads(text: str, field: str) -> Any:
+    """json.loads for input from outside (a file, a command line).
+
+    Input nested too deeply for the parser raises ValidationError naming `field` (never
+    RecursionError); other malformed JSON raises json.JSONDecodeError (a ValueError) as usual.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:  # the C scanner recurses once per level of nesting
+        raise ValidationError(field, f"nested deeper than {MAX_NESTING_DEPTH} levels") from None
 
 
 def tree_encoder(*, sort_keys: bool = False) -> Callable[[Any], str]:
@@ -270,6 +291,8 @@ def tree_encoder(*, sort_keys: bool = False) -> Callable[[Any], str]:
 def _json_size(obj: Any, field: str) -> int:
     try:
         return len(dumps(obj).encode("utf-8"))
+    except _NestingTooDeep:
+        raise ValidationError(field, f"nested deeper than {MAX_NESTING_DEPTH} levels") from None
     except UnicodeEncodeError as exc:
         raise ValidationError(field, "contains text that is not valid Unicode") from exc
     except (TypeError, ValueError) as exc:
