@@ -7,6 +7,7 @@ when a command asks for them, so `status` and `--help` start fast.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -125,3 +126,18 @@ class Duration(click.ParamType):
 
 
 DURATION = Duration()
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds from 0 to `high`; NaN is refused too (it passes any range check)."""
+
+    name = "seconds"
+
+    def __init__(self, high: float) -> None:
+        super().__init__(min=0, max=high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds

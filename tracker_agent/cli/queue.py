@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -10,9 +11,16 @@ from typing import IO, Any
 
 import click
 
-from tracker_agent.cli.context import CliContext, fail, pass_cli
+from tracker_agent import validation
+from tracker_agent.cli.context import CliContext, Seconds, fail, pass_cli
+from tracker_agent.exceptions import ValidationError
 
 DEFAULT_CHUNK_SIZE = 500  # commands per transaction in `import`
+#: A longer line in `import` is refused (a command is under 800 KB as JSON, but a line may
+#: spell it with \uXXXX escapes). Without a limit a file with no newline is read to exhaustion.
+MAX_IMPORT_LINE_BYTES = 8 * 1024 * 1024
+#: `flush --timeout` at most a week: beyond that it is a typo (ms for s).
+MAX_FLUSH_TIMEOUT_SECONDS = 7 * 86_400
 EVENT_COMMAND = "customers/events"
 CUSTOMER_COMMAND = "customers"
 EVENT_KEYS = frozenset({"customer_ids", "event_type", "properties", "timestamp"})
@@ -20,10 +28,14 @@ CUSTOMER_KEYS = frozenset({"customer_ids", "properties"})
 _COMMAND_INDEX = re.compile(r"^commands\[(\d+)\]")
 
 
-def parse_value(text: str) -> Any:
-    """JSON when it parses (9.5, true, [1,2], {"a":1}, "quoted"), else the text as is."""
+def parse_value(text: str, field: str) -> Any:
+    """JSON when it parses (9.5, true, [1,2], {"a":1}, "quoted"), else the text as is.
+
+    JSON nested too deeply to parse is refused (ValidationError naming `field`)."""
     try:
-        return json.loads(text)
+        return validation.loads(text, field)
+    except ValidationError:
+        raise
     except ValueError:
         return text
 
@@ -34,7 +46,7 @@ def parse_pairs(pairs: tuple[str, ...], option: str, *, json_values: bool) -> di
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=option)
-        out[key] = parse_value(value) if json_values else value
+        out[key] = parse_value(value, f"{option} {key}") if json_values else value
     return out
 
 
@@ -43,7 +55,9 @@ def parse_json_object(text: str | None, option: str, keys: frozenset[str]) -> di
     if text is None:
         return {}
     try:
-        value = json.loads(text)
+        value = validation.loads(text, option)
+    except ValidationError:
+        raise
     except ValueError as exc:
         raise click.BadParameter(f"invalid JSON: {exc}", param_hint=option) from None
     if not isinstance(value, dict):
@@ -118,6 +132,8 @@ def track_event(
     timestamp = timestamp if timestamp is not None else data.get("timestamp")
     if not event_type:
         raise click.UsageError("give the event type with --type or in --json")
+    # Checked before the outbox is opened: refused input creates no file.
+    validation.event_command(customer_ids, event_type, properties, timestamp)
     cli.agent().tracking.add_event(customer_ids, event_type, properties, timestamp=timestamp)
     click.echo(f"queued event {event_type!r} for {json.dumps(customer_ids, sort_keys=True)}")
 
@@ -142,6 +158,7 @@ def track_customer(
         **parse_pairs(customer, "--customer", json_values=False),
     }
     properties = {**_object(data, "properties"), **parse_pairs(props, "--prop", json_values=True)}
+    validation.customer_command(customer_ids, properties)  # before the outbox is opened
     cli.agent().tracking.update_customer_properties(customer_ids, properties)
     click.echo(f"queued customer update for {json.dumps(customer_ids, sort_keys=True)}")
 
@@ -149,9 +166,11 @@ def track_customer(
 # ---------------------------------------------------------------------------- import
 
 
-def line_to_command(line: str) -> dict[str, Any]:
-    """A JSON Lines record: a raw {"name", "data"} command, an event, or a customer update."""
-    record = json.loads(line)
+def line_to_command(line: str, field: str = "line") -> dict[str, Any]:
+    """A JSON Lines record: a raw {"name", "data"} command, an event, or a customer update.
+
+    Raises ValidationError naming `field` for JSON nested too deeply, ValueError otherwise."""
+    record = validation.loads(line, field)
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     if "name" in record:
@@ -163,17 +182,41 @@ def line_to_command(line: str) -> dict[str, Any]:
 Chunk = tuple[list[int], list[dict[str, Any]], int]
 
 
-def read_chunks(stream: IO[str], chunk_size: int) -> Iterator[Chunk]:
+def read_lines(stream: IO[bytes]) -> Iterator[tuple[int, str, int]]:
+    """(line number, text, bytes read) per line; a line that is too long or not UTF-8 raises
+    ValidationError naming it."""
+    number = 0
+    while True:
+        raw = stream.readline(MAX_IMPORT_LINE_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_IMPORT_LINE_BYTES:
+            raise ValidationError(
+                f"line {number}", f"longer than {MAX_IMPORT_LINE_BYTES} bytes; is it JSON Lines?"
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(
+                f"line {number}", f"not UTF-8 text (byte {exc.start + 1} of the line)"
+            ) from None
+        yield number, text, len(raw)
+
+
+def read_chunks(stream: IO[bytes], chunk_size: int) -> Iterator[Chunk]:
     """(line numbers, commands, bytes read) per chunk; a bad line raises ValueError naming it."""
     numbers: list[int] = []
     commands: list[dict[str, Any]] = []
     consumed = 0
-    for number, line in enumerate(stream, start=1):
-        consumed += len(line.encode("utf-8"))
+    for number, line, size in read_lines(stream):
+        consumed += size
         if not line.strip():
             continue
         try:
-            commands.append(line_to_command(line))
+            commands.append(line_to_command(line, f"line {number}"))
+        except ValidationError:
+            raise
         except ValueError as exc:
             raise ValueError(f"line {number}: {exc}") from None
         numbers.append(number)
@@ -192,7 +235,7 @@ def _line_of(exc: Exception, numbers: list[int]) -> str:
 
 
 @click.command("import")
-@click.argument("source", type=click.File("r", encoding="utf-8", lazy=False), metavar="FILE|-")
+@click.argument("source", metavar="FILE|-")
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
@@ -201,32 +244,45 @@ def _line_of(exc: Exception, numbers: list[int]) -> str:
     help="Commands per transaction; a failed chunk is not written at all.",
 )
 @pass_cli
-def import_(cli: CliContext, source: IO[str], chunk_size: int) -> None:
+def import_(cli: CliContext, source: str, chunk_size: int) -> None:
     """Queue commands from JSON Lines (FILE, or - for stdin).
 
     Each line is {"name": "customers/events"|"customers", "data": {...}}, or the data alone
     (an object with "event_type" is an event, else a customer update). Chunks before a bad
     line stay queued; nothing from the chunk holding it is written.
     """
-    from tracker_agent.exceptions import ValidationError
-
-    agent = cli.agent()
+    cli.settings()  # bad settings are reported before any input is read
     queued = 0
-    with _progress(_file_size(source), "importing") as bar:
+    with _open_input(source) as stream, _progress(_file_size(stream), "importing") as bar:
         try:
-            for numbers, commands, consumed in read_chunks(source, chunk_size):
+            # The outbox is opened at the first parsed chunk: unreadable input creates nothing.
+            for numbers, commands, consumed in read_chunks(stream, chunk_size):
                 try:
-                    queued += agent.enqueue_many(commands)
+                    queued += cli.agent().enqueue_many(commands)
                 except ValidationError as exc:
                     raise ValueError(f"{_line_of(exc, numbers)}: {exc}") from exc
                 bar.update(consumed)
-        except ValueError as exc:
+        except ValueError as exc:  # ValidationError included
             before = f"; the {queued} commands before its chunk are queued" if queued else ""
             fail(f"{exc}{before}")
     click.echo(f"queued {queued} commands")
 
 
-def _file_size(source: IO[str]) -> int | None:
+@contextlib.contextmanager
+def _open_input(source: str) -> Iterator[IO[bytes]]:
+    """The import's input as bytes: lines are decoded one by one, so an error names its line."""
+    if source == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        stream = open(source, "rb")
+    except OSError as exc:
+        fail(f"cannot read {source}: {exc.strerror or exc}")
+    with stream:
+        yield stream
+
+
+def _file_size(source: IO[bytes]) -> int | None:
     """Bytes in a regular file (for the progress bar); None for pipes and terminals."""
     try:
         if not source.seekable():
@@ -264,7 +320,7 @@ def _progress(length: int | None, label: str) -> Any:
 @click.command()
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(high=MAX_FLUSH_TIMEOUT_SECONDS),
     default=None,
     metavar="SECONDS",
     help="Keep trying (waiting out backoff) for up to this long. Default: one pass, no waiting.",
