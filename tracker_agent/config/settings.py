@@ -6,18 +6,15 @@ Errors name the field and, when known, where its value came from (file, variable
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from tracker_agent.api_url import DEFAULT_URL, URLRefused, check_scheme, check_url_form
 from tracker_agent.exceptions import ConfigError
 from tracker_agent.validation import MAX_BATCH_COMMANDS
 
-DEFAULT_URL = "https://api.exponea.com"
 MIN_BATCH_MAX_BYTES = 1024 * 1024  # 1 MiB: one event may be up to 800 KB
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
 MINUTE_SECONDS = 60
 HOUR_SECONDS = 3600
@@ -94,6 +91,7 @@ class Settings:
     connect_timeout: float = 3.05  # seconds
     read_retries: int = 2
     database_url: str | None = None  # None: default_database_path()
+    share_with_group: bool = False  # outbox files 0660 / directory 0770 instead of 0600 / 0700
     synchronous: str = "FULL"
     busy_timeout: float = 30.0  # seconds
     max_rows: int = 5_000_000
@@ -232,40 +230,13 @@ def check_value(name: str, value: Any) -> Any:
 
 def _check_url(url: str) -> str:
     try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # "https://[::1": an unclosed or invalid bracketed host
-        # Not echoed: it may carry a credential.
-        raise Invalid(f"is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"must be an http(s) URL such as {DEFAULT_URL}")
-    if parts.username is not None or parts.password is not None:
-        # Never echo it: the URL carries a credential.
-        raise Invalid("must not contain credentials; use username/password settings")
-    if parts.query or parts.fragment:
-        raise Invalid(f"must not have a query or fragment: {url!r}")
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise Invalid(f"has an invalid port: {url!r}") from exc
-    return url.rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+        return check_url_form(url)
+    except URLRefused as exc:
+        raise Invalid(str(exc)) from None
 
 
 def _check_scheme(url: str, allow_http: bool) -> None:
-    parts = urlsplit(url)
-    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname or ""):
-        raise Invalid(
-            f"plain http:// to {parts.hostname!r} would send credentials unencrypted; "
-            "use https://, a loopback host, or set allow_http = true"
-        )
+    try:
+        check_scheme(url, allow_http=allow_http)
+    except URLRefused as exc:
+        raise Invalid(str(exc)) from None
