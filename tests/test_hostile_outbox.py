@@ -114,9 +114,7 @@ def test_a_second_project_is_refused_at_open_and_gets_nothing(fake, tmp_path):
         assert agent.flush(timeout=10).delivered == 10
 
 
-def test_an_outbox_made_before_projects_were_recorded_is_adopted_by_its_first_agent(
-    fake, tmp_path
-):
+def test_an_outbox_made_before_projects_were_recorded_is_adopted_by_its_first_agent(fake, tmp_path):
     db = tmp_path / "outbox.db"
     with make_agent(fake, db) as agent:
         agent.tracking.add_event({"registered": "ann"}, "purchase")
@@ -127,9 +125,7 @@ def test_an_outbox_made_before_projects_were_recorded_is_adopted_by_its_first_ag
         assert agent.flush(timeout=10).delivered == 1
 
 
-def test_rows_are_not_delivered_if_the_outbox_changes_project_under_an_open_agent(
-    fake, tmp_path
-):
+def test_rows_are_not_delivered_if_the_outbox_changes_project_under_an_open_agent(fake, tmp_path):
     db = tmp_path / "outbox.db"
     with make_agent(fake, db) as agent:
         agent.tracking.add_event({"registered": "ann"}, "purchase")
@@ -252,9 +248,7 @@ def _lose_the_wal(db: Path, url: str, after: str = "") -> str:
     return done.stdout
 
 
-def test_a_wal_lost_before_a_crash_is_reported_by_status_and_the_next_open(
-    fake, tmp_path, caplog
-):
+def test_a_wal_lost_before_a_crash_is_reported_by_status_and_the_next_open(fake, tmp_path, caplog):
     db = tmp_path / "outbox.db"
     _lose_the_wal(db, fake.url)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox.db", "outbox.db-shm"]
@@ -283,3 +277,17 @@ def test_a_wal_deleted_under_a_running_agent_is_rescued_into_the_main_file(fake,
     stats = read_status(str(db))
     assert stats["pending"] == 10
     assert "deleted while this outbox was open" in stats["warning"]
+
+
+def test_share_with_group_creates_group_writable_files_whatever_the_umask(fake, tmp_path):
+    old = os.umask(0o077)
+    try:
+        db = tmp_path / "shared" / "outbox.db"
+        with make_agent(fake, db, share_with_group=True) as agent:
+            agent.tracking.add_event({"registered": "ann"}, "purchase")
+            assert {p.name: mode(p) for p in db.parent.iterdir()} == {
+                "outbox.db": 0o660, "outbox.db-wal": 0o660, "outbox.db-shm": 0o660,
+            }  # fmt: skip
+            assert mode(db.parent) == 0o770
+    finally:
+        os.umask(old)

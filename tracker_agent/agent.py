@@ -91,7 +91,7 @@ class TrackerAgent:
         return agent
 
     def _setup(self, settings: Settings, session: Any) -> None:
-        from .outbox.engine import default_database_url, open_outbox
+        from .outbox.engine import FILE_MODE, GROUP_FILE_MODE, default_database_url, open_outbox
         from .outbox.store import OutboxStore
 
         self.settings = settings
@@ -101,7 +101,10 @@ class TrackerAgent:
         # follows systemd's $STATE_DIRECTORY and XDG's $XDG_STATE_HOME, as documented.
         self.database_url = settings.database_url or default_database_url(os.environ)
         engine = open_outbox(
-            self.database_url, synchronous=settings.synchronous, busy_timeout=settings.busy_timeout
+            self.database_url,
+            synchronous=settings.synchronous,
+            busy_timeout=settings.busy_timeout,
+            file_mode=GROUP_FILE_MODE if settings.share_with_group else FILE_MODE,
         )
         self.store = OutboxStore(
             engine,
