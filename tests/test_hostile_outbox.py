@@ -267,6 +267,11 @@ def test_a_wal_lost_before_a_crash_is_reported_by_status_and_the_next_open(fake,
     result = status_cli(db)
     assert result.exit_code == 0
     assert "WARNING" in result.stdout
+    cleared = CliRunner().invoke(cli, ["--database-url", sqlite_url(db), "clear-warning"])
+    assert cleared.exit_code == 0, cleared.output
+    assert "cleared the warning: the -wal file was missing" in cleared.stdout
+    result = status_cli(db)
+    assert "WARNING" not in result.stdout and "warning:" not in result.stderr
 
 
 def test_a_wal_deleted_under_a_running_agent_is_rescued_into_the_main_file(fake, tmp_path):

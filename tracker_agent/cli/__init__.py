@@ -15,7 +15,7 @@ from click.core import ParameterSource
 
 from tracker_agent._version import __version__
 from tracker_agent.cli import logs
-from tracker_agent.cli.admin import check, config_, migrate
+from tracker_agent.cli.admin import check, clear_warning, config_, migrate
 from tracker_agent.cli.context import EXIT_ERROR, PROG, CliContext, fail
 from tracker_agent.cli.deadletters import dead_letters
 from tracker_agent.cli.demo import demo
@@ -131,7 +131,9 @@ def cli(
     ctx.obj = CliContext(env=env, config_file=config_file, overrides=overrides)
 
 
-for _command in (run, status, flush, track, import_, dead_letters, migrate, check, config_, demo):
+for _command in (
+    run, status, flush, track, import_, dead_letters, migrate, clear_warning, check, config_, demo,
+):  # fmt: skip
     cli.add_command(_command)
 
 

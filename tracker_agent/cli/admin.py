@@ -41,6 +41,25 @@ def migrate(cli: CliContext) -> None:
         click.echo(f"{path}: migrated from {before or 'nothing'} to {HEAD_REVISION}")
 
 
+@click.command("clear-warning")
+@pass_cli
+def clear_warning(cli: CliContext) -> None:
+    """Acknowledge the outbox's warning (a lost -wal file) so that status stops showing it."""
+    from tracker_agent.outbox.engine import clear_warning as clear
+    from tracker_agent.outbox.engine import open_outbox, sqlite_path
+
+    url = cli.database_url()
+    path = sqlite_path(url)
+    if not _exists(path):
+        fail(f"no outbox at {path}")
+    engine = open_outbox(url)
+    try:
+        previous = clear(engine, path)
+    finally:
+        engine.dispose()
+    click.echo(f"{path}: cleared the warning: {previous}" if previous else f"{path}: no warning")
+
+
 def _exists(path: str) -> bool:
     import os
 

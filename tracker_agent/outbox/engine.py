@@ -237,20 +237,31 @@ def checkpoint(engine: Engine, path: str, mode: str = "PASSIVE") -> None:
 
 
 def record_warning(engine: Engine, path: str, message: str) -> None:
-    """Keep `message` in the outbox state (status shows it until acknowledged) and log it."""
-    from .leases import set_state
-    from .status import STATE_WARNING, STATE_WARNING_AT
-
+    """Keep `message` in the outbox state (status shows it until cleared) and log it."""
     log.error("outbox %s: %s", path, message)
+    _set_warning(engine, path, message, time.time())
+
+
+def clear_warning(engine: Engine, path: str) -> str | None:
+    """Acknowledge the outbox's warning (`tracker-agent clear-warning`); returns it."""
+    return _set_warning(engine, path, None, None)
+
+
+def _set_warning(engine: Engine, path: str, message: str | None, at: float | None) -> str | None:
+    from .leases import set_state
+    from .status import STATE_WARNING, STATE_WARNING_AT, read_state
+
     with _translating(path), engine.connect() as conn:
         conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
         with conn.begin():
             driver: Any = conn.connection.driver_connection
             cursor = driver.cursor()
             try:
-                set_state(cursor, {STATE_WARNING: message, STATE_WARNING_AT: time.time()})
+                previous = read_state(cursor).get(STATE_WARNING)
+                set_state(cursor, {STATE_WARNING: message, STATE_WARNING_AT: at})
             finally:
                 cursor.close()
+    return previous
 
 
 def create_outbox_engine(
