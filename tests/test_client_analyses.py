@@ -70,7 +70,7 @@ def test_unknown_analysis_is_not_found(exponea):
 
 
 def test_answer_without_rows_is_an_invalid_response(exponea, fake):
-    fake.fail_next(status=200, body={"success": True, "name": "x", "header": ["a"]})
+    fake.fail_next(3, status=200, body={"success": True, "name": "x", "header": ["a"]})
     with pytest.raises(InvalidResponseError):
         exponea.analyses.get_report("r")
 

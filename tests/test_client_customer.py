@@ -148,7 +148,7 @@ def test_unknown_customer_is_not_found(exponea):
 
 
 def test_answer_missing_documented_keys_is_an_invalid_response(exponea, fake):
-    fake.fail_next(status=200, body={"success": True, "ids": {}})
+    fake.fail_next(3, status=200, body={"success": True, "ids": {}})  # reads retry it
     with pytest.raises(InvalidResponseError):
         exponea.customer.get_customer(IDS)
 

@@ -102,15 +102,18 @@ def test_parse_error_messages_reads_all_four_body_shapes(body, messages):
         (403, b'{"message":"forbidden"}', PermissionDeniedError, False),
         (404, b'{"error":"not found"}', NotFoundError, False),
         (408, b"", APITimeoutError, True),
-        (413, b"", RequestTooLargeError, False),
+        (413, b'{"errors":["too big"]}', RequestTooLargeError, False),
+        (413, b"<html>413 Request Entity Too Large</html>", InvalidResponseError, True),
         (422, b'{"errors":["x"]}', BadRequestError, False),
         (429, b'{"errors":["rate"]}', RateLimitedError, True),
         (500, b'{"errors":{"_global":["boom"]}}', ServerError, True),
         (502, b"<html>Bad gateway</html>", ServerError, True),
-        (200, b"<html>captive portal</html>", InvalidResponseError, False),
-        (200, b"[1, 2]", InvalidResponseError, False),
-        (200, b"", InvalidResponseError, False),
-        (302, b"", InvalidResponseError, False),
+        # An answer we cannot read is a network fault: retryable (DESIGN.md, issue 9).
+        (200, b"<html>captive portal</html>", InvalidResponseError, True),
+        (200, b"[1, 2]", InvalidResponseError, True),
+        (200, b"", InvalidResponseError, True),
+        (302, b"", InvalidResponseError, True),
+        (400, b"<html>400 Bad Request</html>", InvalidResponseError, True),
     ],
 )
 def test_translate_response_status_table(status, body, cls, retryable):

@@ -7,9 +7,11 @@ import datetime as dt
 import pytest
 from conftest import PASSWORD, TOKEN, USERNAME
 
+from tracker_agent.api.tracking import MISSING_RESULT_ERROR
 from tracker_agent.client import Exponea
 from tracker_agent.exceptions import (
     BadRequestError,
+    InvalidResponseError,
     ServerError,
     ValidationError,
     ValidationTypeError,
@@ -238,24 +240,78 @@ def test_send_batch_reports_time_results(exponea, fake):
     assert results[0]["success"] is True and isinstance(results[0]["time"], float)
 
 
+def _answer(*results: dict) -> dict:
+    return {"success": True, "results": list(results)}
+
+
 def test_send_batch_matches_results_by_command_id_even_when_reordered(exponea, fake):
     fake.fail_next(
         status=200,
-        body={
-            "success": True,
-            "results": [
-                {"success": False, "errors": ["late"], "command_id": "c1"},
-                {"success": True, "command_id": "c0"},
-            ],
-        },
+        body=_answer(
+            {"success": True, "command_id": "c2"},
+            {"success": False, "errors": ["late"], "command_id": "c1"},
+            {"success": True, "command_id": "c0"},
+        ),
     )
     results = exponea.tracking.send_batch(_commands(3))
     assert [(r["command_id"], r["success"]) for r in results] == [
         ("c0", True),
         ("c1", False),
-        ("c2", False),
+        ("c2", True),
     ]
-    assert results[2]["errors"] == ["no result returned"]
+    assert results[1]["errors"] == ["late"]
+
+
+@pytest.mark.parametrize(
+    "results",
+    [
+        pytest.param([{"success": True}, {"success": False, "errors": ["x"]}], id="no-ids"),
+        pytest.param(
+            [{"success": False, "errors": ["late"], "command_id": "c1"}, {"success": True}],
+            id="some-ids",
+        ),
+        pytest.param([], id="none"),
+    ],
+)
+def test_send_batch_with_a_wrong_result_count_raises_a_retryable_invalid_response(
+    exponea, fake, sleeps, results
+):
+    # Positions mean nothing when the count is wrong: no result may be taken as another's.
+    fake.fail_next(status=200, body=_answer(*results))
+    with pytest.raises(InvalidResponseError) as info:
+        exponea.tracking.send_batch(_commands(3))
+    assert info.value.retryable is True
+    assert (info.value.status_code, info.value.path) == (200, BATCH_PATH)
+    assert "results for 3 commands" in str(info.value)
+    assert len(fake.requests) == 1 and sleeps == []  # a write: never retried by the client
+
+
+def test_send_batch_accepts_a_wrong_result_count_when_every_command_echoes_its_id(exponea, fake):
+    fake.fail_next(
+        status=200,
+        body=_answer(
+            {"success": True, "command_id": "c1"},
+            {"success": True, "command_id": "c0"},
+            {"success": True, "command_id": "not-ours"},
+        ),
+    )
+    results = exponea.tracking.send_batch(_commands(2))
+    assert [(r["command_id"], r["success"]) for r in results] == [("c0", True), ("c1", True)]
+
+
+def test_send_batch_marks_a_command_missing_when_its_slot_echoes_another_id(exponea, fake):
+    fake.fail_next(
+        status=200,
+        body=_answer({"success": True, "command_id": "c0"}, {"success": True, "command_id": "c0"}),
+    )
+    first, second = exponea.tracking.send_batch(_commands(2))
+    assert first["success"] is True
+    assert second == {
+        "command_id": "c1",
+        "success": False,
+        "errors": [MISSING_RESULT_ERROR],
+        "missing": True,
+    }
 
 
 def test_send_batch_is_not_retried_and_raises_on_whole_request_failure(exponea, fake, sleeps):

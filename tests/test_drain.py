@@ -143,6 +143,84 @@ def test_transient_failure_backs_off_then_the_same_batch_is_delivered(fake, stor
     assert fake.duplicate_events == 0
 
 
+UNREADABLE_ANSWERS = [
+    pytest.param(lambda f: f.captive_portal_next(), "InvalidResponseError", id="captive-200-html"),
+    pytest.param(
+        lambda f: f.captive_portal_next(redirect=True), "InvalidResponseError", id="captive-302"
+    ),
+    pytest.param(
+        lambda f: f.fail_next(status=200, body='{"success": true, "results": [{"succ'),
+        "InvalidResponseError",
+        id="truncated-json",
+    ),
+    pytest.param(
+        lambda f: f.fail_next(status=200, body={"success": True}),
+        "InvalidResponseError",
+        id="200-without-results",
+    ),
+    pytest.param(
+        lambda f: f.fail_next(status=400, body="<html><h1>400 Bad Request</h1>nginx</html>"),
+        "InvalidResponseError",
+        id="proxy-html-400",
+    ),
+    pytest.param(lambda f: f.oversize_next(), "InvalidResponseError", id="oversized"),
+    pytest.param(
+        lambda f: f.mangle_results_next(keep=1), "InvalidResponseError", id="wrong-result-count"
+    ),
+    pytest.param(lambda f: f.trickle_next(interval=0.1), "APITimeoutError", id="trickle"),
+]
+
+
+@pytest.mark.parametrize(("fault", "error"), UNREADABLE_ANSWERS)
+def test_an_unreadable_answer_backs_off_shows_the_error_and_never_dead_letters(
+    fake, store, client, fault, error
+):
+    enqueue_events(store, "alice", 3)
+    fault(fake)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=2.0, backoff_cap=60.0)
+        first = drainer.drain()
+        assert (first.delivered, first.dead_lettered, first.requests) == (0, 0, 1)
+        assert first.backoff_until is not None and first.paused_reason is None
+        stats = store.stats()
+        assert (stats["pending"], stats["dead"], stats["in_flight"]) == (3, 0, 0)
+        assert stats["last_error"].startswith(error), stats["last_error"]
+        frozen.tick(2.5)
+        assert drainer.drain().delivered == 3
+    assert delivered_ns(fake) == [0, 1, 2]
+    assert store.stats()["dead"] == 0
+
+
+def test_a_wrong_result_count_resends_the_whole_batch_and_dedup_absorbs_it(fake, store, client):
+    enqueue_events(store, "alice", 4)
+    fake.mangle_results_next(keep=3)  # applied, but one result short
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=1.0)
+        assert drainer.drain().delivered == 0
+        frozen.tick(1.5)
+        assert drainer.drain().delivered == 4
+    assert [r.processed for r in fake.requests] == [True, True]
+    assert delivered_ns(fake) == [0, 1, 2, 3]
+    assert fake.duplicate_events == 4  # each command applied twice, stored once
+
+
+def test_a_request_that_cannot_be_sent_pauses_delivery_and_dead_letters_nothing(fake, store):
+    enqueue_events(store, "alice", 5)
+    with Exponea(
+        fake.project_token,
+        username=fake.username,
+        password=fake.password,
+        url=fake.url,
+        user_agent="app\r\nX-Injected: yes",  # a header value http.client refuses to send
+    ) as bad:
+        report = drainer_for(store, bad).drain()
+    assert report.paused_reason and report.paused_reason.startswith("TransportError")
+    stats = store.stats()
+    assert (stats["pending"], stats["dead"], stats["in_flight"]) == (5, 0, 0)
+    assert stats["paused_reason"] == report.paused_reason
+    assert fake.requests == []
+
+
 def frozen_now(frozen) -> float:
     """The frozen clock's current time (tick() moves it)."""
     return frozen.time_to_freeze.replace(tzinfo=datetime.timezone.utc).timestamp()
@@ -222,3 +300,16 @@ def test_per_customer_order_is_kept_when_an_earlier_batch_is_retried(fake, store
         frozen.tick(2)
         drainer.drain()
     assert delivered_ns(fake, "alice") == list(range(60))
+
+
+def test_a_send_batch_that_raises_unexpectedly_gives_its_rows_back(store):
+    def broken(stored):
+        raise RuntimeError("a bug in send_batch")
+
+    enqueue_events(store, "alice", 3)
+    drainer = Drainer(store, broken, DrainPolicy(rate_limit=10_000.0))
+    with pytest.raises(RuntimeError, match="a bug"):
+        drainer.drain()
+    stats = store.stats()
+    assert (stats["pending"], stats["in_flight"], stats["dead"]) == (3, 0, 0)
+    drainer.close()

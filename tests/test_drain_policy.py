@@ -30,17 +30,31 @@ from tracker_agent.exceptions import (
     [
         (TransportError("refused"), Action.RETRY),
         (APITimeoutError("timeout"), Action.RETRY),
+        (APITimeoutError("total deadline passed"), Action.RETRY),
         (RateLimitedError("slow down", status_code=429, retry_after=3), Action.RETRY),
         (ServerError("down", status_code=503), Action.RETRY),
         (ServerError("bad gateway", status_code=502), Action.RETRY),
+        # An answer we cannot read is a network fault, never a refusal of our data:
         (InvalidResponseError("html", status_code=502, retryable=True), Action.RETRY),
+        (InvalidResponseError("captive portal login page", status_code=200), Action.RETRY),
+        (InvalidResponseError("redirected", status_code=302), Action.RETRY),
+        (InvalidResponseError("html 400 from a proxy", status_code=400), Action.RETRY),
+        (InvalidResponseError("2 results for 3 commands", status_code=200), Action.RETRY),
+        (InvalidResponseError("answer over the cap", status_code=200), Action.RETRY),
         (AuthenticationError("Could not authenticate", status_code=400), Action.PAUSE),
         (AuthenticationError("bad key", status_code=401), Action.PAUSE),
         (PermissionDeniedError("no perm", status_code=403), Action.PAUSE),
         (NotFoundError("wrong url", status_code=404), Action.PAUSE),
+        # Could not even be sent (invalid URL, header encoding): configuration, not the data.
+        (TransportError("invalid header", retryable=False), Action.PAUSE),
+        # An undocumented 4xx with a JSON body: not evidence against the commands.
+        (BadRequestError("method not allowed", status_code=405), Action.PAUSE),
+        (BadRequestError("no status", status_code=None), Action.PAUSE),
+        (InvalidResponseError("told not to retry", status_code=200, retryable=False), Action.PAUSE),
+        # Only the server's own refusal splits (and so may dead-letter):
         (BadRequestError("bad", status_code=400), Action.SPLIT),
+        (BadRequestError("success false", status_code=200), Action.SPLIT),
         (RequestTooLargeError("big", status_code=413), Action.SPLIT),
-        (InvalidResponseError("garbage", status_code=200), Action.SPLIT),
     ],
 )
 def test_classify_maps_whole_batch_failures_to_actions(exc, action):

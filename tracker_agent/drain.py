@@ -6,12 +6,18 @@ does to each row in outcomes.py (`DrainReport`, re-exported):
 
 - command succeeded                      -> row deleted, counted as delivered
 - command rejected inside a 200 batch    -> that row dead-lettered with the server's message
-- network error, timeout, 429, 5xx       -> batch retried after exponential backoff with full
-                                            jitter (capped, Retry-After honoured); drain waits
-- 401/403, "Could not authenticate", 404 -> delivery paused (no attempt counted, nothing dead-
-                                            lettered); a probe re-sends a batch now and then
-- any other rejection of the whole batch -> batch split in halves until the bad command is
-                                            alone; only it is dead-lettered
+- network error, timeout (incl. the      -> batch retried after exponential backoff with full
+  request's total deadline), 429, 5xx,      jitter (capped, Retry-After honoured); drain waits;
+  an answer we cannot read (HTML login      last_error shows why
+  page, redirect, truncated JSON, no
+  "results", wrong result count)
+- 401/403, "Could not authenticate",     -> delivery paused (no attempt counted, nothing dead-
+  404, a request that could not be sent     lettered); a probe re-sends a batch now and then
+  (bad URL, header encoding), any other
+  failure that is not a refusal
+- the server's refusal of the whole      -> batch split in halves until the bad command is
+  batch (400/413 with its JSON error        alone; only it is dead-lettered
+  body, 200 "success": false)
 """
 
 from __future__ import annotations
@@ -275,7 +281,8 @@ class Drainer:
         never re-sends what the server already took."""
         if batch is None:
             return
-        if batch.answer is not None and isinstance(batch.answer.result(), list):
+        answer = batch.answer  # a send_batch that raised: its error is on its way up already
+        if answer is not None and answer.exception() is None and isinstance(answer.result(), list):
             try:
                 self._finish(batch)
                 return

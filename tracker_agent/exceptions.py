@@ -2,9 +2,11 @@
 
     TrackerAgentError
     ├── APIException                  the API did not do what was asked (the seed SDK's name)
-    │   ├── TransportError            no HTTP answer at all: refused, reset, DNS, TLS
-    │   │   └── APITimeoutError       connect or read timeout
-    │   ├── InvalidResponseError      an answer that is not the JSON the API promises
+    │   ├── TransportError            no HTTP answer at all: refused, reset, DNS, TLS (retryable),
+    │   │   │                         or a request that could not be built or sent (not retryable)
+    │   │   └── APITimeoutError       connect or read timeout, or the request's total deadline
+    │   ├── InvalidResponseError      an answer we cannot read: not the API's JSON, a redirect,
+    │   │                             a non-JSON 4xx from a proxy, a body over the cap (retryable)
     │   ├── BadRequestError           400, or 200 with "success": false: the request is wrong
     │   ├── AuthenticationError       401, or 400 "Could not authenticate" / "Invalid project id"
     │   ├── PermissionDeniedError     403
@@ -123,17 +125,24 @@ def _rebuild(cls: type[APIException], message: str, state: dict[str, Any]) -> AP
 
 
 class TransportError(APIException):
-    """No HTTP answer: connection refused or reset, DNS or TLS failure."""
+    """No HTTP answer: connection refused or reset, DNS or TLS failure (retryable). With
+    retryable=False the request could not even be built or sent (an invalid URL, a header
+    that cannot be encoded): a configuration fault, which pauses delivery."""
 
     default_retryable = True
 
 
 class APITimeoutError(TransportError):
-    """The connect or read timeout expired."""
+    """The connect or read timeout expired, or the request's total deadline passed."""
 
 
 class InvalidResponseError(APIException):
-    """The server answered something that is not the JSON the API documents."""
+    """An answer we cannot read: not the JSON the API documents (a captive portal's HTML login
+    page, truncated JSON, a 200 without "results"), a redirect, a non-JSON 4xx from a proxy,
+    or a body over the size cap. Retryable: it says nothing about our request, so it is a
+    network fault (reads retry it; writes are never retried by the transport)."""
+
+    default_retryable = True
 
 
 class BadRequestError(APIException):

@@ -60,8 +60,10 @@ def settle_results(
         if result.get("success"):
             outcome.delivered.append(row.id)
         elif result.get("missing"):
-            # The server returned no result for it: it may or may not have been applied.
-            # Send it again (the fixed timestamp makes a duplicate harmless), a bit later.
+            # One result per command came back, but its slot echoed another command's id
+            # (an answer with a wrong result count never gets here: it is unreadable and
+            # the whole batch retries). It may or may not have been applied: send it again
+            # (the fixed timestamp makes a duplicate harmless), a bit later.
             outcome.retry.append(row.id)
             outcome.retry_at = max(outcome.retry_at, now + policy.backoff_base)
             outcome.error = "the server returned no result for this command"

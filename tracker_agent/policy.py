@@ -1,8 +1,9 @@
 """The drain's policy, pure and table-tested: what a failed batch means, how long to wait,
 how fast to send. drain.py applies it.
 
-- classify(exc): a whole-batch failure -> RETRY (transient), PAUSE (credentials or
-  configuration) or SPLIT (the request itself is refused: isolate the bad command)
+- classify(exc): a whole-batch failure -> RETRY (transient, an unreadable answer included),
+  PAUSE (credentials or configuration, or a failure we do not understand) or SPLIT (the
+  server refused the request itself: isolate the bad command)
 - backoff_delay(failures, ...): capped exponential backoff with full jitter; a server's
   Retry-After is a floor
 - RateLimiter: at most `rate` requests per second (the API's per-IP limit is 100/s)
@@ -20,12 +21,18 @@ from dataclasses import dataclass
 from .exceptions import (
     APIException,
     AuthenticationError,
+    BadRequestError,
     NotFoundError,
     PermissionDeniedError,
+    RequestTooLargeError,
 )
 
 #: Upper bound on a server's Retry-After we obey, so a bogus header cannot stall us for days.
 MAX_RETRY_AFTER_SECONDS = 3600.0
+#: The statuses of the server's own refusal of a whole batch: 400 or 413 with the API's JSON
+#: error body, or 200 with "success": false and messages (tracker_agent.responses raises
+#: BadRequestError / RequestTooLargeError for exactly those).
+REFUSAL_STATUSES = frozenset({200, 400, 413})
 
 
 class Action(enum.Enum):
@@ -35,12 +42,20 @@ class Action(enum.Enum):
 
 
 def classify(exc: APIException) -> Action:
-    """What to do when a whole batch request failed with `exc`."""
+    """What to do when a whole batch request failed with `exc`.
+
+    Only the server's refusal splits (and so may dead-letter): anything else that is not
+    retryable (a request that could not be sent, an undocumented 4xx with a JSON body) is
+    not evidence against the commands, so delivery pauses, visibly, and nothing is buried.
+    """
     if isinstance(exc, (AuthenticationError, PermissionDeniedError, NotFoundError)):
         return Action.PAUSE
     if exc.retryable:
         return Action.RETRY
-    return Action.SPLIT
+    refused = isinstance(exc, (BadRequestError, RequestTooLargeError))
+    if refused and exc.status_code in REFUSAL_STATUSES:
+        return Action.SPLIT
+    return Action.PAUSE
 
 
 def backoff_delay(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracker_agent.api import Namespace, parse_error_messages
-from tracker_agent.exceptions import ValidationError, ValidationTypeError
+from tracker_agent.exceptions import InvalidResponseError, ValidationError, ValidationTypeError
 from tracker_agent.validation import (
     COMMAND_NAMES,
     CUSTOMER_COMMAND,
@@ -19,7 +19,7 @@ from tracker_agent.validation import (
     normalize_batch_command,
 )
 
-__all__ = ["Tracking", "align_batch_results", "MISSING_RESULT_ERROR"]
+__all__ = ["Tracking", "align_batch_results", "check_results_readable", "MISSING_RESULT_ERROR"]
 
 MISSING_RESULT_ERROR = "no result returned"
 
@@ -54,7 +54,8 @@ def align_batch_results(
     position carries no other command's id). Every returned result is
     {"command_id", "success": bool, "errors": [str], "time"?: float}. A command without a
     result gets {"success": False, "errors": [MISSING_RESULT_ERROR], "missing": True}: the
-    server may or may not have applied it.
+    server may or may not have applied it. Tracking.send_batch checks the answer with
+    check_results_readable first, so there this happens only with one result per command.
     """
     by_id = {
         raw["command_id"]: raw
@@ -70,6 +71,32 @@ def align_batch_results(
                 raw = candidate
         aligned.append(_result(command_id, raw))
     return aligned
+
+
+def check_results_readable(command_ids: Sequence[str], results: Sequence[object]) -> str | None:
+    """Why a batch answer cannot be read, or None when it can.
+
+    With one result per command, results match by echoed command_id, else by position, and a
+    command left without one (its slot echoes another command's id) is retried alone
+    (align_batch_results marks it "missing"). With a different number of results, positions
+    mean nothing: unless every command finds its result by echoed command_id, the answer is
+    unreadable, and the whole batch is retried (settling nothing from it), so a mangled answer
+    can never dead-letter or drop a command on the strength of another command's result.
+    """
+    if len(results) == len(command_ids):
+        return None
+    echoed = {
+        raw.get("command_id")
+        for raw in results
+        if isinstance(raw, Mapping) and isinstance(raw.get("command_id"), str)
+    }
+    unmatched = sum(1 for command_id in command_ids if command_id not in echoed)
+    if not unmatched:
+        return None
+    return (
+        f"{len(results)} results for {len(command_ids)} commands, "
+        f"{unmatched} of them not matched by command_id"
+    )
 
 
 def _check_sendable(commands: object) -> list[str]:
@@ -143,12 +170,13 @@ class Tracking(Namespace):
 
         Commands are sent as given (validate them with normalize_batch_command first). Never
         retried or split. Returns one result per command in input order (see
-        align_batch_results); a failure of the whole request raises an APIException.
+        align_batch_results); a failure of the whole request raises an APIException, and so
+        does an answer with a wrong number of results (see check_results_readable).
         """
         command_ids = _check_sendable(commands)
         payload = {"commands": [dict(command) for command in commands]}
         response = self._call("POST", "/batch", json=payload, require={"results": list})
-        return align_batch_results(command_ids, response["results"])
+        return self._read_results(command_ids, response["results"])
 
     def send_stored_batch(self, stored: Sequence[tuple[str, str, str]]) -> list[dict[str, Any]]:
         """One POST /batch of (name, data as compact JSON text, command_id): the outbox's
@@ -159,7 +187,18 @@ class Tracking(Namespace):
         ]
         body = ('{"commands":[' + ",".join(parts) + "]}").encode("utf-8")
         response = self._call("POST", "/batch", body=body, require={"results": list})
-        return align_batch_results([c for _, _, c in stored], response["results"])
+        return self._read_results([c for _, _, c in stored], response["results"])
+
+    def _read_results(
+        self, command_ids: Sequence[str], results: Sequence[object]
+    ) -> list[dict[str, Any]]:
+        """Aligned results, or InvalidResponseError (retryable) if the answer is unreadable."""
+        problem = check_results_readable(command_ids, results)
+        if problem:
+            raise InvalidResponseError(
+                problem, status_code=200, method="POST", path=self._base + "/batch"
+            )
+        return align_batch_results(command_ids, results)
 
     def batch_commands(self, commands: Sequence[Mapping[str, Any]]) -> list[bool | float]:
         """Send commands in batches of 50; per command True/False, or the time for system/time.
