@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -16,7 +17,7 @@ import requests
 from conftest import PASSWORD, PUBLIC_KEY, TOKEN, USERNAME
 
 from tracker_agent._version import __version__
-from tracker_agent.client import DEFAULT_URL, Exponea
+from tracker_agent.client import DEFAULT_URL, MAX_RESPONSE_BYTES, Exponea
 from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,
@@ -30,10 +31,20 @@ from tracker_agent.exceptions import (
     ValidationError,
 )
 from tracker_agent.testing import FakeExponea
+from tracker_agent.transport import HTTPTransport
 
 SHORT_TIMEOUT_SECONDS = 0.2
 SLOW_ANSWER_SECONDS = 0.6
 EVENT = ({"registered": "test"}, "view")
+# The total deadline: connect + read timeout, with a read timeout a trickle never trips.
+DEADLINE_CONNECT_SECONDS = 0.5
+DEADLINE_READ_SECONDS = 1.0
+DEADLINE_SECONDS = DEADLINE_CONNECT_SECONDS + DEADLINE_READ_SECONDS
+TRICKLE_INTERVAL_SECONDS = 0.2  # a byte every 0.2 s: each read gets data well within 1 s
+DEADLINE_SLACK_SECONDS = 0.5  # thread wake-up and exception unwinding on a loaded machine
+HANG_UP_WAIT_SECONDS = 2.0
+UTF8_PASSWORD = "pässwörd€"  # "€" is outside latin-1, which requests uses for Basic auth
+WATCHDOG_THREAD = "tracker-agent-deadline"
 
 
 def closed_port_url() -> str:
@@ -105,6 +116,20 @@ def test_user_agent_suffix_is_appended(fake):
     with client_for(fake.url, user_agent="shop/2.1") as client:
         client.tracking.get_system_time()
     assert fake.requests[0].headers["User-Agent"] == f"tracker-agent/{__version__} shop/2.1"
+
+
+def test_password_outside_latin1_is_sent_as_utf8_basic_auth():
+    with FakeExponea(project_token=TOKEN, username=USERNAME, password=UTF8_PASSWORD) as fake:
+        with client_for(fake.url, password=UTF8_PASSWORD) as client:
+            assert client.tracking.add_event(*EVENT) is True
+            assert client.customer.get_customer({"registered": "test"})["ids"]
+        with client_for(fake.url, password="passwörd€-wrong") as client:
+            with pytest.raises(AuthenticationError):
+                client.tracking.add_event(*EVENT)
+        header = fake.requests[0].headers["Authorization"]
+    token = base64.b64encode(f"{USERNAME}:{UTF8_PASSWORD}".encode()).decode()
+    assert header == f"Basic {token}"
+    assert len(fake.events) == 1
 
 
 def test_public_key_authenticates_tracking_with_a_token_header(fake):
@@ -186,6 +211,62 @@ def test_non_json_answer_raises_invalid_response_with_status_and_snippet(exponea
     assert "Welcome to the hotel wifi" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda f: f.captive_portal_next(), id="captive-portal-200-html"),
+        pytest.param(lambda f: f.captive_portal_next(redirect=True), id="captive-portal-302"),
+        pytest.param(lambda f: f.fail_next(status=200, body='{"success": tr'), id="truncated"),
+        pytest.param(lambda f: f.fail_next(status=200, body=[1, 2]), id="not-an-object"),
+        pytest.param(
+            lambda f: f.fail_next(status=400, body="<html>Bad Request</html>"), id="proxy-400"
+        ),
+        pytest.param(lambda f: f.oversize_next(), id="oversized"),
+    ],
+)
+def test_unreadable_answers_are_retryable_and_reads_retry_them(exponea, fake, sleeps, fault):
+    fault(fake)
+    assert isinstance(exponea.tracking.get_system_time(), float)
+    assert len(fake.requests) == 2 and len(sleeps) == 1
+    fault(fake)
+    with pytest.raises(InvalidResponseError) as info:
+        exponea.tracking.add_event(*EVENT)  # a write: never retried by the client
+    assert info.value.retryable is True
+    assert len(fake.requests) == 3 and len(sleeps) == 1
+
+
+def test_a_redirect_is_never_followed_and_names_only_the_host(exponea, fake):
+    fake.captive_portal_next(redirect=True)
+    with pytest.raises(InvalidResponseError) as info:
+        exponea.tracking.add_event(*EVENT)
+    assert info.value.status_code == 302
+    assert "redirected to portal.example" in str(info.value)
+    assert "continue" not in str(info.value)  # the query stays out of messages
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cls"),
+    [
+        (400, "<html><body>400 Bad Request (nginx)</body></html>", InvalidResponseError),
+        (413, "<html>413 Request Entity Too Large</html>", InvalidResponseError),
+        (405, "<html>Method Not Allowed</html>", InvalidResponseError),
+        (400, {"success": False}, InvalidResponseError),  # JSON, but no error messages
+        (400, {"success": False, "errors": ["bad event"]}, BadRequestError),
+        (422, {"errors": ["bad event"]}, BadRequestError),
+        (401, "<html>Unauthorized</html>", AuthenticationError),
+        (404, "<html>Not Found</html>", NotFoundError),
+    ],
+)
+def test_only_the_apis_json_error_body_makes_a_4xx_a_refusal(exponea, fake, status, body, cls):
+    fake.fail_next(status=status, body=body)
+    with pytest.raises(APIException) as info:
+        exponea.tracking.add_event(*EVENT)
+    assert type(info.value) is cls
+    assert info.value.status_code == status
+    assert info.value.retryable is (cls is InvalidResponseError)
+
+
 def test_rate_limited_answer_carries_retry_after(exponea, fake):
     fake.fail_next(status=429, retry_after=7)
     with pytest.raises(RateLimitedError) as info:
@@ -238,6 +319,148 @@ def test_slow_read_is_retried_after_a_timeout(fake, sleeps):
     with client_for(fake.url, sleeps, request_timeout=SHORT_TIMEOUT_SECONDS) as client:
         assert isinstance(client.tracking.get_system_time(), float)
     assert len(fake.requests) == 2 and len(sleeps) == 1
+
+
+# --- total deadline and size cap -----------------------------------------------------------------
+
+
+def deadline_client(url: str, **kwargs) -> Exponea:
+    kwargs.setdefault("read_retries", 0)
+    return client_for(
+        url,
+        request_timeout=DEADLINE_READ_SECONDS,
+        connect_timeout=DEADLINE_CONNECT_SECONDS,
+        **kwargs,
+    )
+
+
+def wait_for_hang_up(fake: FakeExponea) -> float:
+    """When the fake saw the client close the connection of its last request."""
+    deadline = time.monotonic() + HANG_UP_WAIT_SECONDS
+    while fake.requests[-1].hung_up_at is None:
+        assert time.monotonic() < deadline, "the fake never saw the connection close"
+        time.sleep(0.02)
+    hung_up_at = fake.requests[-1].hung_up_at
+    assert hung_up_at is not None
+    return hung_up_at
+
+
+@pytest.mark.parametrize("headers_first", [False, True], ids=["whole-answer", "body-only"])
+def test_a_trickled_answer_is_cut_off_at_the_total_deadline(fake, headers_first):
+    fake.trickle_next(interval=TRICKLE_INTERVAL_SECONDS, headers_first=headers_first)
+    with deadline_client(fake.url) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError) as info:
+            client.tracking.add_event(*EVENT)
+        took = time.monotonic() - started
+        assert DEADLINE_SECONDS - 0.1 <= took <= DEADLINE_SECONDS + DEADLINE_SLACK_SECONDS
+        assert "deadline of 1.5 s" in str(info.value) and info.value.retryable is True
+        # The request is really gone: the server saw the connection close, at the deadline.
+        hung_up_after = wait_for_hang_up(fake) - fake.requests[-1].received_at
+        assert hung_up_after <= DEADLINE_SECONDS + DEADLINE_SLACK_SECONDS
+        assert client.tracking.add_event(*EVENT) is True  # the client goes on working
+    assert len(fake.events) == 1
+
+
+def test_each_read_retry_has_its_own_deadline(fake, sleeps):
+    fake.trickle_next(2, interval=TRICKLE_INTERVAL_SECONDS)
+    with deadline_client(fake.url, sleeps=sleeps, read_retries=2) as client:
+        started = time.monotonic()
+        assert isinstance(client.tracking.get_system_time(), float)
+        assert time.monotonic() - started <= 2 * (DEADLINE_SECONDS + DEADLINE_SLACK_SECONDS)
+    assert len(fake.requests) == 3 and len(sleeps) == 2
+
+
+def test_the_deadline_cuts_off_the_body_of_an_injected_session(fake):
+    # An injected session gets no watched connections; its body is still cut off.
+    fake.trickle_next(interval=TRICKLE_INTERVAL_SECONDS, headers_first=True)
+    with requests.Session() as session, deadline_client(fake.url, session=session) as client:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            client.tracking.add_event(*EVENT)
+        assert time.monotonic() - started <= DEADLINE_SECONDS + DEADLINE_SLACK_SECONDS
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "until-close"])
+def test_an_oversized_answer_is_cut_off_at_the_cap(exponea, fake, declare_length):
+    # Twice the cap: the fake is still writing when the client closes, so it sees the close.
+    fake.oversize_next(size=2 * MAX_RESPONSE_BYTES, declare_length=declare_length)
+    with pytest.raises(InvalidResponseError) as info:
+        exponea.tracking.add_event(*EVENT)
+    assert f"longer than {MAX_RESPONSE_BYTES} bytes" in str(info.value)
+    assert info.value.retryable is True and info.value.status_code == 200
+    wait_for_hang_up(fake)  # the connection was closed, not read to the end
+    # Just under the cap it is read whole: {"success": true, "results": [], "padding": ...}
+    fake.oversize_next(size=MAX_RESPONSE_BYTES - 100, declare_length=declare_length)
+    with pytest.raises(InvalidResponseError, match="0 results for 1 commands"):
+        exponea.tracking.batch_commands([exponea.tracking.get_system_time(batch=True)])
+    assert exponea.tracking.add_event(*EVENT) is True
+
+
+def test_an_injected_session_gets_the_size_cap(fake):
+    fake.oversize_next()
+    with requests.Session() as session, client_for(fake.url, session=session) as client:
+        with pytest.raises(InvalidResponseError, match="longer than"):
+            client.tracking.add_event(*EVENT)
+
+
+def watchdog_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == WATCHDOG_THREAD}
+
+
+def test_one_deadline_thread_per_client_started_lazily_and_ended_by_close(fake):
+    before = watchdog_threads()  # other clients' threads may end meanwhile: compare sets
+    client = client_for(fake.url)
+    assert watchdog_threads() - before == set()  # nothing until the first request
+    for _ in range(50):
+        client.tracking.get_system_time()
+    (mine,) = watchdog_threads() - before  # one for all 50 requests
+    client.close()
+    assert not mine.is_alive()
+    client.tracking.get_system_time()  # usable after close: a thread starts again
+    (again,) = watchdog_threads() - before
+    client.close()
+    assert not again.is_alive()
+
+
+# --- requests that cannot be sent ----------------------------------------------------------------
+
+
+class RaisingSession:
+    """A session whose request() fails the way requests/http.client do on odd input."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def request(self, *args, **kwargs):
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        UnicodeEncodeError("latin-1", "secret-€", 7, 8, "ordinal not in range(256)"),
+        ValueError("Invalid header value"),
+        TypeError("unexpected argument"),
+    ],
+    ids=["unicode", "value", "type"],
+)
+def test_a_request_that_cannot_be_sent_is_a_non_retryable_transport_error(exc, sleeps):
+    session = RaisingSession(exc)
+    transport = HTTPTransport("http://127.0.0.1:9", session=session, sleep=sleeps.append)
+    with pytest.raises(TransportError) as info:
+        transport.request("GET", "/x", idempotent=True)
+    assert info.value.retryable is False and info.value.__cause__ is exc
+    assert "secret" not in str(info.value)  # only the type: the text may quote a secret
+    assert type(exc).__name__ in str(info.value) and sleeps == []
+
+
+def test_an_unsendable_header_is_a_non_retryable_transport_error(fake):
+    with client_for(fake.url, user_agent="shop\r\nX-Injected: 1") as client:
+        with pytest.raises(TransportError) as info:
+            client.tracking.add_event(*EVENT)
+    assert info.value.retryable is False
+    assert fake.requests == []
 
 
 # --- retries -------------------------------------------------------------------------------------

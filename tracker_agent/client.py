@@ -17,11 +17,13 @@ from tracker_agent.api.analyses import Analyses
 from tracker_agent.api.catalog import Catalog
 from tracker_agent.api.customer import Customer
 from tracker_agent.api.tracking import Tracking
+from tracker_agent.api_url import DEFAULT_URL, URLRefused, check_api_url
 from tracker_agent.exceptions import ValidationError, ValidationTypeError
 from tracker_agent.transport import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_READ_RETRIES,
     DEFAULT_READ_TIMEOUT_SECONDS,
+    MAX_RESPONSE_BYTES,
     MAX_RETRY_AFTER_SECONDS,
     RETRY_BASE_SECONDS,
     RETRY_CAP_SECONDS,
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_SECONDS",
     "DEFAULT_READ_RETRIES",
     "DEFAULT_READ_TIMEOUT_SECONDS",
+    "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER_SECONDS",
     "RETRY_BASE_SECONDS",
     "RETRY_CAP_SECONDS",
@@ -52,7 +55,6 @@ __all__ = [
     "translate_response",
 ]
 
-DEFAULT_URL = "https://api.exponea.com"
 
 
 def _positive_seconds(value: object, field: str) -> float:
@@ -79,9 +81,16 @@ class Exponea:
     `tracking`, `customer`, `catalog` and `analyses` hold the calls. One pooled HTTP session
     per client; use `close()` or `with Exponea(...) as exponea:` to release it.
     `request_timeout` is the read timeout in seconds (default 10), `connect_timeout` the
-    connect timeout. Reads retry `read_retries` times on transient faults; writes never retry.
-    `public_key` authenticates tracking calls with "Authorization: Token"; username/password
-    (the private key id and secret) use HTTP Basic. `sleep` is injectable for tests.
+    connect timeout; together they are each request's total deadline (connect, headers and
+    body): a server that trickles its answer is cut off then (APITimeoutError). Answers over
+    MAX_RESPONSE_BYTES are cut off too (InvalidResponseError). Reads retry `read_retries` times
+    on transient faults, an unreadable answer included; writes never retry. `public_key`
+    authenticates tracking calls with "Authorization: Token"; username/password (the private
+    key id and secret, any Unicode: sent as UTF-8) use HTTP Basic. `session`: a
+    requests.Session of yours, used as is; it gets the size cap, but the deadline can only cut
+    off its body, not its connect or its wait for headers. `sleep` is injectable for tests.
+    `url` must be https://, or plain http:// to a loopback host (a local fake or proxy):
+    `allow_http=True` permits plain http:// elsewhere, as Settings' allow_http does.
     """
 
     def __init__(
@@ -98,13 +107,14 @@ class Exponea:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         user_agent: str | None = None,
+        allow_http: bool = False,
     ) -> None:
         self.project_token = _text(project_token, "project_token", required=True)
         self.username = _text(username, "username")
-        base = _text(url, "url") or DEFAULT_URL
-        if not base.startswith(("http://", "https://")):
-            raise ValidationError("url", "must start with http:// or https://")
-        self.url = base.rstrip("/")
+        try:  # the same rule as Settings: no credentials over plain http to another host
+            self.url = check_api_url(_text(url, "url") or DEFAULT_URL, allow_http=allow_http)
+        except URLRefused as exc:
+            raise ValidationError("url", str(exc)) from None
         self.request_timeout = (
             DEFAULT_READ_TIMEOUT_SECONDS
             if request_timeout is None
@@ -150,6 +160,7 @@ class Exponea:
             connect_timeout=settings.connect_timeout,
             read_retries=settings.read_retries,
             session=session,
+            allow_http=settings.allow_http,
         )
 
     def close(self) -> None:

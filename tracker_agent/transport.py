@@ -1,15 +1,14 @@
-"""The HTTP transport: one requests.Session, auth, timeouts, the translation of HTTP outcomes
-and `requests` exceptions into tracker_agent.exceptions, and read retries.
+"""The HTTP transport: one requests.Session, auth, timeouts, a total deadline and a size cap on
+every request, the translation of `requests` exceptions into tracker_agent.exceptions (what an
+answer means is tracker_agent.responses), and read retries.
 
 `requests` is imported on the first request, not when this module is imported.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json as _json
+import base64
 import logging
-import math
 import random
 import threading
 import time
@@ -18,20 +17,19 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tracker_agent._version import __version__
-from tracker_agent.api import parse_error_messages
+from tracker_agent.deadline import Watch, Watchdog
 from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
     InvalidResponseError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitedError,
-    RequestTooLargeError,
-    ServerError,
     TransportError,
     ValidationTypeError,
+)
+from tracker_agent.responses import (
+    ERROR_SNIPPET_CHARS,
+    Requirements,
+    parse_retry_after,
+    translate_response,
 )
 from tracker_agent.validation import dumps
 
@@ -42,10 +40,12 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_SECONDS",
     "DEFAULT_READ_RETRIES",
     "DEFAULT_READ_TIMEOUT_SECONDS",
+    "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER_SECONDS",
     "RETRY_BASE_SECONDS",
     "RETRY_CAP_SECONDS",
     "HTTPTransport",
+    "basic_authorization",
     "parse_retry_after",
     "read_retry_delay",
     "translate_response",
@@ -60,17 +60,10 @@ RETRY_BASE_SECONDS = 0.5
 RETRY_CAP_SECONDS = 10.0
 MAX_RETRY_AFTER_SECONDS = 60.0
 _MAX_BACKOFF_EXPONENT = 32
-ERROR_SNIPPET_CHARS = 200
-_AUTH_FAILURE_MARKERS = ("could not authenticate", "invalid project id")
-_STATUS_ERRORS: dict[int, type[APIException]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    408: APITimeoutError,
-    413: RequestTooLargeError,
-    429: RateLimitedError,
-}
+#: The largest answer we read (bytes, after content decoding); the API's are a few KB to a few
+#: MB (exports). A longer one is cut off and is an InvalidResponseError.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+READ_CHUNK_BYTES = 64 * 1024
 
 
 def read_retry_delay(
@@ -89,101 +82,17 @@ def read_retry_delay(
     return min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**exponent) * rng()
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent/garbled."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+def basic_authorization(username: str, password: str) -> str:
+    """The HTTP Basic Authorization value, from UTF-8 (RFC 7617's charset, what servers expect
+    today). requests would encode latin-1 and fail on a password like "pässwörd€"."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
-def _snippet(content: bytes) -> str:
-    text = " ".join(content.decode("utf-8", errors="replace").split())
-    if len(text) > ERROR_SNIPPET_CHARS:
-        return text[:ERROR_SNIPPET_CHARS] + "..."
-    return text
-
-
-def _error_class(status: int, messages: list[str]) -> type[APIException]:
-    lowered = " ".join(messages).lower()
-    if status in (200, 400) and any(marker in lowered for marker in _AUTH_FAILURE_MARKERS):
-        return AuthenticationError
-    if status in _STATUS_ERRORS:
-        return _STATUS_ERRORS[status]
-    if status >= 500:
-        return ServerError
-    if 400 <= status < 500 or status == 200:
-        return BadRequestError
-    return InvalidResponseError
-
-
-def _has_type(value: object, expected: type | tuple[type, ...]) -> bool:
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool):  # bool is an int; only accept it where bool is asked for
-        return bool in types
-    return isinstance(value, types)
-
-
-def _check_required(
-    body: dict[str, Any], require: Mapping[str, type | tuple[type, ...]] | None
-) -> str | None:
-    for key, expected in (require or {}).items():
-        if not _has_type(body.get(key), expected):
-            return f"answer lacks {key!r} of the documented type"
-    return None
-
-
-def translate_response(
-    method: str,
-    path: str,
-    status: int,
-    content: bytes,
-    retry_after_header: str | None = None,
-    require: Mapping[str, type | tuple[type, ...]] | None = None,
-) -> dict[str, Any]:
-    """The parsed JSON object of a successful answer, or the matching APIException raised."""
-    context: dict[str, Any] = {"status_code": status, "method": method, "path": path}
-    try:
-        body: Any = _json.loads(content) if content else None
-        parsed = True
-    except ValueError:
-        body, parsed = None, False
-    if 200 <= status < 300 and (not parsed or not isinstance(body, dict)):
-        snippet = _snippet(content)
-        raise InvalidResponseError(
-            f"expected a JSON object, got {snippet!r}", body=snippet, **context
-        )
-    if 200 <= status < 300 and body.get("success") is not False:
-        problem = _check_required(body, require)
-        if problem:
-            raise InvalidResponseError(problem, body=_snippet(content), **context)
-        return body
-    messages = parse_error_messages(body)
-    snippet = _snippet(content)
-    if messages:
-        text = "; ".join(messages)
-    elif not parsed:
-        text = f"non-JSON answer {snippet!r}"
-    else:
-        text = "request failed" if status == 200 else "unexpected HTTP status"
-    cls = _error_class(status, messages)
-    raise cls(
-        text,
-        errors=messages,
-        retry_after=parse_retry_after(retry_after_header),
-        body=snippet,
-        **context,
-    )
+def _keep_headers(request: Any) -> Any:
+    """An auth hook that changes nothing: our Authorization header wins over a session's
+    `auth` or a .netrc entry."""
+    return request
 
 
 def _requests() -> ModuleType:
@@ -208,13 +117,52 @@ def _reason(exc: BaseException) -> str:
     return text[:ERROR_SNIPPET_CHARS] or type(current).__name__
 
 
+class _TooLarge(Exception):
+    """The answer is longer than the cap (raised while reading, translated in _failure)."""
+
+
+def read_capped(response: Any, limit: int) -> bytes:
+    """The whole body of a streamed `response`, or _TooLarge as soon as it passes `limit`."""
+    declared = response.headers.get("Content-Length") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    parts: list[bytes] = []
+    total = 0
+    for chunk in response.iter_content(READ_CHUNK_BYTES):
+        total += len(chunk)
+        if total > limit:
+            raise _TooLarge
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _body_closer(response: Any) -> Callable[[], None]:
+    """Cuts off the body of a response (urllib3 >= 2.3); a no-op where that is not offered."""
+    shutdown = getattr(getattr(response, "raw", None), "shutdown", None)
+    return shutdown if callable(shutdown) else lambda: None
+
+
+def _close_quietly(response: Any) -> None:
+    try:
+        response.close()  # a body read to the end frees the connection, anything else closes it
+    except Exception:
+        log.debug("closing a response failed", exc_info=True)
+
+
 class HTTPTransport:
     """One requests.Session (created on first use) plus auth, timeouts and read retries.
+
+    Every request has a total deadline of connect_timeout + read_timeout covering connect,
+    headers and body; when it passes, the socket is shut down (the server sees the connection
+    close) and APITimeoutError is raised. Answers longer than MAX_RESPONSE_BYTES are cut off
+    (InvalidResponseError).
 
     Proxies and the CA bundle come from the environment (HTTPS_PROXY, NO_PROXY,
     REQUESTS_CA_BUNDLE...) as requests reads them, but only once, when the session is
     created; the session then has trust_env=False, which saves a proxy and .netrc lookup on
-    every request. A session passed in by the caller is used as is and never closed here.
+    every request. A session passed in by the caller is used as is and never closed here: it
+    gets the size cap, but the deadline can cut off only its body (urllib3 >= 2.3), not a
+    connect or a wait for headers, which its per-read timeout alone bounds.
     """
 
     def __init__(
@@ -233,18 +181,23 @@ class HTTPTransport:
         rng: Callable[[], float] | None = None,
     ) -> None:
         self.url = url
-        self._basic_auth = (username, password) if username or password else None
-        self._token_header = f"Token {public_key}" if public_key else None
+        basic = username or password
+        self._basic_header = basic_authorization(username, password) if basic else None
+        # Header values go out as UTF-8 bytes: http.client would encode a str as latin-1.
+        self._token_header = f"Token {public_key}".encode() if public_key else None
         self.timeout = (connect_timeout, read_timeout)
+        self.deadline_seconds = connect_timeout + read_timeout
+        self.max_response_bytes = MAX_RESPONSE_BYTES
         self.read_retries = read_retries
         self._session = session
         self._owns_session = session is None
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
         self._sleep = sleep
         self._rng = rng or random.Random().random
         agent = f"tracker-agent/{__version__}"
-        self._headers = {
-            "User-Agent": f"{agent} {user_agent}" if user_agent else agent,
+        self._headers: dict[str, str | bytes] = {
+            "User-Agent": (f"{agent} {user_agent}" if user_agent else agent).encode(),
             "Accept": "application/json",
         }
 
@@ -254,16 +207,22 @@ class HTTPTransport:
     def _get_session(self) -> requests.Session:
         with self._lock:
             if self._session is None:
+                from tracker_agent.http_adapter import DeadlineAdapter
+
                 session = _requests().Session()
                 env = session.merge_environment_settings(self.url, {}, None, None, None)
                 session.proxies.update(env.get("proxies") or {})
                 session.verify = env.get("verify", True)
                 session.trust_env = False
+                for prefix in ("http://", "https://"):
+                    session.mount(prefix, DeadlineAdapter())
                 self._session = session
             return self._session
 
     def close(self) -> None:
-        """Release pooled connections. A later request opens a new session."""
+        """Release pooled connections and the deadline thread. A later request opens a new
+        session (and starts the thread again)."""
+        self._watchdog.stop()
         with self._lock:
             session, self._session = self._session, None
             if not self._owns_session:
@@ -281,7 +240,7 @@ class HTTPTransport:
         params: Mapping[str, Any] | None = None,
         idempotent: bool,
         public_key_ok: bool = False,
-        require: Mapping[str, type | tuple[type, ...]] | None = None,
+        require: Requirements | None = None,
         body: bytes | None = None,
     ) -> dict[str, Any]:
         """Send one API call and return its JSON object; retry only if `idempotent`.
@@ -311,6 +270,18 @@ class HTTPTransport:
                 self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _request_kwargs(self, has_body: bool, public_key_ok: bool) -> dict[str, Any]:
+        headers = dict(self._headers)
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        authorization: str | bytes | None = self._basic_header
+        if public_key_ok and self._token_header:
+            authorization = self._token_header
+        if authorization is None:
+            return {"headers": headers}
+        headers["Authorization"] = authorization
+        return {"headers": headers, "auth": _keep_headers}
+
     def _send(
         self,
         method: str,
@@ -318,65 +289,99 @@ class HTTPTransport:
         body: bytes | None,
         params: Mapping[str, Any] | None,
         public_key_ok: bool,
-        require: Mapping[str, type | tuple[type, ...]] | None,
+        require: Requirements | None,
     ) -> dict[str, Any]:
-        requests = _requests()
-        headers = dict(self._headers)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        auth = None
-        if public_key_ok and self._token_header:
-            headers["Authorization"] = self._token_header
-        elif self._basic_auth:
-            auth = self._basic_auth
+        kwargs = self._request_kwargs(body is not None, public_key_ok)
         session = self._get_session()
         started = time.monotonic()
+        watch = self._watchdog.arm(self.deadline_seconds)
+        response: Any = None
+        failure: Exception | None = None
+        content = b""
         try:
             response = session.request(
                 method,
                 self.url + path,
                 data=body,
                 params=params,
-                headers=headers,
-                auth=auth,
                 timeout=self.timeout,
                 allow_redirects=False,
+                stream=True,
+                **kwargs,
             )
-        except requests.Timeout as exc:
-            self._log_failure(method, path, started, exc)
-            raise APITimeoutError(
-                f"no answer within the timeout (connect, read) = {self.timeout} s",
-                method=method,
-                path=path,
-            ) from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            self._log_failure(method, path, started, exc)
-            raise TransportError(
-                f"connection failed: {_reason(exc)}", method=method, path=path
-            ) from exc
-        except requests.RequestException as exc:
-            self._log_failure(method, path, started, exc)
-            raise TransportError(
-                f"request failed: {_reason(exc)}", method=method, path=path, retryable=False
-            ) from exc
-        with response:
-            status, content = response.status_code, response.content
-            retry_after = response.headers.get("Retry-After")
+            if not watch.attached:  # a session of the caller's: cut off the body, at least
+                watch.attach(_body_closer(response))
+            content = read_capped(response, self.max_response_bytes)
+        except Exception as exc:  # translated below: nothing third-party escapes
+            failure = exc
+        finally:
+            self._watchdog.disarm(watch)  # before the connection can go back to the pool
+            if response is not None:
+                _close_quietly(response)
+        if failure is not None or watch.expired:
+            self._log_failure(method, path, started, failure)
+            status = None if response is None else response.status_code
+            raise self._failure(failure, watch, method, path, status) from failure
         log.debug(
             "%s %s -> %d in %.1f ms",
             method,
             path,
-            status,
+            response.status_code,
             (time.monotonic() - started) * 1000,
         )
-        return translate_response(method, path, status, content, retry_after, require)
+        headers = response.headers
+        return translate_response(
+            method,
+            path,
+            response.status_code,
+            content,
+            headers.get("Retry-After"),
+            require,
+            location=headers.get("Location"),
+        )
+
+    def _failure(
+        self, exc: Exception | None, watch: Watch, method: str, path: str, status: int | None
+    ) -> APIException:
+        """The APIException for a request that got no readable answer."""
+        requests = _requests()
+        where: dict[str, Any] = {"method": method, "path": path}
+        if watch.expired:  # whatever the cut-off socket made requests raise
+            return APITimeoutError(
+                f"no complete answer within the deadline of {self.deadline_seconds:g} s "
+                "(connect + read timeout)",
+                **where,
+            )
+        if isinstance(exc, _TooLarge):
+            return InvalidResponseError(
+                f"answer longer than {self.max_response_bytes} bytes: cut off",
+                status_code=status,
+                **where,
+            )
+        if isinstance(exc, requests.Timeout):
+            return APITimeoutError(
+                f"no answer within the timeout (connect, read) = {self.timeout} s", **where
+            )
+        if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+            return TransportError(f"connection failed: {_reason(exc)}", **where)
+        if isinstance(exc, requests.exceptions.ContentDecodingError):
+            message = f"answer could not be decoded: {_reason(exc)}"
+            return InvalidResponseError(message, status_code=status, **where)
+        if isinstance(exc, requests.RequestException):  # invalid URL, header, schema...
+            return TransportError(f"request failed: {_reason(exc)}", retryable=False, **where)
+        if isinstance(exc, OSError):
+            return TransportError(f"connection failed: {_reason(exc)}", **where)
+        # Could not even be built or sent (a value that cannot be encoded...): configuration.
+        # Only the type: a UnicodeError's text can quote the value, and it may be a secret.
+        kind = type(exc).__name__
+        return TransportError(f"request could not be sent ({kind})", retryable=False, **where)
 
     @staticmethod
-    def _log_failure(method: str, path: str, started: float, exc: BaseException) -> None:
+    def _log_failure(method: str, path: str, started: float, exc: BaseException | None) -> None:
         log.debug(
             "%s %s -> no answer after %.1f ms (%s)",
             method,
             path,
             (time.monotonic() - started) * 1000,
-            type(exc).__name__,
+            type(exc).__name__ if exc is not None else "deadline",
         )
