@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tracker_agent.testing import FakeExponea, RecordedRequest
+from tracker_agent.testing.faults import CAPTIVE_PORTAL_URL
 
 TOKEN = "test-project"
 TRACK = f"/track/v2/projects/{TOKEN}"
@@ -304,6 +305,94 @@ def test_delay_with_apply_first_acts_although_the_client_timed_out(fake: FakeExp
     assert len(fake.events) == 1
     assert send(fake, "POST", f"{TRACK}/customers/events", event()).status == 200
     assert (len(fake.events), fake.duplicate_events) == (1, 1)
+
+
+def test_captive_portal_answers_html_or_redirects_and_applies_nothing(fake: FakeExponea) -> None:
+    fake.captive_portal_next()
+    fake.captive_portal_next(redirect=True)
+    page = send(fake, "POST", f"{TRACK}/customers/events", event())
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    assert b"<html>" in page.raw
+    moved = send(fake, "POST", f"{TRACK}/customers/events", event())
+    assert moved.status == 302 and moved.headers["location"] == CAPTIVE_PORTAL_URL
+    assert fake.events == []
+    assert [(r.status, r.processed) for r in fake.requests] == [(200, False), (302, False)]
+
+
+def test_fail_next_content_type_overrides_the_raw_body_type(fake: FakeExponea) -> None:
+    fake.fail_next(status=200, body='{"success": tr', content_type="application/json")
+    answer = send(fake, "POST", f"{TRACK}/batch", {"commands": []})
+    assert (answer.raw, answer.headers["content-type"]) == (b'{"success": tr', "application/json")
+
+
+@pytest.mark.parametrize("headers_first", [False, True])
+def test_trickle_next_writes_the_answer_byte_by_byte_and_applies_nothing(
+    fake: FakeExponea, headers_first: bool
+) -> None:
+    interval = 0.01
+    fake.trickle_next(interval=interval, status=503, body="slow", headers_first=headers_first)
+    started = time.monotonic()
+    answer = send(fake, "POST", f"{TRACK}/customers/events", event())
+    took = time.monotonic() - started
+    assert (answer.status, answer.raw) == (503, b"slow")
+    # The answer is complete after its last byte: one pause fewer than bytes (4 in "slow").
+    assert took >= (3 if headers_first else 40) * interval
+    assert fake.events == [] and fake.requests[0].processed is False
+    assert fake.requests[0].hung_up_at is None
+
+
+def test_trickle_next_notes_when_the_client_hangs_up(fake: FakeExponea) -> None:
+    fake.trickle_next(interval=0.5)
+    with pytest.raises(TimeoutError):  # the second byte comes after the client's timeout
+        send(fake, "GET", f"{TRACK}/system/time", timeout=0.3)
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while fake.requests[0].hung_up_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    hung_up_at = fake.requests[0].hung_up_at
+    assert hung_up_at is not None and hung_up_at - fake.requests[0].received_at < 1.5
+
+
+@pytest.mark.parametrize("declare_length", [True, False])
+def test_oversize_next_sends_a_body_of_the_asked_size(
+    fake: FakeExponea, declare_length: bool
+) -> None:
+    fake.oversize_next(size=100_000, declare_length=declare_length)
+    answer = send(fake, "POST", f"{TRACK}/batch", {"commands": [command("system/time")]})
+    assert answer.status == 200 and len(answer.raw) == 100_000
+    assert answer.json["results"] == []
+    assert ("content-length" in answer.headers) is declare_length
+    assert fake.requests[0].processed is False
+
+
+def test_mangle_results_next_applies_the_batch_but_answers_fewer_results(
+    fake: FakeExponea,
+) -> None:
+    commands = [command("customers/events", event(ts=1000.5 + i), f"c{i}") for i in range(3)]
+    fake.mangle_results_next(keep=1)
+    answer = send(fake, "POST", f"{TRACK}/batch", {"commands": commands})
+    assert answer.status == 200
+    assert answer.json["results"] == [{"success": True, "command_id": "c0"}]
+    assert len(fake.events) == 3 and fake.requests[0].processed is True
+    assert len(send(fake, "POST", f"{TRACK}/batch", {"commands": commands}).json["results"]) == 3
+    assert fake.duplicate_events == 3
+    with pytest.raises(ValueError):
+        fake.mangle_results_next(keep=-1)
+
+
+def test_processed_tells_handled_requests_from_faulted_ones(fake: FakeExponea) -> None:
+    fake.fail_next(status=503)
+    fake.drop_next()
+    send(fake, "POST", f"{TRACK}/customers/events", event())
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        send(fake, "POST", f"{TRACK}/customers/events", event())
+    send(fake, "POST", f"{TRACK}/customers/events", event(), auth=None)  # refused: handled
+    send(fake, "POST", f"{TRACK}/customers/events", event())
+    assert [(r.status, r.processed) for r in fake.requests] == [
+        (503, False),
+        (None, False),
+        (401, True),
+        (200, True),
+    ]
 
 
 def test_clear_faults_ends_a_fault_mode_and_keeps_data(fake: FakeExponea) -> None:

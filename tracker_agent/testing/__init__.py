@@ -72,13 +72,28 @@ the stored value's update_timestamp is ignored; consent attributes come from the
 "consent" event of the category (action "accept" and valid_until not past).
 
 Faults are queued and each request consumes at most one (optionally only on paths containing
-`path_contains`): fail_next (answer a status/body, optional Retry-After; nothing is applied),
-drop_next (close the connection without a byte), delay_next (handle the request late, and not
-at all if the client hung up meanwhile; apply_first=True acts at once and only answers late),
-clear_faults (drop the queue: a fault with a large n is a mode until cleared), plus `latency`
-for every request, reject_commands (per-command failure),
+`path_contains`). These answer instead of the API, so nothing is applied:
+
+- fail_next: answer a status and body (a dict as JSON; a str/bytes raw, as text/plain or
+  `content_type`, e.g. truncated JSON '{"success": true, "resu'), optional Retry-After;
+- captive_portal_next: a captive portal, a 200 HTML login page, or with redirect=True a 302
+  whose Location is CAPTIVE_PORTAL_URL;
+- trickle_next: the answer (a 503 by default) written one byte every `interval` seconds
+  (headers_first=True: only the body trickles), until the client hangs up;
+- oversize_next: a 200 JSON-looking body of `size` bytes (default 17 MiB, over the client's
+  16 MiB cap), with or without Content-Length;
+- drop_next: close the connection without a byte.
+
+These let the API handle the request: delay_next (handle it late, and not at all if the client
+hung up meanwhile; apply_first=True acts at once and only answers late) and
+mangle_results_next (a batch is applied, but its answer keeps only its first `keep` results: a
+wrong result count). clear_faults drops the queue (a fault with a large n is a mode until
+cleared). Plus `latency` for every request, reject_commands (per-command failure),
 reject_batches_containing (refuse the whole batch) and max_batch_commands.
-The lists `requests` and `batches` log everything received, faulted requests included.
+
+The lists `requests` and `batches` log everything received, faulted requests included;
+RecordedRequest.processed tells the requests the API handled (only those can have changed
+anything) and hung_up_at when the client gave up on an answer still being written.
 """
 
 from __future__ import annotations

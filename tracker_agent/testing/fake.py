@@ -13,18 +13,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tracker_agent.testing.emulator import Emulator
-from tracker_agent.testing.faults import Fault, FaultQueue, fault_answer, format_retry_after
+from tracker_agent.testing.faults import FaultInjection, FaultQueue, fault_answer, mangle_results
 from tracker_agent.testing.protocol import Call, Predicate
 from tracker_agent.testing.records import RecordedRequest, StateAccess, command_count, parse_json
 from tracker_agent.testing.server import JSON_TYPE, Incoming, LoopbackServer, Outgoing
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FAULT_STATUS = 503
-DEFAULT_DELAY_SECONDS = 1.0
 
-
-class FakeExponea(StateAccess):
+class FakeExponea(StateAccess, FaultInjection):
     """A stateful Exponea API on a loopback port, for tests. See the package docstring.
 
     Example::
@@ -168,95 +165,47 @@ class FakeExponea(StateAccess):
                 self._batches.append(parsed["commands"])
             fault = self._faults.take(parts.path)
             delay = self._latency
-            if fault is not None and fault.kind == "drop":
-                return Outgoing(None, delay=delay)
-            if fault is not None and fault.kind == "fail":
-                record.status = fault.status
-                return fault_answer(fault, delay)
+            if fault is not None and fault.answers_instead:
+                record.status = None if fault.kind == "drop" else fault.status
+                return self._watched(record, fault_answer(fault, delay))
             call = Call(incoming.method, parts.path, query, headers, body)
+            keep = fault.keep if fault is not None and fault.kind == "mangle" else None
             if fault is not None:
                 delay += fault.seconds
             if delay <= 0 or (fault is not None and fault.apply_first):
-                return dataclasses.replace(self._process(record, call), delay=delay)
+                out = self._process(record, call, keep)
+                return self._watched(record, dataclasses.replace(out, delay=delay))
             generation = self._generation
         return Outgoing(
-            None, delay=delay, then=lambda: self._process_later(record, call, generation)
+            None, delay=delay, then=lambda: self._process_later(record, call, generation, keep)
         )
 
-    def _process(self, record: RecordedRequest, call: Call) -> Outgoing:
-        """Let the emulated API answer `call` (lock held)."""
+    def _process(self, record: RecordedRequest, call: Call, keep: int | None = None) -> Outgoing:
+        """Let the emulated API answer `call` (lock held); `keep`: mangle a batch answer."""
         status, payload = self._api.dispatch(call)
-        record.status = status
+        record.status, record.processed = status, True
+        if keep is not None:
+            payload = mangle_results(payload, keep)
         return Outgoing(status, json.dumps(payload).encode(), (JSON_TYPE,))
 
-    def _process_later(self, record: RecordedRequest, call: Call, generation: int) -> Outgoing:
+    def _process_later(
+        self, record: RecordedRequest, call: Call, generation: int, keep: int | None
+    ) -> Outgoing:
         with self._lock:
             if generation != self._generation:
                 return Outgoing(None)  # reset() while it waited: it belongs to an older test
-            return self._process(record, call)
+            return self._watched(record, self._process(record, call, keep))
 
-    # -- fault injection -------------------------------------------------------------------
+    def _watched(self, record: RecordedRequest, out: Outgoing) -> Outgoing:
+        """`out`, noting in `record` when the client hangs up before it is written."""
 
-    def fail_next(
-        self,
-        n: int = 1,
-        status: int = DEFAULT_FAULT_STATUS,
-        body: Any = None,
-        retry_after: float | str | None = None,
-        headers: dict[str, str] | None = None,
-        path_contains: str | None = None,
-    ) -> None:
-        """Answer the next `n` matching requests with `status` and `body`, doing nothing else.
+        def hung_up() -> None:
+            with self._lock:
+                record.hung_up_at = _time.monotonic()
 
-        body: dict/list -> JSON, str/bytes -> sent raw as text/plain; default
-        {"success": false, "errors": ["injected"]}. retry_after adds a Retry-After header
-        (seconds, or an HTTP date string). path_contains limits the fault to matching paths.
-        """
-        extra = dict(headers or {})
-        if retry_after is not None:
-            extra["Retry-After"] = format_retry_after(retry_after)
-        fault = Fault("fail", n, path_contains, status=status, body=body, headers=extra)
-        with self._lock:
-            self._faults.add(fault)
+        return dataclasses.replace(out, on_hangup=hung_up)
 
-    def drop_next(self, n: int = 1, path_contains: str | None = None) -> None:
-        """Close the connection of the next `n` matching requests without answering."""
-        with self._lock:
-            self._faults.add(Fault("drop", n, path_contains))
-
-    def delay_next(
-        self,
-        n: int = 1,
-        seconds: float = DEFAULT_DELAY_SECONDS,
-        path_contains: str | None = None,
-        *,
-        apply_first: bool = False,
-    ) -> None:
-        """Make the next `n` matching requests wait `seconds` (on top of `latency`).
-
-        By default the request is handled after the wait, and not at all if the client hung
-        up meanwhile (a client timeout then leaves no trace but status None in the log).
-        apply_first=True applies it at once and delays only the answer: the client times out
-        although the server acted (the at-least-once case; its retry is deduplicated).
-        """
-        fault = Fault("delay", n, path_contains, seconds=seconds, apply_first=apply_first)
-        with self._lock:
-            self._faults.add(fault)
-
-    def clear_faults(self) -> int:
-        """Drop every queued fault (data, settings and the request log stay); returns how many
-        fault uses were still pending. A fault queued with a large `n` acts as a mode ("every
-        batch gets a 503") until this ends it, e.g. to make the fake flap between modes."""
-        with self._lock:
-            left = self._faults.pending()
-            self._faults.clear()
-            return left
-
-    @property
-    def pending_faults(self) -> int:
-        """How many requests are still going to get a queued fault."""
-        with self._lock:
-            return self._faults.pending()
+    # -- settings --------------------------------------------------------------------------
 
     @property
     def latency(self) -> float:

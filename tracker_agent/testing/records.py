@@ -22,6 +22,11 @@ class RecordedRequest:
     ("Authorization", "Content-Type"); json is the parsed body or None; status is None when
     the connection was dropped; command_count is the number of commands of a batch, 1 for a
     single tracking call, None otherwise; received_at is time.monotonic() on arrival.
+    processed is True when the emulated API handled the request (whatever it answered),
+    False when a fault answered instead or the client hung up before it was handled: only
+    processed requests can have changed anything. hung_up_at is time.monotonic() when the
+    fake saw the client close the connection before the whole answer was written (a client
+    giving up on a trickled or oversized answer), else None.
     """
 
     method: str
@@ -33,6 +38,8 @@ class RecordedRequest:
     command_count: int | None = None
     query: str = ""
     received_at: float = field(default=0.0, repr=False)
+    processed: bool = False
+    hung_up_at: float | None = field(default=None, repr=False)
 
 
 def parse_json(body: bytes) -> Any:

@@ -38,6 +38,10 @@ class Outgoing:
 
     With `then`, the handler waits `delay` seconds and answers what `then()` returns, unless
     the server stops or the client hangs up meanwhile (then the connection is just closed).
+    With `byte_interval`, the whole answer (or only its body, with `headers_first`) is written
+    one byte at a time, that many seconds apart, then the connection is closed. Without
+    `declare_length` there is no Content-Length: the body ends when the connection closes.
+    `on_hangup` is called when the client closes the connection before the answer is out.
     """
 
     status: int | None
@@ -45,6 +49,10 @@ class Outgoing:
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0
     then: Callable[[], Outgoing] | None = None
+    byte_interval: float = 0.0
+    headers_first: bool = False
+    declare_length: bool = True
+    on_hangup: Callable[[], None] | None = None
 
 
 Responder = Callable[[Incoming], Outgoing]
@@ -103,12 +111,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, out: Outgoing) -> None:
         assert out.status is not None
+        try:
+            if out.byte_interval > 0:
+                self._trickle(out)
+            else:
+                self._write(out)
+        except OSError:  # broken pipe, reset: the client hung up before the answer was out
+            self.close_connection = True
+            if out.on_hangup is not None:
+                out.on_hangup()
+
+    def _write(self, out: Outgoing) -> None:
+        assert out.status is not None
         self.send_response(out.status)
         for name, value in out.headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(out.body)))
+        if out.declare_length:
+            self.send_header("Content-Length", str(len(out.body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(out.body)
+
+    def _head(self, out: Outgoing) -> bytes:
+        assert out.status is not None
+        reason = self.responses.get(out.status, ("",))[0]
+        lines = [f"HTTP/1.1 {out.status} {reason}"]
+        lines += [f"{name}: {value}" for name, value in out.headers]
+        lines += [f"Content-Length: {len(out.body)}", "Connection: close", "", ""]
+        return "\r\n".join(lines).encode("latin-1")
+
+    def _trickle(self, out: Outgoing) -> None:
+        """Write the answer a byte at a time; stop when the client or the server goes."""
+        self.close_connection = True
+        head, pending = self._head(out), out.body
+        if out.headers_first:
+            self.wfile.write(head)
+        else:
+            pending = head + pending
+        for index in range(len(pending)):
+            if self._client_gone():
+                raise ConnectionResetError("the client closed the connection")
+            self.wfile.write(pending[index : index + 1])
+            if self.server.stopping.wait(out.byte_interval):
+                return
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
