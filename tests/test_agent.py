@@ -145,6 +145,16 @@ def test_flush_without_timeout_returns_when_delivery_must_wait(fake, db_url):
     assert "ServerError" in result.last_error
 
 
+def test_a_successful_flush_does_not_report_an_earlier_passes_error(fake, db_url):
+    with make_agent(fake, db_url, backoff_base=0.05, backoff_cap=0.05) as agent:
+        agent.tracking.add_event({"registered": "a"}, "view")
+        fake.fail_next(1, status=503)
+        assert "ServerError" in agent.flush().last_error
+        time.sleep(0.1)  # past the backoff
+        result = agent.flush()
+    assert (result.ok, result.delivered, result.last_error) == (True, 1, None)
+
+
 def test_started_agent_delivers_in_the_background(agent, fake):
     agent.start()
     for n in range(10):

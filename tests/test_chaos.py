@@ -52,10 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("CHAOS_SEED", "5051"))
 
 BATCH_COMMANDS = 50  # the API's batch limit: at most this many commands per request
-REQUEST_TIMEOUT_SECONDS = 1.0
-CONNECT_TIMEOUT_SECONDS = 0.5
+REQUEST_TIMEOUT_SECONDS = 0.8
+CONNECT_TIMEOUT_SECONDS = 0.3  # leases must outlive two deadlines (2.2 s)
 STORM_LEASE_SECONDS = 3.0
-KILL_TEST_LEASE_SECONDS = 2.0
+KILL_TEST_LEASE_SECONDS = 2.5
 RETRY_AFTER_SECONDS = 0.2
 HEALTHY_LATENCY_SECONDS = 0.05  # a real network's round trip: batches are in flight a while
 SLOW_SECONDS = 0.3  # latency well under the request timeout: slow but answered

@@ -76,7 +76,7 @@ def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(f
     body = """
         agent.flush()
     """
-    settings = {"lease_seconds": 2.0, "request_timeout": 1.0, "connect_timeout": 0.5}
+    settings = {"lease_seconds": 2.0, "request_timeout": 0.6, "connect_timeout": 0.3}
     proc = run_python(agent_code(fake, db_url, body, rate_limit=1000.0, **settings))
     deadline = time.monotonic() + 30
     while len(fake.batches) < 2 and time.monotonic() < deadline:

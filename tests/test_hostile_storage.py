@@ -169,7 +169,7 @@ def test_background_drain_survives_a_full_disk_and_delivers_when_space_returns(f
     path = mount / "outbox.db"
     # A short lease: a batch sent while its settle could not be written is due again soon.
     with make_agent(
-        fake, path, lease_seconds=1.0, request_timeout=0.5, connect_timeout=0.3
+        fake, path, lease_seconds=1.0, request_timeout=0.2, connect_timeout=0.2
     ) as agent:
         accepted, _, _ = fill_until_full(agent)
         agent.start()

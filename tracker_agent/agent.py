@@ -262,7 +262,9 @@ class TrackerAgent:
             dead_lettered=done.dead_lettered,
             remaining=remaining,
             paused_reason=stats["paused_reason"],
-            last_error=done.last_error or stats["last_error"],
+            # The stored error is history once the queue is empty: report it only if it may
+            # still be why something is left.
+            last_error=done.last_error or (stats["last_error"] if remaining else None),
             timed_out=deadline is not None and remaining > 0 and time.monotonic() >= deadline,
         )
 

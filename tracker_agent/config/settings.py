@@ -71,6 +71,9 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+#: How many request deadlines a lease must outlive (the batch in flight, then its own).
+LEASE_DEADLINES = 2
+
 #: Fields whose values are redacted everywhere.
 SECRET_FIELDS = frozenset({"password", "public_key"})
 #: Fields that may also come from a file (<FIELD>_FILE, <field>_file in TOML, systemd credentials).
@@ -165,9 +168,16 @@ def validate(values: dict[str, Any], sources: Mapping[str, str] | None) -> dict[
             out[name] = check_value(name, out[name])
         except Invalid as exc:
             raise fail(name, str(exc)) from None
-    if out["lease_seconds"] <= out["request_timeout"] + out["connect_timeout"]:
-        bound = out["request_timeout"] + out["connect_timeout"]
-        raise fail("lease_seconds", f"must exceed request_timeout + connect_timeout ({bound:g} s)")
+    # A request lasts at most one deadline (connect + read timeout); a batch claimed while
+    # another is in flight waits for that one's answer first: its lease must outlive two.
+    deadline = out["request_timeout"] + out["connect_timeout"]
+    if out["lease_seconds"] <= LEASE_DEADLINES * deadline:
+        raise fail(
+            "lease_seconds",
+            f"must exceed {LEASE_DEADLINES} x (request_timeout + connect_timeout) "
+            f"({LEASE_DEADLINES * deadline:g} s): a batch queued behind one in flight waits up "
+            "to one request deadline before its own",
+        )
     if out["backoff_cap"] < out["backoff_base"]:
         raise fail("backoff_cap", f"must be >= backoff_base ({out['backoff_base']:g} s)")
     if bool(out["username"]) != bool(out["password"]):
