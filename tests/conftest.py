@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -53,6 +54,27 @@ def exponea(fake: FakeExponea, sleeps: list[float]) -> Iterator[Exponea]:
         sleep=sleeps.append,
     ) as client:
         yield client
+
+
+@pytest.fixture
+def isolated_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """For CLI tests: no /etc config file, no TRACKER_AGENT_* or systemd variables of the
+    machine, and the root logger (the CLI installs a stderr handler) restored afterwards."""
+    from tracker_agent.cli import logs
+    from tracker_agent.config import loading as config_loading
+
+    monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    for name in list(os.environ):
+        if name.startswith("TRACKER_AGENT_") or name in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY"):
+            monkeypatch.delenv(name)
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    quiet = {name: logging.getLogger(name).level for name in logs.QUIET_LOGGERS}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in quiet.items():
+        logging.getLogger(name).setLevel(old)
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tracker_agent.cli import cli, logs
-from tracker_agent.config import loading as config_loading
 from tracker_agent.testing import FakeExponea
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,19 +31,8 @@ PROCESS_TIMEOUT_SECONDS = 20
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    for name in list(os.environ):
-        if name.startswith("TRACKER_AGENT_") or name in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    quiet = {name: logging.getLogger(name).level for name in logs.QUIET_LOGGERS}
-    yield
-    root.handlers[:] = handlers  # the CLI installs its own stderr handler
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
+def _isolated(isolated_cli: None) -> None:
+    """No config file, environment or logging of the machine leaks into a command."""
 
 
 @pytest.fixture

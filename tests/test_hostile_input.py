@@ -8,20 +8,18 @@ tmp_path; cases that hung the old code run in a subprocess with a timeout.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from tracker_agent import TrackerAgent
-from tracker_agent.cli import cli, logs
+from tracker_agent.cli import cli
 from tracker_agent.cli import queue as cli_queue
-from tracker_agent.config import loading as config_loading
 from tracker_agent.exceptions import ValidationError
 from tracker_agent.testing import FakeExponea
 
@@ -35,19 +33,8 @@ EVENT = {**CUSTOMER, "event_type": "t"}
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    for name in list(os.environ):
-        if name.startswith("TRACKER_AGENT_") or name in ("NOTIFY_SOCKET", "CREDENTIALS_DIRECTORY"):
-            monkeypatch.delenv(name)
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    quiet = {name: logging.getLogger(name).level for name in logs.QUIET_LOGGERS}
-    yield
-    root.handlers[:] = handlers  # the CLI installs its own stderr handler
-    root.setLevel(level)
-    for name, old in quiet.items():
-        logging.getLogger(name).setLevel(old)
+def _isolated(isolated_cli: None) -> None:
+    """No config file, environment or logging of the machine leaks into a command."""
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from click.testing import CliRunner
 
 from tracker_agent import ConfigError, NotAnOutboxError, OutboxError, TrackerAgent
 from tracker_agent.cli import cli
-from tracker_agent.config import loading as config_loading
 from tracker_agent.outbox.status import read_status
 from tracker_agent.testing import FakeExponea
 
@@ -37,11 +36,8 @@ def fake() -> Iterator[FakeExponea]:
 
 
 @pytest.fixture(autouse=True)
-def no_config_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(config_loading, "DEFAULT_CONFIG_FILE", str(tmp_path / "absent.toml"))
-    for name in list(os.environ):
-        if name.startswith("TRACKER_AGENT_"):
-            monkeypatch.delenv(name)
+def _isolated(isolated_cli: None) -> None:
+    """No config file or environment of the machine leaks into the commands run here."""
 
 
 def make_agent(fake: FakeExponea, path: Path, project: str | None = None, **settings: object):
