@@ -53,7 +53,7 @@ def run(scale: Scale, workdir: str) -> Section:
     argv = status_argv(path)
     wall, rss = measure(argv, runs)
     reader = (
-        "import sys; from tracker_agent.outbox.status import read_status; read_status(sys.argv[1])"
+        "import sys; from tracker_agent.outbox.stats import read_status; read_status(sys.argv[1])"
     )
     lib_wall, lib_rss = measure([sys.executable, "-c", reader, path], runs)
     remove_db(path)

@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 
 from tracker_agent import TrackerAgent
-from tracker_agent.outbox.status import read_status
+from tracker_agent.outbox.stats import read_status
 from tracker_agent.testing import FakeExponea
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from tracker_agent import ConfigError, NotAnOutboxError, OutboxError, TrackerAgent
 from tracker_agent.cli import cli
-from tracker_agent.outbox.status import read_status
+from tracker_agent.outbox.stats import read_status
 from tracker_agent.testing import FakeExponea
 
 ROOT = Path(__file__).resolve().parent.parent

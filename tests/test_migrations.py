@@ -14,13 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 
 from tracker_agent.outbox import schema
-from tracker_agent.outbox.engine import (
-    HEAD_REVISION,
-    OUTBOX_TABLES,
-    alembic_config,
-    current_revision,
-    open_outbox,
-)
+from tracker_agent.outbox.engine import current_revision, open_outbox
+from tracker_agent.outbox.revisions import HEAD_REVISION, OUTBOX_TABLES, alembic_config
 
 
 @pytest.fixture

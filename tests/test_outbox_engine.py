@@ -25,15 +25,10 @@ from tracker_agent.exceptions import (
     StorageFullError,
     StorageReadOnlyError,
 )
-from tracker_agent.outbox.engine import (
-    BEGIN_OPTION,
-    HEAD_REVISION,
-    current_revision,
-    default_database_url,
-    open_outbox,
-    sqlite_path,
-    translate_sqlite_error,
-)
+from tracker_agent.outbox.engine import BEGIN_OPTION, current_revision, open_outbox
+from tracker_agent.outbox.errors import translate_sqlite_error
+from tracker_agent.outbox.files import default_database_url, sqlite_path
+from tracker_agent.outbox.revisions import HEAD_REVISION
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 60

@@ -91,7 +91,8 @@ class TrackerAgent:
         return agent
 
     def _setup(self, settings: Settings, session: Any) -> None:
-        from .outbox.engine import FILE_MODE, GROUP_FILE_MODE, default_database_url, open_outbox
+        from .outbox.engine import open_outbox
+        from .outbox.files import FILE_MODE, GROUP_FILE_MODE, default_database_url
         from .outbox.store import OutboxStore
 
         self.settings = settings

@@ -33,7 +33,7 @@ from typing import Any
 
 from .clock import wall_clock
 from .exceptions import APIException
-from .outbox import status as state_keys
+from .outbox import state as state_keys
 from .outbox.store import ClaimedRow, OutboxStore, Settlement
 from .outcomes import DrainReport, back_off, pause, settle_results
 from .policy import (

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import APIException
-from .outbox import status as state_keys
+from .outbox import state as state_keys
 from .outbox.store import ClaimedRow, Settlement
 from .policy import DrainPolicy, backoff_delay, error_text
 
@@ -69,9 +69,7 @@ def settle_results(
             outcome.error = "the server returned no result for this command"
         else:
             errors = result.get("errors") or ["rejected without a message"]
-            reason = (
-                "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
-            )
+            reason = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
             outcome.dead.append((row.id, f"rejected by the server: {reason}", 200))
     outcome.state.update(
         {
@@ -98,9 +96,7 @@ def pause(
     reason = error_text(exc)
     outcome.release.extend(r.id for r in rows)
     if not state.get(state_keys.STATE_PAUSED_REASON):
-        log.error(
-            "delivery paused: %s (probing every %ss)", reason, policy.pause_probe_interval
-        )
+        log.error("delivery paused: %s (probing every %ss)", reason, policy.pause_probe_interval)
     outcome.state.update(
         {
             state_keys.STATE_PAUSED_REASON: reason,

@@ -23,12 +23,9 @@ HTTP_SERVER_ERROR = 500
 @pass_cli
 def migrate(cli: CliContext) -> None:
     """Create the outbox or bring its schema to the current version."""
-    from tracker_agent.outbox.engine import (
-        HEAD_REVISION,
-        current_revision,
-        open_outbox,
-        sqlite_path,
-    )
+    from tracker_agent.outbox.engine import current_revision, open_outbox
+    from tracker_agent.outbox.files import sqlite_path
+    from tracker_agent.outbox.revisions import HEAD_REVISION
 
     url = cli.database_url()
     path = sqlite_path(url)
@@ -46,7 +43,8 @@ def migrate(cli: CliContext) -> None:
 def clear_warning(cli: CliContext) -> None:
     """Acknowledge the outbox's warning (a lost -wal file) so that status stops showing it."""
     from tracker_agent.outbox.engine import clear_warning as clear
-    from tracker_agent.outbox.engine import open_outbox, sqlite_path
+    from tracker_agent.outbox.engine import open_outbox
+    from tracker_agent.outbox.files import sqlite_path
 
     url = cli.database_url()
     path = sqlite_path(url)

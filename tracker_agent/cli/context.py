@@ -58,7 +58,7 @@ class CliContext:
 
     def database_url(self) -> str:
         """The outbox URL without needing credentials (status, migrate)."""
-        from tracker_agent.outbox.engine import default_database_url
+        from tracker_agent.outbox.files import default_database_url
 
         url = load_database_url(
             config_file=self.config_file, env=self.env, overrides=self.overrides

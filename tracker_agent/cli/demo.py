@@ -25,7 +25,7 @@ POLL_SECONDS = 0.1
 
 def demo_database_url(env: Mapping[str, str]) -> str:
     """The demo outbox: demo.db beside the default outbox (state directory)."""
-    from tracker_agent.outbox.engine import default_database_url, sqlite_path
+    from tracker_agent.outbox.files import default_database_url, sqlite_path
 
     default_path = sqlite_path(default_database_url(env))
     return "sqlite:///" + os.path.join(os.path.dirname(default_path), DEMO_DB_FILENAME)
@@ -97,8 +97,8 @@ def _stop_when_drained(agent: object, stop: threading.Event) -> None:
 
 
 def _final_stats(database_url: str) -> list[tuple[str, str]]:
-    from tracker_agent.outbox.engine import sqlite_path
-    from tracker_agent.outbox.status import read_status
+    from tracker_agent.outbox.files import sqlite_path
+    from tracker_agent.outbox.stats import read_status
 
     path = sqlite_path(database_url)
     now = time.time()

@@ -1,6 +1,6 @@
 """`tracker-agent status`: the queue at a glance, as a table or JSON, and a monitoring mode.
 
-Reads the outbox file read-only with the stdlib (tracker_agent.outbox.status): no SQLAlchemy,
+Reads the outbox file read-only with the stdlib (tracker_agent.outbox.stats): no SQLAlchemy,
 no requests, so it starts in well under 0.3 s and never needs credentials.
 """
 
@@ -116,8 +116,8 @@ def status(cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused
 
     Reads the outbox file only; needs no credentials and never changes the file.
     """
-    from tracker_agent.outbox.engine import sqlite_path
-    from tracker_agent.outbox.status import read_status
+    from tracker_agent.outbox.files import sqlite_path
+    from tracker_agent.outbox.stats import read_status
 
     path = sqlite_path(cli.database_url())
     now = time.time()

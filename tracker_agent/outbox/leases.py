@@ -9,13 +9,12 @@ crashed drainer's rows come back. Settling only touches rows the settling owner 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import deadletters
-from .status import STATE_DELIVERED, read_state
+from .state import STATE_DELIVERED, read_state, set_state
 
 _ADD_DELIVERED = (
     "INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT(key)"
@@ -137,12 +136,3 @@ def _pick(cur: Any, now: float, limit: int, max_bytes: int) -> list[ClaimedRow]:
             if len(picked) >= limit:
                 return picked
     return picked
-
-
-def set_state(cur: Any, values: dict[str, Any]) -> None:
-    if values:
-        cur.executemany(
-            "INSERT INTO agent_state (key, value) VALUES (?, ?)"
-            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(key, json.dumps(value)) for key, value in values.items()],
-        )

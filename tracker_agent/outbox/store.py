@@ -20,10 +20,13 @@ from typing import Any
 from ..clock import wall_clock
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
 from . import deadletters, leases
-from .engine import record_warning, translate_sqlite_error, wal_was_lost
+from .engine import record_warning
+from .errors import translate_sqlite_error
+from .files import wal_was_lost
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
-from .status import STATE_DROPPED, STATE_PROJECT, collect_stats, read_state
+from .state import STATE_DROPPED, STATE_PROJECT, read_state, set_state
+from .stats import collect_stats
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +286,7 @@ class OutboxStore:
             return full
         cur.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
         dropped = int(read_state(cur).get(STATE_DROPPED) or 0) + len(victims)
-        leases.set_state(cur, {STATE_DROPPED: dropped})
+        set_state(cur, {STATE_DROPPED: dropped})
         log.warning(
             "outbox full: dropped the %d oldest commands (overflow=drop_oldest)", len(victims)
         )
@@ -361,7 +364,7 @@ class OutboxStore:
 
     def update_state(self, values: dict[str, Any]) -> None:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            leases.set_state(cur, values)
+            set_state(cur, values)
 
     def state(self) -> dict[str, Any]:
         with self._reading() as conn:
@@ -378,7 +381,7 @@ class OutboxStore:
             with self._drain_connection() as conn, self._transaction(conn) as cur:
                 owner = read_state(cur).get(STATE_PROJECT)  # another agent may have won
                 if owner is None:
-                    leases.set_state(cur, {STATE_PROJECT: project_token})
+                    set_state(cur, {STATE_PROJECT: project_token})
                     owner = project_token
         if owner != project_token:
             raise ConfigError(

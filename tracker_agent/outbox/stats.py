@@ -6,30 +6,26 @@ costs more than that. The store computes its stats with the same `collect_stats`
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
 from typing import Any
 
 from ..exceptions import NotAnOutboxError, OutboxError
-
-#: agent_state keys, shared by every process on one outbox file.
-STATE_DELIVERED = "delivered_total"
-STATE_DROPPED = "dropped_total"
-STATE_LAST_SUCCESS = "last_success_at"
-STATE_LAST_ERROR = "last_error"
-STATE_LAST_ERROR_AT = "last_error_at"
-STATE_PAUSED_REASON = "paused_reason"
-STATE_PAUSED_AT = "paused_at"
-STATE_PROBE_AT = "probe_at"
-STATE_BACKOFF_UNTIL = "backoff_until"
-STATE_FAILURES = "consecutive_failures"
-#: The project token this outbox belongs to, recorded by the first agent that opens it.
-STATE_PROJECT = "project_token"
-#: Something an operator must know (e.g. the -wal file was lost), and since when.
-STATE_WARNING = "warning"
-STATE_WARNING_AT = "warning_at"
+from .state import (
+    STATE_BACKOFF_UNTIL,
+    STATE_DELIVERED,
+    STATE_DROPPED,
+    STATE_LAST_ERROR,
+    STATE_LAST_ERROR_AT,
+    STATE_LAST_SUCCESS,
+    STATE_PAUSED_REASON,
+    STATE_PROBE_AT,
+    STATE_PROJECT,
+    STATE_WARNING,
+    STATE_WARNING_AT,
+    read_state,
+)
 
 STATS_KEYS = (
     "pending",
@@ -48,12 +44,6 @@ STATS_KEYS = (
     "warning",
     "warning_at",
 )
-
-
-def read_state(conn: Any) -> dict[str, Any]:
-    """All agent_state values, JSON-decoded."""
-    rows = conn.execute("SELECT key, value FROM agent_state").fetchall()
-    return {key: (json.loads(value) if value is not None else None) for key, value in rows}
 
 
 def collect_stats(conn: Any, now: float) -> dict[str, Any]:
@@ -97,8 +87,8 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
 def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
     """Stats of the outbox at `database_path`, opened read-only; never creates or changes it
     (nor any file beside it), and never blocks on a FIFO or reads a device."""
-    from .engine import wal_was_lost
-    from .inspect import read_header, read_only
+    from .files import wal_was_lost
+    from .preflight import read_header, read_only
 
     if not os.path.exists(database_path):
         raise OutboxError(
@@ -128,7 +118,7 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
     return stats
 
 
-#: What status says when the -wal file is gone but its -shm is not (see inspect.wal_was_lost).
+#: What status says when the -wal file is gone but its -shm is not (see files.wal_was_lost).
 WAL_LOST_WARNING = (
     "the outbox's -wal file is missing but its -shm is not: it was deleted while a process had "
     "the outbox open, and commands committed since the last checkpoint may be lost"

@@ -15,18 +15,17 @@ from typing import TypeVar
 from urllib.parse import quote
 
 from ..exceptions import NotAnOutboxError, StorageReadOnlyError
-from .engine import (
+from .errors import translate_sqlite_error
+from .revisions import (
     HEAD_REVISION,
     OUTBOX_TABLES,
     REVISION_SQL,
     TABLES_SQL,
     known_revisions,
-    translate_sqlite_error,
     version_error,
-    wal_was_lost,
 )
 
-__all__ = ["inspect_existing", "read_catalog", "read_header", "read_only", "wal_was_lost"]
+__all__ = ["inspect_existing", "read_catalog", "read_header", "read_only"]
 
 T = TypeVar("T")
 

@@ -1,0 +1,41 @@
+"""agent_state: the small key/value facts every process on one outbox shares (delivered
+total, last success and error, pause and backoff, the project, a warning), read and written
+on a DB-API cursor inside the caller's transaction. Values are stored as JSON. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: agent_state keys, shared by every process on one outbox file.
+STATE_DELIVERED = "delivered_total"
+STATE_DROPPED = "dropped_total"
+STATE_LAST_SUCCESS = "last_success_at"
+STATE_LAST_ERROR = "last_error"
+STATE_LAST_ERROR_AT = "last_error_at"
+STATE_PAUSED_REASON = "paused_reason"
+STATE_PAUSED_AT = "paused_at"
+STATE_PROBE_AT = "probe_at"
+STATE_BACKOFF_UNTIL = "backoff_until"
+STATE_FAILURES = "consecutive_failures"
+#: The project token this outbox belongs to, recorded by the first agent that opens it.
+STATE_PROJECT = "project_token"
+#: Something an operator must know (e.g. the -wal file was lost), and since when.
+STATE_WARNING = "warning"
+STATE_WARNING_AT = "warning_at"
+
+
+def read_state(conn: Any) -> dict[str, Any]:
+    """All agent_state values, JSON-decoded."""
+    rows = conn.execute("SELECT key, value FROM agent_state").fetchall()
+    return {key: (json.loads(value) if value is not None else None) for key, value in rows}
+
+
+def set_state(cur: Any, values: dict[str, Any]) -> None:
+    if values:
+        cur.executemany(
+            "INSERT INTO agent_state (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(key, json.dumps(value)) for key, value in values.items()],
+        )
