@@ -75,7 +75,6 @@ def test_each_caller_gets_its_own_error_and_a_failed_round_fails_everyone_in_it(
     committer.submit("ok again")  # the committer recovers after a failed round
 
 
-
 class Interrupt(BaseException):
     """Stands for KeyboardInterrupt raised in a caller blocked in submit()."""
 

@@ -153,7 +153,7 @@ FAST_SORTED_DUMPS = tree_encoder(sort_keys=True)
 
 @NESTED
 @given(hostile_properties)
-@example({"huge": 10**1200, "text": "\u2028 \x00 \"q\" \ud83d\ude00", "f": -0.0})
+@example({"huge": 10**1200, "text": '\u2028 \x00 "q" \ud83d\ude00', "f": -0.0})
 def test_the_reused_encoder_writes_exactly_what_dumps_writes(properties):
     try:
         result = normalize_properties(properties)

@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 
-
 def _positive_seconds(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationTypeError(field, f"expected seconds, got {type(value).__name__}")

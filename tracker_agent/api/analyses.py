@@ -25,7 +25,10 @@ class Analyses(Namespace):
         analysis_id = normalize_name(analysis_id, "analysis_id")
         payload = {"analysis_id": analysis_id, "format": TABLE_FORMAT}
         response = self._call(
-            "POST", f"/{analysis_type}", json=payload, read=True,
+            "POST",
+            f"/{analysis_type}",
+            json=payload,
+            read=True,
             require={"header": list, "rows": list},
         )
         header = response["header"]

@@ -43,7 +43,10 @@ class Customer(Namespace):
         """{"ids", "properties", "events"} of one customer."""
         payload = {"customer_ids": normalize_customer_ids(customer_ids)}
         response = self._call(
-            "POST", "/export-one", json=payload, read=True,
+            "POST",
+            "/export-one",
+            json=payload,
+            read=True,
             require={"ids": dict, "properties": dict, "events": list},
         )
         return {key: response[key] for key in ("ids", "properties", "events")}
@@ -78,8 +81,12 @@ class Customer(Namespace):
     ) -> dict[str, dict[str, Any]]:
         """{kind: {name: value}} for each kind asked for; kinds not asked for are absent."""
         asked = {
-            "properties": properties, "segmentations": segmentations, "ids": ids,
-            "expressions": expressions, "aggregations": aggregations, "predictions": predictions,
+            "properties": properties,
+            "segmentations": segmentations,
+            "ids": ids,
+            "expressions": expressions,
+            "aggregations": aggregations,
+            "predictions": predictions,
         }
         wanted = [
             (key, api_type, name_key, normalize_names(asked[key] or [], key))
@@ -108,7 +115,10 @@ class Customer(Namespace):
     def get_customers(self) -> list[dict[str, dict[str, Any]]]:
         """Every customer as {"ids": {...}, "properties": {...}}."""
         response = self._call(
-            "POST", "/export", json={"format": "native_json"}, read=True,
+            "POST",
+            "/export",
+            json={"format": "native_json"},
+            read=True,
             require={"fields": list, "data": list},
         )
         columns: list[tuple[str | None, Any]] = []
