@@ -6,7 +6,6 @@ import email.utils
 
 import pytest
 
-from tracker_agent.api import parse_error_messages
 from tracker_agent.api.tracking import MISSING_RESULT_ERROR, align_batch_results
 from tracker_agent.client import (
     MAX_RETRY_AFTER_SECONDS,
@@ -27,6 +26,7 @@ from tracker_agent.exceptions import (
     RequestTooLargeError,
     ServerError,
 )
+from tracker_agent.responses import parse_error_messages
 
 
 @pytest.mark.parametrize(

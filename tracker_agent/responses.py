@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from tracker_agent.api import parse_error_messages
 from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,
@@ -32,9 +31,15 @@ from tracker_agent.exceptions import (
     ServerError,
 )
 
-__all__ = ["ERROR_SNIPPET_CHARS", "parse_retry_after", "translate_response"]
+__all__ = [
+    "ERROR_SNIPPET_CHARS",
+    "parse_error_messages",
+    "parse_retry_after",
+    "translate_response",
+]
 
 ERROR_SNIPPET_CHARS = 200
+GLOBAL_ERRORS_KEY = "_global"
 _AUTH_FAILURE_MARKERS = ("could not authenticate", "invalid project id")
 #: Statuses that mean the same whatever the body says (a proxy's HTML 401 is still a 401).
 _STATUS_ERRORS: dict[int, type[APIException]] = {
@@ -51,6 +56,35 @@ _REFUSALS: dict[int, type[APIException]] = {
 }
 
 Requirements = Mapping[str, type | tuple[type, ...]]
+
+
+def _as_messages(value: object) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(item) for item in value if item not in (None, "")]
+    if value in (None, ""):
+        return []
+    return [str(value)]
+
+
+def parse_error_messages(body: object) -> list[str]:
+    """The server's messages from any documented error shape, in a stable order.
+
+    Shapes: {"error": str}, {"errors": [str]}, {"errors": {"_global": [str], "<field>": [str]}}
+    (field messages become "<field>: <message>") and {"message": str}. Anything else: [].
+    """
+    if not isinstance(body, Mapping):
+        return []
+    messages = _as_messages(body.get("error"))
+    errors = body.get("errors")
+    if isinstance(errors, Mapping):
+        messages.extend(_as_messages(errors.get(GLOBAL_ERRORS_KEY)))
+        for key, value in errors.items():
+            if key != GLOBAL_ERRORS_KEY:
+                messages.extend(f"{key}: {message}" for message in _as_messages(value))
+    else:
+        messages.extend(_as_messages(errors))
+    messages.extend(_as_messages(body.get("message")))
+    return messages
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -1,5 +1,4 @@
-"""What the four API namespaces share: their base class, argument checks for names and ids,
-and the API's error-body format (also used by tracker_agent.transport).
+"""What the four API namespaces share: their base class and argument checks for names and ids.
 
 The namespaces live in tracking.py, customer.py, catalog.py and analyses.py; this package
 never imports tracker_agent.client, which builds them, nor tracker_agent.transport.
@@ -16,12 +15,9 @@ from tracker_agent.exceptions import ValidationError, ValidationTypeError
 __all__ = [
     "Namespace",
     "Transport",
-    "parse_error_messages",
     "normalize_name",
     "normalize_names",
 ]
-
-GLOBAL_ERRORS_KEY = "_global"
 
 
 class Transport(Protocol):
@@ -78,35 +74,6 @@ class Namespace:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._base}>"
-
-
-def _as_messages(value: object) -> list[str]:
-    if isinstance(value, (list, tuple)):
-        return [str(item) for item in value if item not in (None, "")]
-    if value in (None, ""):
-        return []
-    return [str(value)]
-
-
-def parse_error_messages(body: object) -> list[str]:
-    """The server's messages from any documented error shape, in a stable order.
-
-    Shapes: {"error": str}, {"errors": [str]}, {"errors": {"_global": [str], "<field>": [str]}}
-    (field messages become "<field>: <message>") and {"message": str}. Anything else: [].
-    """
-    if not isinstance(body, Mapping):
-        return []
-    messages = _as_messages(body.get("error"))
-    errors = body.get("errors")
-    if isinstance(errors, Mapping):
-        messages.extend(_as_messages(errors.get(GLOBAL_ERRORS_KEY)))
-        for key, value in errors.items():
-            if key != GLOBAL_ERRORS_KEY:
-                messages.extend(f"{key}: {message}" for message in _as_messages(value))
-    else:
-        messages.extend(_as_messages(errors))
-    messages.extend(_as_messages(body.get("message")))
-    return messages
 
 
 def normalize_name(value: object, field: str) -> str:

@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tracker_agent.api import Namespace, parse_error_messages
+from tracker_agent.api import Namespace
 from tracker_agent.exceptions import InvalidResponseError, ValidationError, ValidationTypeError
+from tracker_agent.responses import parse_error_messages
 from tracker_agent.validation import (
     COMMAND_NAMES,
     CUSTOMER_COMMAND,
