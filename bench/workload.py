@@ -57,12 +57,12 @@ def event_command(i: int, timestamp: float | None = None) -> dict[str, Any]:
 def stored_row(i: int) -> tuple[str, str, str, int]:
     """(kind, customer_key, payload, size): the outbox row the agent writes for event i,
     built with the package's own normalisation and serialisation."""
-    from tracker_agent import validation
+    from tracker_agent import validation, wire
     from tracker_agent.durable import customer_key
 
     command = event_command(i)
     data = validation.normalize_batch_command(command)["data"]
-    payload = validation.dumps(data)
+    payload = wire.dumps(data)
     return command["name"], customer_key(data["customer_ids"]), payload, len(payload.encode())
 
 

@@ -7,13 +7,8 @@ import email.utils
 import pytest
 
 from tracker_agent.api.tracking import MISSING_RESULT_ERROR, align_batch_results
-from tracker_agent.client import (
-    MAX_RETRY_AFTER_SECONDS,
-    RETRY_CAP_SECONDS,
-    parse_retry_after,
-    read_retry_delay,
-    translate_response,
-)
+from tracker_agent.constants import READ_MAX_RETRY_AFTER_SECONDS as MAX_RETRY_AFTER_SECONDS
+from tracker_agent.constants import READ_RETRY_CAP_SECONDS as RETRY_CAP_SECONDS
 from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,
@@ -26,7 +21,8 @@ from tracker_agent.exceptions import (
     RequestTooLargeError,
     ServerError,
 )
-from tracker_agent.responses import parse_error_messages
+from tracker_agent.responses import parse_error_messages, parse_retry_after, translate_response
+from tracker_agent.transport import read_retry_delay
 
 
 @pytest.mark.parametrize(
@@ -40,10 +36,11 @@ from tracker_agent.responses import parse_error_messages
         (5, None, 1.0, 8.0),
         (6, None, 1.0, RETRY_CAP_SECONDS),
         (10_000, None, 1.0, RETRY_CAP_SECONDS),
-        (1, 3.0, 0.0, 3.0),
-        (4, 0.0, 1.0, 0.0),
-        (1, 7200.0, 1.0, MAX_RETRY_AFTER_SECONDS),
-        (1, -5.0, 1.0, 0.0),
+        (1, 3.0, 0.0, 3.0),  # Retry-After is a floor, as in the drain
+        (1, 0.2, 1.0, 0.5),  # ... never a ceiling
+        (4, 0.0, 1.0, 4.0),
+        (1, 7200.0, 1.0, MAX_RETRY_AFTER_SECONDS),  # a waiting caller: at most a minute
+        (1, -5.0, 1.0, 0.5),
     ],
 )
 def test_read_retry_delay_table(attempt, retry_after, rng_value, expected):

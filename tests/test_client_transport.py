@@ -17,7 +17,8 @@ import requests
 from conftest import PASSWORD, PUBLIC_KEY, TOKEN, USERNAME
 
 from tracker_agent._version import __version__
-from tracker_agent.client import DEFAULT_URL, MAX_RESPONSE_BYTES, Exponea
+from tracker_agent.client import Exponea
+from tracker_agent.constants import DEFAULT_URL, MAX_RESPONSE_BYTES
 from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,

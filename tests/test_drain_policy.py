@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker_agent.drain import (
-    MAX_RETRY_AFTER_SECONDS,
-    Action,
-    RateLimiter,
-    backoff_delay,
-    classify,
-)
+from tracker_agent.constants import DRAIN_MAX_RETRY_AFTER_SECONDS as MAX_RETRY_AFTER_SECONDS
 from tracker_agent.exceptions import (
     APITimeoutError,
     AuthenticationError,
@@ -23,6 +17,7 @@ from tracker_agent.exceptions import (
     ServerError,
     TransportError,
 )
+from tracker_agent.policy import Action, RateLimiter, backoff_delay, classify
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Property tests of the two backoff schedules: the drain's (backoff_delay) and the client's read
-retries (read_retry_delay). Bounds hold for every input, and the ceiling only grows."""
+"""Property tests of the one backoff formula (policy.backoff_delay) in its two uses: the drain
+and the client's read retries (read_retry_delay). Bounds hold for every input, and the
+ceiling only grows."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker_agent.client import (
-    MAX_RETRY_AFTER_SECONDS as READ_MAX_RETRY_AFTER,
-)
-from tracker_agent.client import (
-    RETRY_BASE_SECONDS,
-    RETRY_CAP_SECONDS,
-    read_retry_delay,
-)
-from tracker_agent.drain import MAX_RETRY_AFTER_SECONDS, backoff_delay
+from tracker_agent.constants import DRAIN_MAX_RETRY_AFTER_SECONDS as MAX_RETRY_AFTER_SECONDS
+from tracker_agent.constants import READ_MAX_RETRY_AFTER_SECONDS as READ_MAX_RETRY_AFTER
+from tracker_agent.constants import READ_RETRY_BASE_SECONDS as RETRY_BASE_SECONDS
+from tracker_agent.constants import READ_RETRY_CAP_SECONDS as RETRY_CAP_SECONDS
+from tracker_agent.policy import backoff_delay
+from tracker_agent.transport import read_retry_delay
 
 PURE = settings(max_examples=300, deadline=None)
 
@@ -73,9 +71,10 @@ def test_read_retry_delay_stays_within_its_bounds(attempt, draw, retry_after):
     assert math.isfinite(delay) and delay >= 0
     honoured = 0.0 if retry_after is None else min(retry_after, READ_MAX_RETRY_AFTER)
     assert delay <= max(RETRY_CAP_SECONDS, honoured)
-    assert delay >= honoured
-    if retry_after is not None:  # the server's word replaces the backoff, within [0, max]
-        assert delay == min(max(retry_after, 0.0), READ_MAX_RETRY_AFTER)
+    assert delay >= honoured  # the server's word is a floor, as in the drain
+    if retry_after is not None and retry_after > 0:
+        backoff = read_retry_delay(attempt, rng=lambda: draw)
+        assert delay == max(backoff, min(retry_after, READ_MAX_RETRY_AFTER))
 
 
 @PURE

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from tracker_agent.api.tracking import align_batch_results
 from tracker_agent.client import Exponea
-from tracker_agent.drain import Drainer, DrainPolicy
+from tracker_agent.drain import Drainer
 from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outbox.store import NewCommand, OutboxStore
+from tracker_agent.policy import DrainPolicy
 from tracker_agent.testing import FakeExponea
 from tracker_agent.validation import MAX_BATCH_COMMANDS
 

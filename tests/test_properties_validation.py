@@ -17,13 +17,12 @@ from tracker_agent.exceptions import ValidationError
 from tracker_agent.validation import (
     MAX_COMMAND_BYTES,
     MAX_TIMESTAMP_SECONDS,
-    dumps,
     event_command,
     normalize_customer_ids,
     normalize_properties,
     normalize_timestamp,
-    tree_encoder,
 )
+from tracker_agent.wire import dumps, tree_encoder
 
 FAST = settings(max_examples=150, deadline=None)
 # Generating nested property dicts is slow (~20 ms each): fewer, still varied, examples.

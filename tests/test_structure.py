@@ -96,7 +96,10 @@ HIGH = tuple(
 )
 RULES = [
     ("tracker_agent.outbox", HTTP_SIDE + HIGH + ("tracker_agent.testing",)),
-    ("tracker_agent.transport", ("tracker_agent.outbox", "tracker_agent.api", *HIGH)),
+    (
+        "tracker_agent.transport",
+        ("tracker_agent.outbox", "tracker_agent.api", "tracker_agent.validation", *HIGH),
+    ),
     ("tracker_agent.responses", ("tracker_agent.outbox", "tracker_agent.api", *HIGH)),
     ("tracker_agent.api", ("tracker_agent.outbox", "tracker_agent.client", *HIGH)),
     ("tracker_agent.client", ("tracker_agent.outbox", *HIGH)),
@@ -104,6 +107,8 @@ RULES = [
     ("tracker_agent.validation", ("tracker_agent.outbox", *HTTP_SIDE, *HIGH)),
     ("tracker_agent.policy", ("tracker_agent.outbox", *HTTP_SIDE, *HIGH)),
     ("tracker_agent.exceptions", ("tracker_agent",)),
+    ("tracker_agent.constants", ("tracker_agent",)),
+    ("tracker_agent.wire", ("tracker_agent",)),
 ]
 
 

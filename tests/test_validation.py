@@ -18,7 +18,6 @@ from tracker_agent.validation import (
     MAX_PROPERTY_VALUE_BYTES,
     check_command_size,
     customer_command,
-    dumps,
     event_command,
     loads,
     normalize_batch_command,
@@ -27,6 +26,7 @@ from tracker_agent.validation import (
     normalize_properties,
     normalize_timestamp,
 )
+from tracker_agent.wire import dumps
 
 UTC = dt.timezone.utc
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-from .drain import Drainer, DrainPolicy, DrainReport
+from .drain import Drainer
 from .durable import DurableTracking
 from .exceptions import AgentClosedError, ConfigError, OutboxError
+from .outcomes import DrainReport
+from .policy import DrainPolicy
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +138,7 @@ class TrackerAgent:
         return Exponea.from_settings(self.settings, session=self._session)
 
     def _make_drainer(self) -> Drainer:
-        s = self.settings
-        policy = DrainPolicy(
-            batch_size=s.batch_size,
-            batch_max_bytes=s.batch_max_bytes,
-            lease_seconds=s.lease_seconds,
-            backoff_base=s.backoff_base,
-            backoff_cap=s.backoff_cap,
-            max_attempts=s.max_attempts,
-            max_age=s.max_age,
-            rate_limit=s.rate_limit,
-            pause_probe_interval=s.pause_probe_interval,
-        )
+        policy = DrainPolicy.from_settings(self.settings)
         return Drainer(self.store, self.client.tracking.send_stored_batch, policy)
 
     # -- reads go straight to the API ----------------------------------------------------------

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+from tracker_agent.constants import DEFAULT_URL
+
 __all__ = ["DEFAULT_URL", "URLRefused", "check_api_url", "check_scheme", "check_url_form"]
 
-DEFAULT_URL = "https://api.exponea.com"
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
 

@@ -18,49 +18,30 @@ from tracker_agent.api.catalog import Catalog
 from tracker_agent.api.customer import Customer
 from tracker_agent.api.tracking import Tracking
 from tracker_agent.api_url import DEFAULT_URL, URLRefused, check_api_url
-from tracker_agent.exceptions import ValidationError, ValidationTypeError
-from tracker_agent.transport import (
+from tracker_agent.config.settings import BOUNDS
+from tracker_agent.constants import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_READ_RETRIES,
-    DEFAULT_READ_TIMEOUT_SECONDS,
-    MAX_RESPONSE_BYTES,
-    MAX_RETRY_AFTER_SECONDS,
-    RETRY_BASE_SECONDS,
-    RETRY_CAP_SECONDS,
-    HTTPTransport,
-    parse_retry_after,
-    read_retry_delay,
-    translate_response,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
 )
+from tracker_agent.exceptions import ValidationError, ValidationTypeError
+from tracker_agent.transport import HTTPTransport
 
 if TYPE_CHECKING:
     import requests
 
     from .config import Settings
 
-# The transport's names stay importable from here, where they lived before transport.py.
-__all__ = [
-    "Exponea",
-    "DEFAULT_URL",
-    "DEFAULT_CONNECT_TIMEOUT_SECONDS",
-    "DEFAULT_READ_RETRIES",
-    "DEFAULT_READ_TIMEOUT_SECONDS",
-    "MAX_RESPONSE_BYTES",
-    "MAX_RETRY_AFTER_SECONDS",
-    "RETRY_BASE_SECONDS",
-    "RETRY_CAP_SECONDS",
-    "HTTPTransport",
-    "parse_retry_after",
-    "read_retry_delay",
-    "translate_response",
-]
+__all__ = ["Exponea"]
 
 
-def _positive_seconds(value: object, field: str) -> float:
+def _seconds(value: object, field: str) -> float:
+    """A timeout within the range Settings allow for the same field."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValidationTypeError(field, f"expected seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValidationError(field, "must be a positive number of seconds")
+    bounds = BOUNDS[field]
+    if not (math.isfinite(value) and bounds.low <= value <= bounds.high):
+        raise ValidationError(field, f"must be {bounds.describe()}, got {value!r}")
     return float(value)
 
 
@@ -115,13 +96,18 @@ class Exponea:
         except URLRefused as exc:
             raise ValidationError("url", str(exc)) from None
         self.request_timeout = (
-            DEFAULT_READ_TIMEOUT_SECONDS
+            DEFAULT_REQUEST_TIMEOUT_SECONDS
             if request_timeout is None
-            else _positive_seconds(request_timeout, "request_timeout")
+            else _seconds(request_timeout, "request_timeout")
         )
-        self.connect_timeout = _positive_seconds(connect_timeout, "connect_timeout")
-        if isinstance(read_retries, bool) or not isinstance(read_retries, int) or read_retries < 0:
-            raise ValidationError("read_retries", "must be an int >= 0")
+        self.connect_timeout = _seconds(connect_timeout, "connect_timeout")
+        retries = BOUNDS["read_retries"]
+        if (
+            isinstance(read_retries, bool)
+            or not isinstance(read_retries, int)
+            or not retries.low <= read_retries <= retries.high
+        ):
+            raise ValidationError("read_retries", f"must be an int {retries.describe()}")
         self.read_retries = read_retries
         self._auth_kind = (
             "public key" if public_key else "basic" if username or password else "none"

@@ -1,8 +1,8 @@
 """One drain pass: claim -> build batch -> send -> settle rows, pipelined.
 
 The only module that joins the HTTP client and the outbox. What it applies is pure: the rules
-in policy.py (`classify`, `backoff_delay`, `RateLimiter`; re-exported here), and what an answer
-does to each row in outcomes.py (`DrainReport`, re-exported):
+in policy.py (`classify`, `backoff_delay`, `RateLimiter`), and what an answer
+does to each row in outcomes.py (`DrainReport`):
 
 - command succeeded                      -> row deleted, counted as delivered
 - command rejected inside a 200 batch    -> that row dead-lettered with the server's message
@@ -36,28 +36,9 @@ from .exceptions import APIException
 from .outbox import state as state_keys
 from .outbox.store import ClaimedRow, OutboxStore, Settlement
 from .outcomes import DrainReport, back_off, pause, settle_results
-from .policy import (
-    MAX_RETRY_AFTER_SECONDS,
-    Action,
-    DrainPolicy,
-    RateLimiter,
-    backoff_delay,
-    classify,
-    error_text,
-)
+from .policy import Action, DrainPolicy, RateLimiter, classify, error_text
 
-__all__ = [
-    "MAX_RETRY_AFTER_SECONDS",
-    "Action",
-    "DrainPolicy",
-    "DrainReport",
-    "Drainer",
-    "RateLimiter",
-    "SendBatch",
-    "backoff_delay",
-    "classify",
-    "error_text",
-]
+__all__ = ["Drainer", "SendBatch"]
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,12 @@ from typing import Any
 
 from . import validation
 from .clock import wall_clock
+from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
+from .constants import EVENT_COMMAND as KIND_EVENT
+from .constants import SYSTEM_TIME_COMMAND
 from .exceptions import ValidationError, ValidationTypeError
-from .outbox.schema import KIND_CUSTOMER, KIND_EVENT
 from .outbox.store import NewCommand, OutboxStore
+from .wire import tree_encoder
 
 
 class MonotonicTimestamps:
@@ -41,8 +44,8 @@ class MonotonicTimestamps:
         return micros / 1_000_000
 
 
-_dumps = validation.tree_encoder()
-_key_dumps = validation.tree_encoder(sort_keys=True)
+_dumps = tree_encoder()
+_key_dumps = tree_encoder(sort_keys=True)
 
 
 def customer_key(customer_ids: dict[str, Any]) -> str:
@@ -124,7 +127,7 @@ class DurableTracking:
     def _prepare(self, field: str, command: Any) -> dict[str, Any]:
         # _row serialises each command once and checks its size
         normalized = validation.normalize_batch_command(command, field, check_size=False)
-        if normalized["name"] == validation.SYSTEM_TIME_COMMAND:
+        if normalized["name"] == SYSTEM_TIME_COMMAND:
             raise ValidationError(
                 f"{field}['name']", "system/time cannot be queued; call get_system_time() directly"
             )

@@ -11,6 +11,7 @@ how fast to send. drain.py applies it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import random
 import threading
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import constants as c
+from .constants import DRAIN_MAX_RETRY_AFTER_SECONDS
 from .exceptions import (
     APIException,
     AuthenticationError,
@@ -27,8 +30,6 @@ from .exceptions import (
     RequestTooLargeError,
 )
 
-#: Upper bound on a server's Retry-After we obey, so a bogus header cannot stall us for days.
-MAX_RETRY_AFTER_SECONDS = 3600.0
 #: The statuses of the server's own refusal of a whole batch: 400 or 413 with the API's JSON
 #: error body, or 200 with "success": false and messages (tracker_agent.responses raises
 #: BadRequestError / RequestTooLargeError for exactly those).
@@ -64,18 +65,20 @@ def backoff_delay(
     base: float,
     cap: float,
     retry_after: float | None = None,
+    max_retry_after: float = DRAIN_MAX_RETRY_AFTER_SECONDS,
     rng: Callable[[], float] = random.random,
 ) -> float:
-    """Seconds to wait after the `failures`-th consecutive failure (1-based).
+    """Seconds to wait after the `failures`-th consecutive failure (1-based); the one backoff
+    formula, for the drain and for the client's read retries.
 
     Full jitter: uniform in [0, min(cap, base * 2**(failures-1))]; a server's Retry-After is a
-    floor (never retry sooner than asked), itself bounded by MAX_RETRY_AFTER_SECONDS.
+    floor (never retry sooner than asked), itself bounded by `max_retry_after`.
     """
     exponent = min(max(failures, 1) - 1, 62)
     ceiling = min(cap, base * (2.0**exponent))
     delay = rng() * ceiling
     if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
+        delay = max(delay, min(retry_after, max_retry_after))
     return delay
 
 
@@ -87,15 +90,22 @@ def error_text(exc: APIException) -> str:
 
 @dataclass(frozen=True)
 class DrainPolicy:
-    batch_size: int = 50
-    batch_max_bytes: int = 4 * 1024 * 1024
-    lease_seconds: float = 60.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 300.0
+    """The Settings fields the drain applies (same names, same defaults)."""
+
+    batch_size: int = c.MAX_BATCH_COMMANDS
+    batch_max_bytes: int = c.DEFAULT_BATCH_MAX_BYTES
+    lease_seconds: float = c.DEFAULT_LEASE_SECONDS
+    backoff_base: float = c.DEFAULT_BACKOFF_BASE_SECONDS
+    backoff_cap: float = c.DEFAULT_BACKOFF_CAP_SECONDS
     max_attempts: int | None = None
     max_age: float | None = None
-    rate_limit: float = 100.0
-    pause_probe_interval: float = 60.0
+    rate_limit: float = c.API_RATE_LIMIT
+    pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: object) -> DrainPolicy:
+        """The policy of a Settings (any object with these attributes)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
 
 
 class RateLimiter:

@@ -17,6 +17,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tracker_agent._version import __version__
+from tracker_agent.constants import (
+    DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    DEFAULT_READ_RETRIES,
+    DEFAULT_REQUEST_TIMEOUT_SECONDS,
+    MAX_RESPONSE_BYTES,
+    READ_MAX_RETRY_AFTER_SECONDS,
+    READ_RETRY_BASE_SECONDS,
+    READ_RETRY_CAP_SECONDS,
+)
 from tracker_agent.deadline import Watch, Watchdog
 from tracker_agent.exceptions import (
     APIException,
@@ -25,25 +34,19 @@ from tracker_agent.exceptions import (
     TransportError,
     ValidationTypeError,
 )
+from tracker_agent.policy import backoff_delay
 from tracker_agent.responses import (
     ERROR_SNIPPET_CHARS,
     Requirements,
     parse_retry_after,
     translate_response,
 )
-from tracker_agent.validation import dumps
+from tracker_agent.wire import dumps
 
 if TYPE_CHECKING:
     import requests
 
 __all__ = [
-    "DEFAULT_CONNECT_TIMEOUT_SECONDS",
-    "DEFAULT_READ_RETRIES",
-    "DEFAULT_READ_TIMEOUT_SECONDS",
-    "MAX_RESPONSE_BYTES",
-    "MAX_RETRY_AFTER_SECONDS",
-    "RETRY_BASE_SECONDS",
-    "RETRY_CAP_SECONDS",
     "HTTPTransport",
     "basic_authorization",
     "parse_retry_after",
@@ -53,33 +56,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_READ_TIMEOUT_SECONDS = 10.0
-DEFAULT_CONNECT_TIMEOUT_SECONDS = 3.05
-DEFAULT_READ_RETRIES = 2
-RETRY_BASE_SECONDS = 0.5
-RETRY_CAP_SECONDS = 10.0
-MAX_RETRY_AFTER_SECONDS = 60.0
-_MAX_BACKOFF_EXPONENT = 32
-#: The largest answer we read (bytes, after content decoding); the API's are a few KB to a few
-#: MB (exports). A longer one is cut off and is an InvalidResponseError.
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 
 
 def read_retry_delay(
     attempt: int, retry_after: float | None = None, rng: Callable[[], float] = random.random
 ) -> float:
-    """Seconds to wait before retry number `attempt` (1-based) of a read.
-
-    The server's Retry-After wins (capped at MAX_RETRY_AFTER_SECONDS); otherwise exponential
-    backoff from RETRY_BASE_SECONDS, capped at RETRY_CAP_SECONDS, with full jitter.
-    """
+    """Seconds to wait before retry number `attempt` (1-based) of a read: the drain's backoff
+    formula (policy.backoff_delay) from READ_RETRY_BASE_SECONDS up to READ_RETRY_CAP_SECONDS,
+    the server's Retry-After as a floor, itself capped at READ_MAX_RETRY_AFTER_SECONDS (the
+    caller is waiting)."""
     if attempt < 1:
         raise ValueError("attempt is 1-based")
-    if retry_after is not None:
-        return min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS)
-    exponent = min(attempt - 1, _MAX_BACKOFF_EXPONENT)
-    return min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**exponent) * rng()
+    return backoff_delay(
+        attempt,
+        base=READ_RETRY_BASE_SECONDS,
+        cap=READ_RETRY_CAP_SECONDS,
+        retry_after=retry_after,
+        max_retry_after=READ_MAX_RETRY_AFTER_SECONDS,
+        rng=rng,
+    )
 
 
 def basic_authorization(username: str, password: str) -> str:
@@ -173,7 +169,7 @@ class HTTPTransport:
         password: str = "",
         public_key: str | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
-        read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
+        read_timeout: float = DEFAULT_REQUEST_TIMEOUT_SECONDS,
         read_retries: int = DEFAULT_READ_RETRIES,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,

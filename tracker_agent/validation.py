@@ -22,12 +22,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from tracker_agent.constants import (
+    COMMAND_NAMES,
+    EVENT_COMMAND,
+    MAX_BATCH_COMMANDS,
+    MAX_COMMAND_BYTES,
+    MAX_PROPERTY_VALUE_BYTES,
+    SYSTEM_TIME_COMMAND,
+)
 from tracker_agent.exceptions import ValidationError, ValidationTypeError
+from tracker_agent.wire import NestingTooDeep, dumps
 
 __all__ = [
     "MAX_COMMAND_BYTES",
@@ -43,17 +52,10 @@ __all__ = [
     "event_command",
     "customer_command",
     "normalize_batch_command",
-    "dumps",
     "loads",
     "check_command_size",
 ]
 
-MAX_COMMAND_BYTES = 800_000
-"""One event or customer update, serialised as UTF-8 JSON, must stay below this (API: < 800 KB)."""
-MAX_PROPERTY_VALUE_BYTES = 16_000
-"""Each top-level property value, serialised as UTF-8 JSON (quotes included), stays below this."""
-MAX_BATCH_COMMANDS = 50
-"""The API refuses batches with more commands than this."""
 MAX_NESTING_DEPTH = 32
 """Deepest nesting of lists/dicts accepted in properties (also stops reference cycles)."""
 MAX_TIMESTAMP_SECONDS = 4_102_444_800.0
@@ -62,10 +64,6 @@ TIMESTAMP_DECIMALS = 6
 MAX_NUMBER_EXPONENT = 4000  # digits; json.dumps refuses ints over 4300 digits
 MAX_INT_BITS = 13_000  # about 3900 digits
 
-EVENT_COMMAND = "customers/events"
-CUSTOMER_COMMAND = "customers"
-SYSTEM_TIME_COMMAND = "system/time"
-COMMAND_NAMES = frozenset({EVENT_COMMAND, CUSTOMER_COMMAND, SYSTEM_TIME_COMMAND})
 
 _EVENT_KEYS = frozenset({"customer_ids", "event_type", "properties", "timestamp"})
 _CUSTOMER_KEYS = frozenset({"customer_ids", "properties", "update_timestamp"})
@@ -229,22 +227,6 @@ def normalize_timestamp(value: object, field: str = "timestamp") -> float:
     return rounded
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-class _NestingTooDeep(ValueError):
-    """dumps() met a value nested deeper than Python's recursion limit allows to encode."""
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON, keys in insertion order, UTF-8 text; NaN and values nested too deeply
-    to encode are refused (ValueError)."""
-    try:
-        return _ENCODER.encode(obj)
-    except RecursionError:  # the C encoder recurses once per level of nesting
-        raise _NestingTooDeep("nested too deeply to encode as JSON") from None
-
-
 def loads(text: str, field: str) -> Any:
     """json.loads for input from outside (a file, a command line).
 
@@ -257,41 +239,10 @@ def loads(text: str, field: str) -> Any:
         raise ValidationError(field, f"nested deeper than {MAX_NESTING_DEPTH} levels") from None
 
 
-def tree_encoder(*, sort_keys: bool = False) -> Callable[[Any], str]:
-    """`dumps` (optionally with sorted keys) for values this module returned: plain JSON trees.
-
-    It reuses one C encoder instead of building one per call (JSONEncoder.encode does), and
-    skips the circular-reference bookkeeping that such a tree cannot need; a third of the
-    cost of serialising one event. Falls back to JSONEncoder.encode where the C encoder is
-    missing or does not behave as expected.
-    """
-    safe = json.JSONEncoder(
-        separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=sort_keys
-    )
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return safe.encode
-    try:
-        fast = make(
-            None, safe.default, json.encoder.encode_basestring, None, ":", ",",
-            sort_keys, False, False,
-        )  # fmt: skip
-        probe = {"b": [1, 2.5, "\u00e9\n", None, True, {}], "a": {"z": -0.0, "y": 10**20}}
-
-        def encode(obj: Any) -> str:
-            return "".join(fast(obj, 0))
-
-        if encode(probe) != safe.encode(probe):
-            return safe.encode
-    except Exception:  # a different C signature in some Python version
-        return safe.encode
-    return encode
-
-
 def _json_size(obj: Any, field: str) -> int:
     try:
         return len(dumps(obj).encode("utf-8"))
-    except _NestingTooDeep:
+    except NestingTooDeep:
         raise ValidationError(field, f"nested deeper than {MAX_NESTING_DEPTH} levels") from None
     except UnicodeEncodeError as exc:
         raise ValidationError(field, "contains text that is not valid Unicode") from exc

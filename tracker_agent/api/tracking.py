@@ -7,18 +7,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tracker_agent.api import Namespace
-from tracker_agent.exceptions import InvalidResponseError, ValidationError, ValidationTypeError
-from tracker_agent.responses import parse_error_messages
-from tracker_agent.validation import (
+from tracker_agent.constants import (
     COMMAND_NAMES,
     CUSTOMER_COMMAND,
     EVENT_COMMAND,
     MAX_BATCH_COMMANDS,
     SYSTEM_TIME_COMMAND,
-    customer_command,
-    event_command,
-    normalize_batch_command,
 )
+from tracker_agent.exceptions import InvalidResponseError, ValidationError, ValidationTypeError
+from tracker_agent.responses import parse_error_messages
+from tracker_agent.validation import customer_command, event_command, normalize_batch_command
 
 __all__ = ["Tracking", "align_batch_results", "check_results_readable", "MISSING_RESULT_ERROR"]
 

@@ -19,7 +19,6 @@ from tracker_agent.config.loading import (
     load_settings,
 )
 from tracker_agent.config.settings import (
-    DEFAULT_URL,
     FIELD_NAMES,
     FILE_FIELDS,
     SECRET_FIELDS,
@@ -38,7 +37,6 @@ __all__ = [
     "ENV_LOG_FORMAT",
     "ENV_CREDENTIALS_DIRECTORY",
     "DEFAULT_CONFIG_FILE",
-    "DEFAULT_URL",
     "FIELD_NAMES",
     "FILE_FIELDS",
     "SECRET_FIELDS",

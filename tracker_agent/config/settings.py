@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracker_agent.api_url import DEFAULT_URL, URLRefused, check_scheme, check_url_form
+from tracker_agent import constants as c
+from tracker_agent.api_url import URLRefused, check_scheme, check_url_form
 from tracker_agent.exceptions import ConfigError
-from tracker_agent.validation import MAX_BATCH_COMMANDS
 
 MIN_BATCH_MAX_BYTES = 1024 * 1024  # 1 MiB: one event may be up to 800 KB
 
@@ -47,7 +47,7 @@ BOUNDS: dict[str, Bounds] = {
     "busy_timeout": Bounds(0, HOUR_SECONDS, "s"),
     "max_rows": Bounds(1, 10**10, "rows"),
     "max_bytes": Bounds(1, 2**50, "bytes"),
-    "batch_size": Bounds(1, MAX_BATCH_COMMANDS, "commands"),
+    "batch_size": Bounds(1, c.MAX_BATCH_COMMANDS, "commands"),
     "batch_max_bytes": Bounds(MIN_BATCH_MAX_BYTES, 64 * MIB, "bytes"),
     "drain_interval": Bounds(0.01, HOUR_SECONDS, "s"),
     "lease_seconds": Bounds(1, DAY_SECONDS, "s"),
@@ -88,29 +88,29 @@ class Settings:
     username: str = ""
     password: str = field(default="", repr=False)
     public_key: str = field(default="", repr=False)
-    url: str = DEFAULT_URL
+    url: str = c.DEFAULT_URL
     allow_http: bool = False
-    request_timeout: float = 10.0  # seconds, read timeout
-    connect_timeout: float = 3.05  # seconds
-    read_retries: int = 2
-    database_url: str | None = None  # None: default_database_path()
+    request_timeout: float = c.DEFAULT_REQUEST_TIMEOUT_SECONDS  # read timeout
+    connect_timeout: float = c.DEFAULT_CONNECT_TIMEOUT_SECONDS
+    read_retries: int = c.DEFAULT_READ_RETRIES
+    database_url: str | None = None  # None: files.default_database_url(environment)
     share_with_group: bool = False  # outbox files 0660 / directory 0770 instead of 0600 / 0700
     synchronous: str = "FULL"
-    busy_timeout: float = 30.0  # seconds
-    max_rows: int = 5_000_000
-    max_bytes: int = 2 * 1024**3
+    busy_timeout: float = c.DEFAULT_BUSY_TIMEOUT_SECONDS
+    max_rows: int = c.DEFAULT_MAX_ROWS
+    max_bytes: int = c.DEFAULT_MAX_BYTES
     overflow: str = "raise"
-    batch_size: int = MAX_BATCH_COMMANDS
-    batch_max_bytes: int = 4 * 1024 * 1024
-    drain_interval: float = 1.0  # seconds
-    lease_seconds: float = 60.0  # seconds
-    backoff_base: float = 1.0  # seconds
-    backoff_cap: float = 300.0  # seconds
+    batch_size: int = c.MAX_BATCH_COMMANDS
+    batch_max_bytes: int = c.DEFAULT_BATCH_MAX_BYTES
+    drain_interval: float = c.DEFAULT_DRAIN_INTERVAL_SECONDS
+    lease_seconds: float = c.DEFAULT_LEASE_SECONDS
+    backoff_base: float = c.DEFAULT_BACKOFF_BASE_SECONDS
+    backoff_cap: float = c.DEFAULT_BACKOFF_CAP_SECONDS
     max_attempts: int | None = None  # None: retry forever
     max_age: float | None = None  # seconds; None: forever
-    rate_limit: float = 100.0  # requests per second
-    pause_probe_interval: float = 60.0  # seconds
-    shutdown_grace: float = 10.0  # seconds
+    rate_limit: float = c.API_RATE_LIMIT  # requests per second
+    pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+    shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
 
     def __post_init__(self) -> None:
         values = {name: getattr(self, name) for name in FIELD_NAMES}

@@ -1,0 +1,51 @@
+"""Every default, limit and protocol name in one place: Settings, the drain policy, the HTTP
+transport, validation and the outbox read them from here, and nowhere else defines them.
+
+Imports nothing: any module may import it.
+"""
+
+from __future__ import annotations
+
+# -- the API (facts from its reference) ------------------------------------------------------
+
+DEFAULT_URL = "https://api.exponea.com"
+#: Batch command names, as the batch endpoint spells them (also the outbox's row kinds).
+EVENT_COMMAND = "customers/events"
+CUSTOMER_COMMAND = "customers"
+SYSTEM_TIME_COMMAND = "system/time"
+COMMAND_NAMES = frozenset({EVENT_COMMAND, CUSTOMER_COMMAND, SYSTEM_TIME_COMMAND})
+#: Commands one batch request may hold.
+MAX_BATCH_COMMANDS = 50
+#: One event or customer update must stay under this many bytes of JSON.
+MAX_COMMAND_BYTES = 800_000
+#: One property value must stay under this many bytes.
+MAX_PROPERTY_VALUE_BYTES = 16_000
+#: The API's tracking limit per source IP, requests per second.
+API_RATE_LIMIT = 100.0
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0  # read timeout; with connect: the total deadline
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 3.05
+DEFAULT_READ_RETRIES = 2  # reads only: writes are never retried by the client
+READ_RETRY_BASE_SECONDS = 0.5
+READ_RETRY_CAP_SECONDS = 10.0
+#: The longest Retry-After a read obeys: its caller is waiting.
+READ_MAX_RETRY_AFTER_SECONDS = 60.0
+#: The longest Retry-After the drain obeys, so a bogus header cannot stall it for days.
+DRAIN_MAX_RETRY_AFTER_SECONDS = 3600.0
+#: The largest answer read (bytes, after content decoding); a longer one is cut off.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+# -- the outbox and its drain ----------------------------------------------------------------
+
+DEFAULT_MAX_ROWS = 5_000_000
+DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_BATCH_MAX_BYTES = 4 * 1024 * 1024
+DEFAULT_DRAIN_INTERVAL_SECONDS = 1.0
+DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_BACKOFF_BASE_SECONDS = 1.0
+DEFAULT_BACKOFF_CAP_SECONDS = 300.0
+DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS = 60.0
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
