@@ -39,7 +39,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .agent import FlushResult, TrackerAgent
+    from .agent import DeliveryState, FlushResult, TrackerAgent
     from .client import Exponea
     from .config import Settings
 
@@ -48,6 +48,7 @@ __all__ = [
     "Exponea",
     "TrackerAgent",
     "FlushResult",
+    "DeliveryState",
     "Settings",
     "AgentClosedError",
     "APIException",
@@ -78,6 +79,7 @@ _LAZY = {
     "Exponea": "client",
     "TrackerAgent": "agent",
     "FlushResult": "agent",
+    "DeliveryState": "agent",
     "Settings": "config",
 }
 

@@ -12,6 +12,7 @@ by default); from then on a crash, kill -9 or power loss cannot lose it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
 import os
 import threading
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 FLUSH_POLL_SECONDS = 0.05
 #: How often `run` reports to its heartbeat callback (the daemon's systemd watchdog ping).
 HEARTBEAT_SECONDS = 5.0
+
+
+class DeliveryState(enum.Enum):
+    """What the background drain is doing, as `run` reports it (sd_notify STATUS, the log)."""
+
+    IDLE = "idle"
+    DELIVERING = "delivering"
+    BACKING_OFF = "backing off"
+    PAUSED = "paused"
+    STORAGE_ERROR = "storage error"
+
+    @property
+    def quiet(self) -> bool:
+        """Idle and delivering alternate all day: not worth a line each."""
+        return self in (DeliveryState.IDLE, DeliveryState.DELIVERING)
 
 
 @dataclass(frozen=True)
@@ -127,9 +143,9 @@ class TrackerAgent:
         )
         self._scheduler: Any = None
         self._closed = False
-        self._state = "idle"
+        self._state = DeliveryState.IDLE
         self._since_wake = 0
-        self._on_state_change: Callable[[str, str | None], None] | None = None
+        self._on_state_change: Callable[[DeliveryState, str | None], None] | None = None
         _register_fork_handler(self)
 
     def _make_client(self) -> Any:
@@ -195,23 +211,25 @@ class TrackerAgent:
             self.store.rescue_lost_wal()
             report = self.drainer.drain(stop_on_partial=True)
         except OutboxError as exc:
-            self._set_state("storage error", str(exc))
+            self._set_state(DeliveryState.STORAGE_ERROR, str(exc))
             log.error("drain failed: %s", exc)
             return
         except Exception:
             log.exception("drain failed unexpectedly; will try again")
             return
         if report.paused_reason:
-            self._set_state("paused", report.paused_reason)
+            self._set_state(DeliveryState.PAUSED, report.paused_reason)
         elif report.backoff_until is not None:
-            self._set_state("backing off", report.last_error)
+            self._set_state(DeliveryState.BACKING_OFF, report.last_error)
+        elif report.requests:
+            self._set_state(DeliveryState.DELIVERING, None)
         else:
-            self._set_state("delivering" if report.requests else "idle", None)
+            self._set_state(DeliveryState.IDLE, None)
 
-    def _set_state(self, state: str, detail: str | None) -> None:
+    def _set_state(self, state: DeliveryState, detail: str | None) -> None:
         previous, self._state = self._state, state
-        changed = previous != state and {previous, state} != {"idle", "delivering"}
-        if changed and previous == "storage error":
+        changed = previous != state and not (previous.quiet and state.quiet)
+        if changed and previous is DeliveryState.STORAGE_ERROR:
             log.info("the outbox is writable again")
         if changed and self._on_state_change is not None:
             self._on_state_change(state, detail)
@@ -264,7 +282,7 @@ class TrackerAgent:
         self,
         stop_event: threading.Event,
         *,
-        on_state_change: Callable[[str, str | None], None] | None = None,
+        on_state_change: Callable[[DeliveryState, str | None], None] | None = None,
         heartbeat: Callable[[], None] | None = None,
     ) -> None:
         """The daemon: drain on the schedule until `stop_event` is set, then stop gracefully

@@ -25,7 +25,6 @@ log = logging.getLogger("tracker_agent.daemon")
 #: Exit status after a second signal: the in-flight request was abandoned (leases expire).
 EXIT_FORCED = 1
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_QUIET_STATES = ("idle", "delivering")
 
 
 class _Shutdown:
@@ -60,13 +59,15 @@ class _Shutdown:
 
 
 def _state_reporter(notifier: Notifier) -> Any:
-    def on_state_change(state: str, detail: str | None) -> None:
-        text = f"{state}: {detail}" if detail else state
+    from tracker_agent.agent import DeliveryState
+
+    def on_state_change(state: DeliveryState, detail: str | None) -> None:
+        text = f"{state.value}: {detail}" if detail else state.value
         notifier.status(text)
         # The drain already logs each backoff and each resume; say what only we know here.
-        if state == "paused":
+        if state is DeliveryState.PAUSED:
             log.warning("delivery paused: %s", detail or "no reason given")
-        elif state not in _QUIET_STATES and state != "backing off":
+        elif not state.quiet and state is not DeliveryState.BACKING_OFF:
             log.warning("delivery state: %s", text)
 
     return on_state_change
