@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tracker_agent import TrackerAgent
 from tracker_agent.client import Exponea
 from tracker_agent.testing import FakeExponea
 
@@ -18,6 +21,45 @@ USERNAME = "key-id"
 PASSWORD = "secret"
 PUBLIC_KEY = "public-key"
 TEST_READ_TIMEOUT_SECONDS = 2.0
+
+
+POLL_SECONDS = 0.02
+AGENT_DRAIN_INTERVAL_SECONDS = 0.1  # tests wait for the background drain: keep its ticks short
+AGENT_REQUEST_TIMEOUT_SECONDS = 2.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `predicate` until it is true (True) or `timeout` seconds passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
+def sqlite_url(path: Path | str) -> str:
+    """The outbox URL of a file path ('%' and '?' escaped); URLs pass through unchanged."""
+    text = str(path)
+    if "://" in text:
+        return text
+    return "sqlite:///" + text.replace("%", "%25").replace("?", "%3F")
+
+
+def make_agent(
+    fake: FakeExponea, database: Path | str, *, project: str | None = None, **settings: Any
+) -> TrackerAgent:
+    """A TrackerAgent on `fake` with the outbox at `database` (a path or an SQLite URL)."""
+    settings.setdefault("drain_interval", AGENT_DRAIN_INTERVAL_SECONDS)
+    settings.setdefault("request_timeout", AGENT_REQUEST_TIMEOUT_SECONDS)
+    return TrackerAgent(
+        project or fake.project_token,
+        username=fake.username,
+        password=fake.password,
+        url=fake.url,
+        database_url=sqlite_url(database),
+        **settings,
+    )
 
 
 @pytest.fixture(scope="module")

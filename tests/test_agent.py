@@ -8,8 +8,9 @@ import time
 import traceback
 
 import pytest
+from conftest import make_agent, wait_for
 
-from tracker_agent import AgentClosedError, TrackerAgent, ValidationError
+from tracker_agent import AgentClosedError, ValidationError
 from tracker_agent.durable import MonotonicTimestamps
 from tracker_agent.testing import FakeExponea
 
@@ -29,28 +30,6 @@ def db_url(tmp_path):
 def agent(fake, db_url):
     with make_agent(fake, db_url) as a:
         yield a
-
-
-def make_agent(fake, db_url, **settings):
-    settings.setdefault("drain_interval", 0.1)
-    settings.setdefault("request_timeout", 2.0)
-    return TrackerAgent(
-        fake.project_token,
-        username=fake.username,
-        password=fake.password,
-        url=fake.url,
-        database_url=db_url,
-        **settings,
-    )
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_add_event_returns_true_once_queued_and_sends_nothing_yet(agent, fake):

@@ -34,13 +34,14 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from tracker_agent import TrackerAgent
 from tracker_agent.outbox.stats import read_status
@@ -149,13 +150,6 @@ def open_agent(fake: FakeExponea, db_path: Path) -> TrackerAgent:
         url=fake.url,
         database_url=f"sqlite:///{db_path}",
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Daemon:
@@ -414,7 +408,7 @@ def wait_until_drained(db_path: Path, timeout: float) -> None:
         stats = read_status(str(db_path))
         return stats["pending"] == 0 and stats["in_flight"] == 0
 
-    wait_for(empty, timeout, "the outbox to drain")
+    assert wait_for(empty, timeout), "timed out waiting for the outbox to drain"
 
 
 def events_by_customer(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:

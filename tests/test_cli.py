@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import wait_for
 
 from tracker_agent.cli import cli, logs
 from tracker_agent.testing import FakeExponea
@@ -656,22 +657,15 @@ def daemon(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Daemon
         d.close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = PROCESS_TIMEOUT_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_run_delivers_notifies_systemd_and_exits_0_on_sigterm(
     invoke: Invoke, fake: FakeExponea, daemon: Callable[..., Daemon]
 ) -> None:
     invoke("track", "event", "--customer", "registered=a", "--type", "before-start")
     d = daemon(WATCHDOG_USEC="2000000")
     d.expect(b"READY=1")
-    wait_for(lambda: len(fake.events) == 1)
+    assert wait_for(lambda: len(fake.events) == 1, PROCESS_TIMEOUT_SECONDS)
     invoke("track", "event", "--customer", "registered=a", "--type", "while-running")
-    wait_for(lambda: len(fake.events) == 2)
+    assert wait_for(lambda: len(fake.events) == 2, PROCESS_TIMEOUT_SECONDS)
     d.expect(b"WATCHDOG=1")
     d.proc.send_signal(signal.SIGTERM)
     d.expect(b"STOPPING=1")
@@ -695,7 +689,9 @@ def test_run_sigterm_mid_drain_exits_0_and_loses_nothing(
     fake.latency = 0.5  # every answer is late: the first batch is in flight when we signal
     d = daemon()
     d.expect(b"READY=1")
-    wait_for(lambda: any(r.path.endswith("/batch") for r in fake.requests))
+    assert wait_for(
+        lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
+    )
     d.proc.send_signal(signal.SIGTERM)
     code, err = d.wait()
     assert code == 0, err
@@ -716,7 +712,9 @@ def test_run_second_signal_exits_at_once_with_1(
     fake.latency = 8.0  # longer than we are willing to wait
     d = daemon()
     d.expect(b"READY=1")
-    wait_for(lambda: any(r.path.endswith("/batch") for r in fake.requests))
+    assert wait_for(
+        lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
+    )
     started = time.monotonic()
     d.proc.send_signal(signal.SIGTERM)
     d.expect(b"STOPPING=1")

@@ -20,12 +20,13 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from tracker_agent import TrackerAgent
 from tracker_agent.testing import FakeExponea
@@ -93,15 +94,6 @@ def open_agent(fake: FakeExponea, tmp_path: Path, **overrides: Any) -> TrackerAg
         database_url=f"sqlite:///{tmp_path / 'outbox.db'}",
         **settings,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_SECONDS)
-    return True
 
 
 def track(agent: TrackerAgent, first: int, count: int) -> None:

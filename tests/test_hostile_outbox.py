@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import make_agent, sqlite_url
 
-from tracker_agent import ConfigError, NotAnOutboxError, OutboxError, TrackerAgent
+from tracker_agent import ConfigError, NotAnOutboxError, OutboxError
 from tracker_agent.cli import cli
 from tracker_agent.outbox.stats import read_status
 from tracker_agent.testing import FakeExponea
@@ -38,23 +39,6 @@ def fake() -> Iterator[FakeExponea]:
 @pytest.fixture(autouse=True)
 def _isolated(isolated_cli: None) -> None:
     """No config file or environment of the machine leaks into the commands run here."""
-
-
-def make_agent(fake: FakeExponea, path: Path, project: str | None = None, **settings: object):
-    settings.setdefault("drain_interval", 0.1)
-    settings.setdefault("request_timeout", 2.0)
-    return TrackerAgent(
-        project or fake.project_token,
-        username=fake.username,
-        password=fake.password,
-        url=fake.url,
-        database_url=sqlite_url(path),
-        **settings,
-    )
-
-
-def sqlite_url(path: Path) -> str:
-    return "sqlite:///" + str(path).replace("%", "%25").replace("?", "%3F")
 
 
 def mode(path: Path) -> int:

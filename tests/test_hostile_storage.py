@@ -14,8 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import conftest
 import pytest
+from conftest import wait_for
 from sqlalchemy import event
 
 from tracker_agent import TrackerAgent
@@ -44,18 +47,10 @@ def _url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def make_agent(fake: FakeExponea, path: Path, **settings) -> TrackerAgent:
+def make_agent(fake: FakeExponea, path: Path, **settings: Any) -> TrackerAgent:
     settings.setdefault("drain_interval", 0.05)
-    settings.setdefault("request_timeout", 2.0)
     settings.setdefault("rate_limit", 10_000.0)
-    return TrackerAgent(
-        fake.project_token,
-        username=fake.username,
-        password=fake.password,
-        url=fake.url,
-        database_url=_url(path),
-        **settings,
-    )
+    return conftest.make_agent(fake, path, **settings)
 
 
 def _snapshot(path: Path) -> tuple[str, list[str]]:
@@ -102,15 +97,6 @@ def fill_until_full(agent: TrackerAgent, start: int = 0) -> tuple[list[int], int
             return accepted, n, exc
         accepted.append(n)
     raise AssertionError(f"{FILL_LIMIT} events fitted: the disk never filled up")
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT_SECONDS) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 # --- a full disk: a real one (tmpfs) ------------------------------------------------------

@@ -7,17 +7,9 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from tracker_agent.scheduler import DrainScheduler
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_a_pass_longer_than_the_interval_never_overlaps_and_warns_of_no_skips(caplog):
