@@ -308,7 +308,7 @@ class TrackerAgent:
         released = self.store.release_all(self.drainer.owner)
         if released:
             log.info("released %d leased commands for other drainers", released)
-        return finished
+        return bool(finished)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop draining (see `stop`), then close connections. Queued commands stay on disk

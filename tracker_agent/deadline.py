@@ -16,6 +16,7 @@ later request of the same length never has an earlier one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -47,10 +48,8 @@ def shutdown_socket(sock: Any) -> None:
     socket: SSLSocket.shutdown would tear down TLS state under the reading thread's feet."""
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError, TypeError, ValueError):  # closed, or not a real socket
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except (OSError, TypeError, ValueError):
-        pass  # already closed, or not a real socket
 
 
 class Watch:

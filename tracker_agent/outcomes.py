@@ -14,7 +14,7 @@ from typing import Any
 
 from .exceptions import APIException
 from .outbox import state as state_keys
-from .outbox.store import ClaimedRow, Settlement
+from .outbox.leases import ClaimedRow, Settlement
 from .policy import DrainPolicy, backoff_delay, error_text
 
 log = logging.getLogger("tracker_agent.drain")

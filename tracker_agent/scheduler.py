@@ -94,7 +94,7 @@ class DrainScheduler:
         self._wake_pending = False
 
 
-class _SchedulerLog(logging.LoggerAdapter):
+class _SchedulerLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in 3.11+ stubs
     """APScheduler's own logger, except one message: a tick that finds the previous pass still
     running is how a long drain looks (max_instances=1 on purpose), not a warning."""
 

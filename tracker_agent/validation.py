@@ -166,9 +166,10 @@ def _normalize_mapping(value: Mapping[Any, Any], path: str, depth: int) -> dict[
                 raise ValidationTypeError(path, f"keys must be str, got {_type_name(key)}")
             key = str.__str__(key)
         kind = type(item)  # exact JSON scalars: nothing to convert, no error path to build
-        if kind is str or kind is bool or item is None:
+        # One arm per kind, cheapest test first: the hot path of every tracking call.
+        if kind is str or kind is bool or item is None:  # noqa: SIM114
             result[key] = item
-        elif kind is float and math.isfinite(item):
+        elif kind is float and math.isfinite(item):  # noqa: SIM114
             result[key] = item
         elif kind is int and item.bit_length() <= MAX_INT_BITS:
             result[key] = item

@@ -33,7 +33,9 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _selection(ids: tuple[int, ...], error_contains: str | None, older_than: float | None) -> dict:
+def _selection(
+    ids: tuple[int, ...], error_contains: str | None, older_than: float | None
+) -> dict[str, Any]:
     return {
         "ids": list(ids) or None,
         "error_contains": error_contains,
@@ -41,7 +43,7 @@ def _selection(ids: tuple[int, ...], error_contains: str | None, older_than: flo
     }
 
 
-def _require_selection(selection: dict, all_: bool, verb: str) -> None:
+def _require_selection(selection: dict[str, Any], all_: bool, verb: str) -> None:
     chosen = any(value is not None for value in selection.values())
     if not chosen and not all_:
         raise click.UsageError(f"say which dead letters to {verb}: --id, --error-contains, "

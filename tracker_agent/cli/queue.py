@@ -275,7 +275,7 @@ def _open_input(source: str) -> Iterator[IO[bytes]]:
         yield sys.stdin.buffer
         return
     try:
-        stream = open(source, "rb")
+        stream = open(source, "rb")  # noqa: SIM115 - closed by the `with` below; open errors first
     except OSError as exc:
         fail(f"cannot read {source}: {exc.strerror or exc}")
     with stream:

@@ -307,7 +307,8 @@ def load_database_url(
     value = values.get("database_url")
     try:
         check_type("database_url", value)
-        return check_value("database_url", value)
+        url: str | None = check_value("database_url", value)
+        return url
     except Invalid as exc:
         where = sources.get("database_url", "default")
         raise ConfigError(f"database_url ({where}): {exc}") from None

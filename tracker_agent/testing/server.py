@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import selectors
@@ -268,20 +269,16 @@ class LoopbackServer(ThreadingHTTPServer):
     def stop(self) -> None:
         """Stop accepting, close the listening socket and every open connection, then return."""
         self.stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._wake_write.send(b"\0")
-        except OSError:
-            pass
         if self._thread is not None:
             self._thread.join()
         self.server_close()
         with self._connections_lock:
             live = list(self._connections.items())
             for connection, _ in live:
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)  # wakes a handler waiting to read
-                except OSError:
-                    pass
+                with contextlib.suppress(OSError):  # wakes a handler waiting to read
+                    connection.shutdown(socket.SHUT_RDWR)
         for _, thread in live:
             thread.join(JOIN_TIMEOUT_SECONDS)
         self._wake_read.close()

@@ -197,9 +197,12 @@ class CustomerStore:
         if latest is None:
             return False
         valid_until = latest.get("valid_until")
-        if isinstance(valid_until, (int, float)) and not isinstance(valid_until, bool):
-            if valid_until < now:
-                return False
+        if (
+            isinstance(valid_until, (int, float))
+            and not isinstance(valid_until, bool)
+            and valid_until < now
+        ):
+            return False
         return bool(latest.get("action") == CONSENT_ACCEPT)
 
     def export(self) -> dict[str, Any]:
