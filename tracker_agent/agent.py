@@ -284,12 +284,15 @@ class TrackerAgent:
         *,
         on_state_change: Callable[[DeliveryState, str | None], None] | None = None,
         heartbeat: Callable[[], None] | None = None,
+        heartbeat_interval: float = HEARTBEAT_SECONDS,
     ) -> None:
         """The daemon: drain on the schedule until `stop_event` is set, then stop gracefully
-        (the request in flight gets `shutdown_grace` seconds; leases are released)."""
+        (the request in flight gets `shutdown_grace` seconds; leases are released).
+        `heartbeat` is called every `heartbeat_interval` seconds (at most HEARTBEAT_SECONDS)."""
         self._on_state_change = on_state_change
         self.start()
-        while not stop_event.wait(HEARTBEAT_SECONDS if heartbeat else None):
+        interval = min(heartbeat_interval, HEARTBEAT_SECONDS)
+        while not stop_event.wait(interval if heartbeat else None):
             if heartbeat is not None:
                 heartbeat()
         self.close(timeout=self.settings.shutdown_grace)

@@ -87,6 +87,8 @@ def run(cli: CliContext) -> None:
     stop = threading.Event()
     shutdown = _Shutdown(stop, notifier, settings.shutdown_grace)
     shutdown.install()
+    from tracker_agent import agent as agent_module
+
     agent = cli.agent()  # opens and migrates the outbox before READY
     log.info(
         "tracker-agent running: %s -> %s (project %s)",
@@ -99,8 +101,11 @@ def run(cli: CliContext) -> None:
     def heartbeat() -> None:
         notifier.watchdog()
 
-    watched = notifier.watchdog_interval is not None
+    interval = notifier.watchdog_interval  # WatchdogSec / 2, or None when not watched
     agent.run(
-        stop, on_state_change=_state_reporter(notifier), heartbeat=heartbeat if watched else None
+        stop,
+        on_state_change=_state_reporter(notifier),
+        heartbeat=heartbeat if interval is not None else None,
+        heartbeat_interval=interval or agent_module.HEARTBEAT_SECONDS,
     )
     log.info("stopped")
