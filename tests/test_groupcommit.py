@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from tracker_agent.outbox.groupcommit import GroupCommitter
 
@@ -28,9 +29,11 @@ def test_waiting_callers_are_written_together_and_each_returns_after_its_write()
     rounds: list[list[int]] = []
     written: set[int] = set()
     gate = threading.Event()
+    first_round = threading.Event()
 
     def write(items):
         if not rounds:
+            first_round.set()
             gate.wait(5)  # hold the first round so that others queue behind it
         rounds.append(list(items))
         written.update(items)
@@ -46,11 +49,11 @@ def test_waiting_callers_are_written_together_and_each_returns_after_its_write()
 
     first = threading.Thread(target=call, args=(0,))
     first.start()
-    time.sleep(0.05)
+    assert first_round.wait(5)
     others = [threading.Thread(target=call, args=(i,)) for i in range(1, 9)]
     for t in others:
         t.start()
-    time.sleep(0.1)
+    assert wait_for(lambda: committer.queued == 8, timeout=5)
     gate.set()
     for t in [first, *others]:
         t.join(5)
@@ -130,11 +133,10 @@ def test_a_caller_interrupted_in_line_does_not_stall_the_others(monkeypatch, whe
 
     first = threading.Thread(target=interrupted_caller)
     first.start()
-    while not committer._queue and first.is_alive():
-        time.sleep(0.001)
+    assert wait_for(lambda: committer.queued > 0 or not first.is_alive(), timeout=5)
     second = threading.Thread(target=committer.submit, args=(2,))
     second.start()
-    while len(committer._queue) < (2 if first.is_alive() else 1):
+    while committer.queued < (2 if first.is_alive() else 1):
         time.sleep(0.001)
     gate.set()
     for thread in (leader, first, second):

@@ -47,6 +47,12 @@ class GroupCommitter(Generic[T]):
         self._queue: list[_Request[T]] = []  # waiting, not yet taken into a round
         self._leading = False  # invariant: a non-empty queue has a leader to serve it
 
+    @property
+    def queued(self) -> int:
+        """Callers waiting for the round in progress to finish (0 when none is)."""
+        with self._mutex:
+            return len(self._queue)
+
     def submit(self, item: T) -> None:
         """Write `item`; return once it is committed, or raise its error."""
         with self._mutex:
