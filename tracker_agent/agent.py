@@ -25,7 +25,9 @@ from typing import Any
 from .config import Settings
 from .drain import Drainer
 from .durable import DurableTracking
-from .exceptions import AgentClosedError, ConfigError, OutboxError
+from .exceptions import AgentClosedError, ConfigError, OutboxError, StorageReadOnlyError
+from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
+from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outcomes import DrainReport
 from .policy import DrainPolicy
 
@@ -110,7 +112,7 @@ class TrackerAgent:
 
     def _setup(self, settings: Settings, session: Any) -> None:
         from .outbox.engine import open_outbox
-        from .outbox.files import FILE_MODE, GROUP_FILE_MODE, default_database_url
+        from .outbox.files import default_database_url
         from .outbox.store import OutboxStore
 
         self.settings = settings
@@ -155,7 +157,25 @@ class TrackerAgent:
 
     def _make_drainer(self) -> Drainer:
         policy = DrainPolicy.from_settings(self.settings)
-        return Drainer(self.store, self.client.tracking.send_stored_batch, policy)
+        self._limiter = self._make_limiter()
+        return Drainer(
+            self.store, self.client.tracking.send_stored_batch, policy, limiter=self._limiter
+        )
+
+    def _make_limiter(self) -> HostRateLimiter:
+        """The host-wide request budget shared by every drainer on this outbox (or on every
+        outbox naming the same rate_limit_file)."""
+        from .outbox.files import sqlite_path
+
+        s = self.settings
+        path = s.rate_limit_file or sqlite_path(self.database_url) + RATE_FILE_SUFFIX
+        mode = GROUP_FILE_MODE if s.share_with_group else FILE_MODE
+        try:
+            return HostRateLimiter(path, s.rate_limit, file_mode=mode).open()
+        except OSError as exc:
+            raise StorageReadOnlyError(
+                f"rate_limit_file: cannot open {path} ({exc.strerror or exc})"
+            ) from exc
 
     # -- reads go straight to the API ----------------------------------------------------------
 
@@ -324,6 +344,7 @@ class TrackerAgent:
         self.store.close()
         self.store.engine.dispose()
         self.client.close()
+        self._limiter.close()
 
     def __enter__(self) -> TrackerAgent:
         return self
@@ -347,6 +368,7 @@ class TrackerAgent:
         self._scheduler = None
         self.store.reset_after_fork()
         self.client = self._make_client()  # never share the parent's sockets
+        self._limiter.close()
         self.drainer = self._make_drainer()
         self.tracking.after_fork(self.client)
 

@@ -37,7 +37,7 @@ from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, back_off, pause, settle_results
-from .policy import Action, DrainPolicy, RateLimiter, classify, error_text
+from .policy import Action, DrainPolicy, Limiter, RateLimiter, classify, error_text
 
 __all__ = ["Drainer", "SendBatch"]
 
@@ -83,7 +83,7 @@ class Drainer:
         *,
         now: Callable[[], float] | None = None,
         rng: Callable[[], float] = random.random,
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         owner: str | None = None,
     ) -> None:
         self.store = store

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from . import constants as c
 from .constants import DRAIN_MAX_RETRY_AFTER_SECONDS
@@ -106,6 +107,12 @@ class DrainPolicy:
     def from_settings(cls, settings: object) -> DrainPolicy:
         """The policy of a Settings (any object with these attributes)."""
         return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+
+
+class Limiter(Protocol):
+    """What the drain needs from a rate limiter (RateLimiter, hostlimit.HostRateLimiter)."""
+
+    def acquire(self) -> object: ...
 
 
 class RateLimiter:

@@ -94,6 +94,7 @@ class Settings:
     connect_timeout: float = c.DEFAULT_CONNECT_TIMEOUT_SECONDS
     read_retries: int = c.DEFAULT_READ_RETRIES
     database_url: str | None = None  # None: files.default_database_url(environment)
+    rate_limit_file: str | None = None  # None: beside the outbox (outbox.db-rate)
     share_with_group: bool = False  # outbox files 0660 / directory 0770 instead of 0600 / 0700
     synchronous: str = "FULL"
     busy_timeout: float = c.DEFAULT_BUSY_TIMEOUT_SECONDS
