@@ -239,3 +239,42 @@ def test_enqueues_stay_synchronous_full_while_drain_bookkeeping_skips_its_fsync(
     drain = agent.store._drain_conn.driver_connection
     assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert drain.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_a_drain_thread_blocked_in_send_stops_the_watchdog_pings(fake, db_url):
+    pings: list[float] = []
+    release = threading.Event()
+    settings = {"request_timeout": 0.2, "connect_timeout": 0.1, "busy_timeout": 0.2}
+    with make_agent(fake, db_url, lease_seconds=5.0, **settings) as agent:
+        real_send = agent.drainer.send_batch
+
+        def stuck_send(batch):  # a hang no deadline ends (a wedged thread, a deadlock)
+            release.wait(30)
+            return real_send(batch)
+
+        agent.drainer.send_batch = stuck_send
+        stop = threading.Event()
+        daemon = threading.Thread(
+            target=agent.run,
+            args=(stop,),
+            kwargs={
+                "heartbeat": lambda: pings.append(time.monotonic()),
+                "heartbeat_interval": 0.05,
+            },
+        )
+        daemon.start()
+        try:
+            assert wait_for(lambda: len(pings) >= 3, timeout=5)  # healthy and idle: pings
+            agent.tracking.add_event({"registered": "a"}, "view")
+            blocked_at = time.monotonic()
+            assert wait_for(lambda: not agent.drain_is_alive(), timeout=10)
+            time.sleep(0.3)
+            silent_since = blocked_at + agent.stall_limit() + 0.1
+            assert [t for t in pings if t > silent_since] == []
+            release.set()  # unwedged: progress again, and the pings come back
+            assert wait_for(lambda: pings[-1] > time.monotonic() - 0.5, timeout=10)
+        finally:
+            release.set()
+            stop.set()
+            daemon.join(10)
+    assert len(fake.events) == 1

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 FLUSH_POLL_SECONDS = 0.05
 #: How often `run` reports to its heartbeat callback (the daemon's systemd watchdog ping).
 HEARTBEAT_SECONDS = 5.0
+#: Added to the longest healthy wait before the drain thread counts as stuck (stall_limit).
+STALL_SLACK_SECONDS = 1.0
 
 
 class DeliveryState(enum.Enum):
@@ -312,10 +314,37 @@ class TrackerAgent:
         self._on_state_change = on_state_change
         self.start()
         interval = min(heartbeat_interval, HEARTBEAT_SECONDS)
+        stalled = False
         while not stop_event.wait(interval if heartbeat else None):
-            if heartbeat is not None:
+            if heartbeat is None:
+                continue
+            if self.drain_is_alive():
+                if stalled:
+                    log.warning("the drain thread is making progress again")
+                stalled = False
                 heartbeat()
+            elif not stalled:
+                stalled = True
+                log.error(
+                    "the drain thread has shown no progress for over %.0f s; withholding the "
+                    "watchdog ping so that systemd restarts the daemon",
+                    self.stall_limit(),
+                )
         self.close(timeout=self.settings.shutdown_grace)
+
+    def stall_limit(self) -> float:
+        """Seconds without a sign of life after which the drain thread counts as stuck: longer
+        than anything a healthy pass waits for (two request deadlines, or SQLite's busy
+        timeout) plus a tick of the schedule."""
+        s = self.settings
+        deadline = s.request_timeout + s.connect_timeout
+        return max(2 * deadline, s.busy_timeout) + s.drain_interval + STALL_SLACK_SECONDS
+
+    def drain_is_alive(self) -> bool:
+        """The background drain runs and showed progress within stall_limit()."""
+        if self._scheduler is None:
+            return False
+        return time.monotonic() - self.drainer.last_progress <= self.stall_limit()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the background drain (the agent stays usable for tracking). True if the pass in

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,6 +97,9 @@ class Drainer:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        #: time.monotonic() of the last sign of life: a pass began or ended, a request went
+        #: out, a batch was settled (the daemon's watchdog reads it).
+        self.last_progress = time.monotonic()
 
     def drain(  # noqa: C901 - to become a depth-2 window of batches (issue 11)
         self,
@@ -113,6 +117,7 @@ class Drainer:
         pass runs at a time per Drainer.
         """
         report = DrainReport()
+        self.last_progress = time.monotonic()
         in_flight: _Batch | None = None  # its request is out (or about to be)
         queued: _Batch | None = None  # launched behind in_flight, goes out the moment it lands
         claimed: _Batch | DrainReport | None = None  # claimed with the last settlement
@@ -151,6 +156,7 @@ class Drainer:
                     in_flight, queued = queued, None
                     if finished is None:  # never sent: nothing to report
                         continue
+                    self.last_progress = time.monotonic()
                     report.add(finished)
                     if progress is not None:
                         progress(report)
@@ -161,6 +167,7 @@ class Drainer:
                 self._abandon(claimed if isinstance(claimed, _Batch) else None)
                 self._abandon(queued)
                 self._abandon(in_flight)
+        self.last_progress = time.monotonic()
         return report
 
     def _is_full(self, batch: _Batch) -> bool:
@@ -250,6 +257,7 @@ class Drainer:
 
     def _post(self, batch: _Batch) -> list[dict[str, Any]] | APIException:
         self._limiter.acquire()
+        self.last_progress = time.monotonic()  # a request goes out: bounded by its deadline
         batch.report.requests += 1
         try:
             # Payloads were validated and serialised at enqueue: they go out as stored.
