@@ -26,7 +26,6 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 from .clock import wall_clock
 from .exceptions import APIException
+from .outbox import owners
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
 from .outbox.store import OutboxStore
@@ -90,7 +90,8 @@ class Drainer:
         self.store = store
         self.send_batch = send_batch
         self.policy = policy or DrainPolicy()
-        self.owner = owner or uuid.uuid4().hex
+        self._machine = owners.Machine.here()
+        self.owner = owner or owners.make_owner_id(self._machine)
         self._now = now or wall_clock
         self._rng = rng
         self._limiter = limiter or RateLimiter(self.policy.rate_limit)
@@ -118,6 +119,7 @@ class Drainer:
         """
         report = DrainReport()
         self.last_progress = time.monotonic()
+        self.store.reclaim_dead_owners(self._now(), self._machine)
         in_flight: _Batch | None = None  # its request is out (or about to be)
         queued: _Batch | None = None  # launched behind in_flight, goes out the moment it lands
         claimed: _Batch | DrainReport | None = None  # claimed with the last settlement

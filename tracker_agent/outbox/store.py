@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import wall_clock
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases
+from . import deadletters, leases, owners
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
@@ -409,6 +409,20 @@ class OutboxStore:
             return may_claim is None or may_claim(state)
 
         return gate
+
+    def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
+        """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
+        daemon), so their rows are due at once instead of after lease_seconds. Reads only the
+        few leased rows; writes nothing when no owner is dead. Returns rows released."""
+        with self._reading() as conn:
+            dead = owners.dead_owners(conn, now, here)
+        if not dead:
+            return 0
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            freed = owners.release_owners(cur, owners.dead_owners(cur, now, here))
+        if freed:
+            log.info("took back %d commands leased by a drainer that died", freed)
+        return freed
 
     def rescue_lost_wal(self) -> bool:
         """If the -wal file was deleted while this process has the outbox open, copy what our
