@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
+from collections import Counter
+from typing import Any
 
 import pytest
+from conftest import make_agent
 from freezegun import freeze_time
 
 from tracker_agent.client import Exponea
@@ -314,3 +318,44 @@ def test_a_send_batch_that_raises_unexpectedly_gives_its_rows_back(store):
     stats = store.stats()
     assert (stats["pending"], stats["in_flight"], stats["dead"]) == (3, 0, 0)
     drainer.close()
+
+
+def test_two_drainers_a_slow_server_short_leases_and_a_poison_command(fake, tmp_path):
+    """Bisecting a batch takes one request per half, one after another: longer than one
+    lease. Renewed leases keep the other drainer off the rows being worked on."""
+    db = tmp_path / "outbox.db"
+    timing = {"lease_seconds": 2.0, "request_timeout": 0.6, "connect_timeout": 0.3}
+    poison = 17
+    first, second = make_agent(fake, db, **timing), make_agent(fake, db, **timing)
+    try:
+        first.tracking.batch_commands(
+            [
+                first.tracking.add_event({"registered": f"c{n}"}, "view", {"n": n}, batch=True)
+                for n in range(50)
+            ]
+        )
+        fake.reject_batches_containing(lambda c: c["data"]["properties"]["n"] == poison)
+        fake.latency = 0.4
+        results: list[Any] = []
+        threads = [
+            threading.Thread(target=lambda a=a: results.append(a.flush(timeout=30)))
+            for a in (first, second)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(e["properties"]["n"] for e in fake.events) == [
+            n for n in range(50) if n != poison
+        ]
+        assert first.stats()["dead"] == 1
+        applied = Counter(
+            command["data"]["properties"]["n"]
+            for request in fake.requests
+            if request.processed and request.path.endswith("/batch") and request.status == 200
+            for command in request.json["commands"]
+        )
+        assert max(applied.values()) <= 2, applied.most_common(3)
+    finally:
+        first.close()
+        second.close()

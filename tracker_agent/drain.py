@@ -344,7 +344,10 @@ class Drainer:
         report: DrainReport,
         state: dict[str, Any],
     ) -> None:
-        """Send `rows` now, as one request, and handle the answer (the bisection's path)."""
+        """Send `rows` now, as one request, and handle the answer (the bisection's path). The
+        leases of the whole batch being split are renewed first: its halves go out one after
+        another, which may take longer than the lease taken for one request."""
+        self.store.renew_leases(self.owner, self._now() + self.policy.lease_seconds)
         batch = _Batch(list(rows), state, report)
         self._handle(rows, self._post(batch), outcome, report, state)
 

@@ -410,6 +410,17 @@ class OutboxStore:
 
         return gate
 
+    def renew_leases(self, owner: str, until: float) -> int:
+        """Extend every lease `owner` holds to `until` (a batch being split, one queued behind
+        it): work in progress must never be claimed by another drainer. Returns rows renewed."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            cur.execute(
+                "UPDATE outbox SET lease_expires_at = ?"
+                " WHERE lease_expires_at > 0 AND lease_owner = ?",
+                (until, owner),
+            )
+            return int(cur.rowcount)
+
     def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
         """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
         daemon), so their rows are due at once instead of after lease_seconds. Reads only the
