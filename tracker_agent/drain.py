@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,8 +38,9 @@ from .outbox import owners
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
 from .outbox.store import OutboxStore
-from .outcomes import DrainReport, back_off, pause, settle_results
-from .policy import Action, DrainPolicy, Limiter, RateLimiter, classify, error_text
+from .outcomes import DrainReport, claim_terms
+from .policy import DrainPolicy, Limiter, RateLimiter
+from .settle import AnswerHandler
 
 __all__ = ["Drainer", "SendBatch"]
 
@@ -49,16 +51,18 @@ log = logging.getLogger(__name__)
 SendBatch = Callable[[list[tuple[str, str, str]]], list[dict[str, Any]]]
 
 
-class _Stop(Exception):
-    """Raised inside a round to end the pass (backoff or pause began)."""
-
-
 class _NotSent:
     """The answer of a batch queued behind one whose request failed (or of a stopping pass):
     it was never sent, and its rows go back to the queue as they were."""
 
 
 NOT_SENT = _NotSent()
+
+
+def _last(window: deque[_Batch]) -> _Batch | None:
+    return window[-1] if window else None
+
+
 Answer = list[dict[str, Any]] | APIException | _NotSent
 
 
@@ -71,6 +75,15 @@ class _Batch:
     report: DrainReport
     answer: Future[Answer] | None = None
     after: _Batch | None = None  # queued behind this batch's request: sent only if answered
+
+
+@dataclass
+class _Claim:
+    """What asking for the next batch gave: a batch, or the report of why there is none
+    (`report.waits`: a backoff or pause is in force; otherwise nothing is due)."""
+
+    batch: _Batch | None
+    report: DrainReport
 
 
 class Drainer:
@@ -98,11 +111,20 @@ class Drainer:
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
+        self._answers = AnswerHandler(
+            post=lambda rows, state, report: self._post(_Batch(list(rows), state, report)),
+            renew=lambda: self.store.renew_leases(
+                self.owner, self._now() + self.policy.lease_seconds
+            ),
+            policy=self.policy,
+            now=self._now,
+            rng=rng,
+        )
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
         self.last_progress = time.monotonic()
 
-    def drain(  # noqa: C901 - to become a depth-2 window of batches (issue 11)
+    def drain(
         self,
         *,
         deadline: float | None = None,
@@ -111,66 +133,80 @@ class Drainer:
     ) -> DrainReport:
         """Deliver due rows until none is due, delivery waits (backoff/pause), stop or deadline.
 
-        Pipelined: while one batch's request is in flight, the previous batch is settled and
-        the next one claimed (the lease keeps the next batch clear of customers in flight, so
-        per-customer order holds). `deadline` is on the `now` clock. With `stop_on_partial`
-        the pass ends after a batch smaller than batch_size (the scheduler's ticks). Only one
-        pass runs at a time per Drainer.
+        A window of at most two batches: the first's request is in flight; the second, claimed
+        only while a full batch is in flight (a backlog; beside a short one the claim would
+        catch a trickle of new rows one request each), waits in the sending thread and goes
+        out the moment the first is answered. Meanwhile this thread settles the answered
+        batch and claims the next in one transaction. The lease keeps the next batch clear of
+        customers in flight, so per-customer order holds. `deadline` is on the `now` clock.
+        With `stop_on_partial` the pass ends after a batch smaller than batch_size (the
+        scheduler's ticks). Only one pass runs at a time per Drainer.
         """
         report = DrainReport()
-        self.last_progress = time.monotonic()
+        self._alive()
         self.store.reclaim_dead_owners(self._now(), self._machine)
-        in_flight: _Batch | None = None  # its request is out (or about to be)
-        queued: _Batch | None = None  # launched behind in_flight, goes out the moment it lands
-        claimed: _Batch | DrainReport | None = None  # claimed with the last settlement
-        caught_up = False
+        window: deque[_Batch] = deque()  # [0] in flight; [1] queued behind it
+        pending: _Claim | None = None  # claimed in the last settlement's transaction
+        caught_up = False  # a short batch went out alone: nothing more was due then
+
+        def done() -> bool:
+            return self._should_stop(deadline) or (stop_on_partial and caught_up)
+
         with self._lock:
             try:
                 while True:
-                    # Claim beside a flight only when that batch was full (a backlog): beside a
-                    # short one, the claim would catch a trickle of new rows one request each.
-                    stop = self._should_stop(deadline) or (stop_on_partial and caught_up)
-                    ready = in_flight is None or (queued is None and self._is_full(in_flight))
-                    begun, claimed = claimed, None
-                    if ready and not stop:
-                        begun = begun if begun is not None else self._begin()
-                        if isinstance(begun, DrainReport):
-                            if in_flight is None:
-                                if begun.waits:
-                                    report.add(begun)
-                                break
-                        elif in_flight is None:
-                            # A short claim with nothing in flight: the queue is caught up.
-                            caught_up = not self._is_full(begun)
-                            in_flight = self._launch(begun)
+                    claim, pending = pending, None
+                    if not done() and self._has_room(window):
+                        claim = claim or self._claim()
+                        if claim.batch is not None:
+                            caught_up = caught_up if window else not self._is_full(claim.batch)
+                            window.append(self._launch(claim.batch, after=_last(window)))
                             continue
-                        else:
-                            queued = self._launch(begun, after=in_flight)
-                    elif isinstance(begun, _Batch):  # claimed, then told to stop: give back
-                        self._release(begun)
-                    if in_flight is None:
+                    elif claim is not None:
+                        self._give_back(claim)  # claimed, then told to stop
+                    if not window:
+                        report.add_waits(claim.report if claim is not None else None)
                         break
-                    # Claim the next batch in the settlement's transaction when the loop will
-                    # want one (the same test as `ready`, once queued has taken off).
-                    stop = self._should_stop(deadline) or (stop_on_partial and caught_up)
-                    claim_next = not stop and (queued is None or self._is_full(queued))
-                    finished, claimed = self._land(in_flight, claim_next)
-                    in_flight, queued = queued, None
-                    if finished is None:  # never sent: nothing to report
-                        continue
-                    self.last_progress = time.monotonic()
-                    report.add(finished)
-                    if progress is not None:
-                        progress(report)
-                    if finished.waits:
+                    claim_next = not done() and self._has_room(list(window)[1:])
+                    finished, pending = self._land(window[0], claim_next)
+                    window.popleft()  # only now: a batch that failed to land is abandoned
+                    if finished is not None and self._record(report, finished, progress):
                         break
             finally:
                 # Claimed but never settled (delivery must wait, or an error): rows go back.
-                self._abandon(claimed if isinstance(claimed, _Batch) else None)
-                self._abandon(queued)
-                self._abandon(in_flight)
-        self.last_progress = time.monotonic()
+                self._abandon_all(pending, window)
+        self._alive()
         return report
+
+    def _record(
+        self,
+        report: DrainReport,
+        finished: DrainReport,
+        progress: Callable[[DrainReport], None] | None,
+    ) -> bool:
+        """Add a settled batch's report to the pass's; True if delivery must now wait."""
+        self._alive()
+        report.add(finished)
+        if progress is not None:
+            progress(report)
+        return finished.waits
+
+    def _give_back(self, claim: _Claim) -> None:
+        if claim.batch is not None:
+            self._release(claim.batch)
+
+    def _abandon_all(self, pending: _Claim | None, window: deque[_Batch]) -> None:
+        if pending is not None and pending.batch is not None:
+            self._abandon(pending.batch)
+        for batch in window:
+            self._abandon(batch)
+
+    def _has_room(self, window: Sequence[_Batch]) -> bool:
+        """Another batch may join the window: nothing is in flight, or one full batch is."""
+        return not window or (len(window) == 1 and self._is_full(window[0]))
+
+    def _alive(self) -> None:
+        self.last_progress = time.monotonic()
 
     def _is_full(self, batch: _Batch) -> bool:
         """The claim hit a cap (commands, or about half the byte cap): more is likely due."""
@@ -188,7 +224,7 @@ class Drainer:
 
     def _land(
         self, batch: _Batch, claim_next: bool = False
-    ) -> tuple[DrainReport | None, _Batch | DrainReport | None]:
+    ) -> tuple[DrainReport | None, _Claim | None]:
         """Wait for the answer of `batch` and settle it (report None if it was never sent);
         with `claim_next`, also claim the next batch in the same transaction."""
         assert batch.answer is not None
@@ -213,39 +249,16 @@ class Drainer:
 
     # -- one batch: begin (state, claim), send, finish (settle) --------------------------------
 
-    def _begin(self) -> _Batch | DrainReport:
-        """Claim the next batch, or say why not (`waits`: backoff or pause in force)."""
+    def _claim(self) -> _Claim:
+        """Claim the next batch, or say why not."""
         now = self._now()
-        terms, report = self._claim_terms(now)
+        terms, report = claim_terms(self.policy, now)
         state, rows = self.store.claim_if(self.owner, now=now, **terms)
-        return _Batch(rows, state, report) if rows else report
-
-    def _claim_terms(self, now: float) -> tuple[dict[str, Any], DrainReport]:
-        """The store's claim arguments (the policy's caps and a may_claim(state) gate), and
-        the report the gate fills in when it says no (backoff or pause in force)."""
-        report = DrainReport()
-
-        def may_claim(state: dict[str, Any]) -> bool:
-            paused = state.get(state_keys.STATE_PAUSED_REASON)
-            if paused and now < float(state.get(state_keys.STATE_PROBE_AT) or 0):
-                report.paused_reason = paused
-                return False
-            backoff_until = float(state.get(state_keys.STATE_BACKOFF_UNTIL) or 0)
-            if backoff_until > now:
-                report.backoff_until = backoff_until
-                return False
-            return True
-
-        p = self.policy
-        terms = {
-            "limit": p.batch_size,
-            "max_bytes": p.batch_max_bytes,
-            "lease_seconds": p.lease_seconds,
-            "may_claim": may_claim,
-        }
-        return terms, report
+        return _Claim(_Batch(rows, state, report) if rows else None, report)
 
     def _send(self, batch: _Batch) -> Answer:
+        """In the sending thread: post `batch`, unless it was queued behind a request that
+        failed or the pass is stopping."""
         after, batch.after = batch.after, None  # no chain of batches kept alive
         if after is not None:  # one worker thread: `after` has its answer by now
             assert after.answer is not None
@@ -290,34 +303,30 @@ class Drainer:
         except Exception:
             log.warning("could not release %d leased rows", len(batch.rows), exc_info=True)
 
-    def _finish(
-        self, batch: _Batch, claim_next: bool = False
-    ) -> tuple[DrainReport, _Batch | DrainReport | None]:
+    def _finish(self, batch: _Batch, claim_next: bool = False) -> tuple[DrainReport, _Claim | None]:
         """Settle `batch` from its answer; with `claim_next`, claim the next batch in the same
-        transaction (returned second: a _Batch, or the report of why there is none)."""
+        transaction (returned second)."""
         rows, state, report = batch.rows, batch.state, batch.report
         assert batch.answer is not None
         answer = batch.answer.result()
         assert not isinstance(answer, _NotSent)  # _land and _abandon never finish those
         outcome = Settlement()
         try:
-            self._handle(rows, answer, outcome, report, state)
-        except _Stop:
-            pass
+            self._answers.handle(rows, answer, outcome, report, state)
         except BaseException:
             # Unexpected: let the rows go back to the queue untouched before propagating.
             outcome.release_the_rest(r.id for r in rows)
             self.store.settle(self.owner, outcome, self._now())
             raise
         outcome.release_the_rest(r.id for r in rows)
-        begun: _Batch | DrainReport | None = None
+        begun: _Claim | None = None
         now = self._now()
         if claim_next:
-            terms, why_not = self._claim_terms(now)
+            terms, why_not = claim_terms(self.policy, now)
             delivered, next_state, next_rows = self.store.settle_and_claim(
                 self.owner, outcome, now, **terms
             )
-            begun = _Batch(next_rows, next_state, why_not) if next_rows else why_not
+            begun = _Claim(_Batch(next_rows, next_state, why_not) if next_rows else None, why_not)
         else:
             delivered = self.store.settle(self.owner, outcome, now)
         report.delivered += delivered
@@ -336,59 +345,3 @@ class Drainer:
             why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
             log.info("delivery resumed: %s", why)
         return report, begun
-
-    def _deliver(
-        self,
-        rows: Sequence[ClaimedRow],
-        outcome: Settlement,
-        report: DrainReport,
-        state: dict[str, Any],
-    ) -> None:
-        """Send `rows` now, as one request, and handle the answer (the bisection's path). The
-        leases of the whole batch being split are renewed first: its halves go out one after
-        another, which may take longer than the lease taken for one request."""
-        self.store.renew_leases(self.owner, self._now() + self.policy.lease_seconds)
-        batch = _Batch(list(rows), state, report)
-        self._handle(rows, self._post(batch), outcome, report, state)
-
-    def _handle(
-        self,
-        rows: Sequence[ClaimedRow],
-        answer: list[dict[str, Any]] | APIException,
-        outcome: Settlement,
-        report: DrainReport,
-        state: dict[str, Any],
-    ) -> None:
-        """Settle rows from their results; on a whole-batch rejection, bisect. Raises _Stop."""
-        if isinstance(answer, APIException):
-            action = classify(answer)
-            if action is Action.SPLIT:
-                self._split(rows, answer, outcome, report, state)
-                return
-            now = self._now()
-            if action is Action.PAUSE:
-                pause(rows, answer, outcome, report, state, now=now, policy=self.policy)
-            else:
-                back_off(
-                    rows, answer, outcome, report, state,
-                    now=now, policy=self.policy, rng=self._rng,
-                )  # fmt: skip
-            raise _Stop from answer
-        settle_results(rows, answer, outcome, now=self._now(), policy=self.policy)
-
-    def _split(
-        self,
-        rows: Sequence[ClaimedRow],
-        exc: APIException,
-        outcome: Settlement,
-        report: DrainReport,
-        state: dict[str, Any],
-    ) -> None:
-        if len(rows) == 1:
-            reason = f"rejected by the server: {error_text(exc)}"
-            outcome.dead.append((rows[0].id, reason, exc.status_code))
-            return
-        middle = len(rows) // 2
-        log.info("batch of %d refused (%s); splitting to isolate it", len(rows), error_text(exc))
-        for half in (rows[:middle], rows[middle:]):
-            self._deliver(half, outcome, report, state)

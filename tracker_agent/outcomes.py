@@ -37,6 +37,11 @@ class DrainReport:
         """Delivery must wait: a backoff or a pause is in force."""
         return bool(self.paused_reason) or self.backoff_until is not None
 
+    def add_waits(self, other: DrainReport | None) -> None:
+        """Take over why `other` (a claim that found nothing) had to wait, if it did."""
+        if other is not None and other.waits:
+            self.add(other)
+
     def add(self, other: DrainReport) -> None:
         self.requests += other.requests
         self.delivered += other.delivered
@@ -45,6 +50,31 @@ class DrainReport:
         self.paused_reason = other.paused_reason
         self.backoff_until = other.backoff_until
         self.last_error = other.last_error or self.last_error
+
+
+def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainReport]:
+    """The store's claim arguments (the policy's caps and a may_claim(state) gate), and the
+    report the gate fills in when it says no (a backoff or pause in force)."""
+    report = DrainReport()
+
+    def may_claim(state: dict[str, Any]) -> bool:
+        paused = state.get(state_keys.STATE_PAUSED_REASON)
+        if paused and now < float(state.get(state_keys.STATE_PROBE_AT) or 0):
+            report.paused_reason = paused
+            return False
+        backoff_until = float(state.get(state_keys.STATE_BACKOFF_UNTIL) or 0)
+        if backoff_until > now:
+            report.backoff_until = backoff_until
+            return False
+        return True
+
+    terms = {
+        "limit": policy.batch_size,
+        "max_bytes": policy.batch_max_bytes,
+        "lease_seconds": policy.lease_seconds,
+        "may_claim": may_claim,
+    }
+    return terms, report
 
 
 def settle_results(
