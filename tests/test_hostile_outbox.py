@@ -62,7 +62,10 @@ def test_outbox_files_are_created_private_whatever_the_umask(fake, tmp_path, uma
     with make_agent(fake, db) as agent:
         agent.tracking.add_event({"registered": "ann"}, "purchase")
         files = {p.name: mode(p) for p in db.parent.iterdir()}
-        assert files == {"outbox.db": 0o600, "outbox.db-wal": 0o600, "outbox.db-shm": 0o600}
+        assert files == {
+            "outbox.db": 0o600, "outbox.db-wal": 0o600, "outbox.db-shm": 0o600,
+            "outbox.db-rate": 0o600,  # the host-wide rate limit's slot file
+        }  # fmt: skip
         assert mode(db.parent) == 0o700
 
 
@@ -231,7 +234,9 @@ def _lose_the_wal(db: Path, url: str, after: str = "") -> str:
 def test_a_wal_lost_before_a_crash_is_reported_by_status_and_the_next_open(fake, tmp_path, caplog):
     db = tmp_path / "outbox.db"
     _lose_the_wal(db, fake.url)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox.db", "outbox.db-shm"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "outbox.db", "outbox.db-rate", "outbox.db-shm",
+    ]  # fmt: skip
     result = status_cli(db, "--json")  # read-only: it says so without writing
     assert result.exit_code == 0, result.output
     assert "-wal file is missing" in json.loads(result.stdout)["warning"]
@@ -272,6 +277,7 @@ def test_share_with_group_creates_group_writable_files_whatever_the_umask(fake, 
             agent.tracking.add_event({"registered": "ann"}, "purchase")
             assert {p.name: mode(p) for p in db.parent.iterdir()} == {
                 "outbox.db": 0o660, "outbox.db-wal": 0o660, "outbox.db-shm": 0o660,
+                "outbox.db-rate": 0o660,
             }  # fmt: skip
             assert mode(db.parent) == 0o770
     finally:

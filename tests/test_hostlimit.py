@@ -111,8 +111,9 @@ def test_four_processes_draining_one_outbox_stay_under_the_limit_together(fake, 
     assert codes == [0] * PROCESSES
     batches = sorted(r.received_at for r in fake.requests if r.path.endswith("/batch"))
     assert len(fake.events) == EVENTS
-    # Any one-second window holds at most the limit (+1 for the window's edges).
-    busiest = max(sum(1 for t in batches if start <= t < start + 1.0) for start in batches)
-    assert busiest <= SMALL_LIMIT + 1, busiest
+    # Any two-second window holds at most twice the limit, +2 for arrival jitter at its
+    # edges (four processes at 20/s each would put about 160 there).
+    busiest = max(sum(1 for t in batches if start <= t < start + 2.0) for start in batches)
+    assert busiest <= 2 * SMALL_LIMIT + 2, busiest
     per_second = Counter(int(t - batches[0]) for t in batches)
     assert len(per_second) >= len(batches) // (SMALL_LIMIT + 1)

@@ -60,9 +60,17 @@ class HostRateLimiter:
         if self._fd is None or self._pid != os.getpid():
             # A forked child shares the parent's open file description, and with it the flock:
             # it opens its own.
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._file_mode)
+            self._fd = self._open_file()
             self._pid = os.getpid()
         return self._fd
+
+    def _open_file(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        os.fchmod(fd, self._file_mode)  # the umask must not take the group bits asked for
+        return fd
 
     def acquire(self) -> float:
         """Wait for this process's turn; returns the seconds waited."""
