@@ -99,9 +99,9 @@ def test_batch_builders_return_command_dicts_without_sending(exponea, fake):
         "name": "customers/events",
         "data": {
             "customer_ids": {"registered": "t"},
-            "event_type": "e",
-            "properties": {},
             "timestamp": 5.0,
+            "properties": None,  # the seed SDK's shape: None for properties not given
+            "event_type": "e",
         },
     }
     assert tracking.update_customer_properties({"registered": "t"}, {"a": 1}, batch=True) == {

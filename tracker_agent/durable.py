@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import validation
+from .api.tracking import sdk_event_command
 from .clock import wall_clock
 from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
@@ -83,24 +84,27 @@ class DurableTracking:
         timestamp: float | None = None,
         batch: bool = False,
     ) -> Any:
-        """Queue an event; True once it is durable. batch=True returns the command instead."""
+        """Queue an event; True once it is durable. batch=True returns the command instead,
+        in exponea-python-sdk's shape: a timestamp not given stays None there, and is fixed
+        when batch_commands queues the command (as the original left it to the server)."""
         data = validation.event_command(
             customer_ids, event_type, properties, timestamp, check_size=False
         )  # _commit serialises once and checks the size
+        if batch:
+            return sdk_event_command(data, properties)
         if timestamp is None:  # ours is valid by construction: no second rounding
             data["timestamp"] = self._timestamps.next()
-        if batch:
-            return {"name": KIND_EVENT, "data": data}
         return self._commit_one(KIND_EVENT, data)
 
     def update_customer_properties(
         self, customer_ids: dict[str, Any], properties: dict[str, Any], batch: bool = False
     ) -> Any:
-        """Queue a customer update stamped now; True once durable (batch=True: the command)."""
+        """Queue a customer update stamped now; True once durable. batch=True returns the
+        command, exponea-python-sdk's {"customer_ids", "properties"}: batch_commands stamps it."""
         data = validation.customer_command(customer_ids, properties, check_size=False)
-        data["update_timestamp"] = self._timestamps.next()  # valid by construction
         if batch:
             return {"name": KIND_CUSTOMER, "data": data}
+        data["update_timestamp"] = self._timestamps.next()  # valid by construction
         return self._commit_one(KIND_CUSTOMER, data)
 
     def batch_commands(self, commands: list[dict[str, Any]]) -> list[bool]:
@@ -109,11 +113,10 @@ class DurableTracking:
         return [True] * count
 
     def get_system_time(self, batch: bool = False) -> Any:
-        """Straight to the API (a clock reading cannot be queued)."""
+        """Straight to the API. batch=True returns {"name": "system/time"} as the original
+        did, but batch_commands refuses it: a clock reading cannot be queued."""
         if batch:
-            raise ValidationError(
-                "commands", "system/time cannot be queued; call get_system_time() directly"
-            )
+            return {"name": SYSTEM_TIME_COMMAND}
         return self._client.tracking.get_system_time()
 
     def enqueue_commands(self, commands: list[dict[str, Any]]) -> int:

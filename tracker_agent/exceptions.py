@@ -17,6 +17,8 @@
     ├── ValidationError (ValueError)  bad input refused at the call site, before any I/O
     │   └── ValidationTypeError (TypeError)
     ├── ConfigError (ValueError)      bad settings
+    ├── PatchedRequestsError (RuntimeError)  a test patched requests.request, which tracker-agent
+    │                                 never calls: the request was stopped before it left
     ├── OutboxError                   the durable queue cannot take or give data
     │   ├── OutboxFullError           the configured row/byte bound is reached (overflow="raise")
     │   ├── StorageFullError          the disk (or SQLite's page limit) is full
@@ -27,7 +29,10 @@
     └── AgentClosedError              a call on a TrackerAgent after close()
 
 Code decides by attributes (`retryable`, `retry_after`, `status_code`), never by message text.
-Messages are for people and never contain credentials.
+Messages are for people and never contain credentials. As in exponea-python-sdk, an
+APIException's `str()` (and `args[0]`, and `message`) is the server's message alone, e.g.
+"access key not found"; what was asked and what answered are attributes, shown together by
+`context` ("POST /data/v2/projects/t/analyses/report HTTP 200") and by `repr()`.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "OutboxVersionError",
     "NotAnOutboxError",
     "AgentClosedError",
+    "PatchedRequestsError",
 ]
 
 
@@ -100,11 +106,17 @@ class APIException(TrackerAgentError):
         self.retry_after = retry_after
         self.body = body
 
-    def __str__(self) -> str:
+    @property
+    def context(self) -> str:
+        """What was asked and what answered, "POST /track/v2/projects/t/batch HTTP 400", or ""
+        when neither is known. Not in str(), which is the message alone (as in the seed SDK,
+        code compares str(exc) with the server's text)."""
         where = f"{self.method} {self.path}" if self.method and self.path else ""
         status = f"HTTP {self.status_code}" if self.status_code is not None else ""
-        head = " ".join(x for x in (where, status) if x)
-        return f"{head}: {self.message}" if head else self.message
+        return " ".join(x for x in (where, status) if x)
+
+    def __str__(self) -> str:
+        return self.message
 
     def __repr__(self) -> str:
         return (
@@ -224,3 +236,12 @@ class NotAnOutboxError(OutboxError):
 
 class AgentClosedError(TrackerAgentError):
     """The TrackerAgent was closed; it accepts no more calls."""
+
+
+class PatchedRequestsError(TrackerAgentError, RuntimeError):
+    """A test replaced `requests.request` (exponea-python-sdk's way to fake the API), but
+    tracker-agent sends through a requests.Session that the patch does not reach: the request
+    was stopped before any connection, so a ported test suite cannot reach the real API.
+    Never raised in production, where `requests.request` is requests' own function. Not an
+    APIException, so no `except APIException` (nor the read retries) swallows it.
+    """

@@ -171,13 +171,16 @@ def translate_response(
     except ValueError:  # also UnicodeDecodeError
         body, parsed = None, False
     text = snippet(content)
-    if 200 <= status < 300 and not isinstance(body, dict):
-        raise InvalidResponseError(f"expected a JSON object, got {text!r}", body=text, **context)
-    if 200 <= status < 300 and body.get("success") is not False:
-        problem = _check_required(body, require)
-        if problem:
-            raise InvalidResponseError(problem, body=text, **context)
-        return body
+    if 200 <= status < 300:
+        if not isinstance(body, dict):
+            raise InvalidResponseError(
+                f"expected a JSON object, got {text!r}", body=text, **context
+            )
+        if body.get("success") is not False:
+            problem = _check_required(body, require)
+            if problem:
+                raise InvalidResponseError(problem, body=text, **context)
+            return body
     messages = parse_error_messages(body)
     cls = _error_class(status, messages)
     raise cls(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,
     InvalidResponseError,
+    PatchedRequestsError,
     TransportError,
     ValidationTypeError,
 )
@@ -47,16 +49,32 @@ if TYPE_CHECKING:
     import requests
 
 __all__ = [
+    "USER_AGENT_PRODUCT",
     "HTTPTransport",
     "basic_authorization",
     "parse_retry_after",
+    "read_body",
     "read_retry_delay",
+    "refuse_escaping_test_request",
+    "requests_request_is_faked",
     "translate_response",
 ]
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 64 * 1024
+#: The product token that starts our User-Agent (tracker_agent.testing.porting tells our
+#: requests from other code's by it).
+USER_AGENT_PRODUCT = "tracker-agent"
+#: Modules loaded only where a test replaced requests.request: without one, nothing is a fake.
+_TEST_FRAMEWORKS = ("pytest", "unittest")
+_PORTING_HELP = (
+    "requests.request is patched in this test (the way exponea-python-sdk's tests faked the "
+    "API), but tracker-agent sends through a requests.Session, which the patch does not "
+    "reach: the request was stopped before any connection. Add one line to conftest.py, "
+    "`from tracker_agent.testing.porting import route_requests_request  # noqa: F401`, or "
+    "patch 'requests.Session.request' instead: see \"Porting your tests\" in README.md"
+)
 
 
 def read_retry_delay(
@@ -117,6 +135,86 @@ class _TooLarge(Exception):
     """The answer is longer than the cap (raised while reading, translated in _failure)."""
 
 
+class _NoStatus(Exception):
+    """A test's fake response without an int status_code (translated in _failure)."""
+
+
+def requests_request_is_faked(requests: ModuleType) -> bool:
+    """Whether a test replaced `requests.request` (or requests.api.request).
+
+    One identity check where it is requests' own function, as in production. A wrapper that
+    calls the real function (functools.wraps, wrapt: an APM's instrumentation) is not a fake,
+    and nothing is while no test framework is loaded. Compared with requests.api.request at
+    every call, nothing captured: a patch made before requests was first imported is seen."""
+    current = requests.request
+    real = requests.api.request
+    if current is real:
+        return False
+    if not any(name in sys.modules for name in _TEST_FRAMEWORKS):
+        return False
+    import inspect
+
+    try:
+        return inspect.unwrap(current) is not real
+    except ValueError:  # a cycle of __wrapped__: not requests' function either
+        return True
+
+
+def _sends_for_real(session: Any, requests: ModuleType) -> bool:
+    """Whether `session.request` is requests' own method, not a test's patch of it."""
+    func = getattr(getattr(session, "request", None), "__func__", None)
+    return (
+        getattr(func, "__module__", None) == requests.sessions.__name__
+        and getattr(func, "__qualname__", None) == "Session.request"
+        and not hasattr(func, "__wrapped__")
+    )
+
+
+def refuse_escaping_test_request(session: Any, method: str, path: str) -> None:
+    """PatchedRequestsError when a test faked requests.request but `session` would really send:
+    exponea-python-sdk's tests fake the API so, and a ported suite must never reach it."""
+    requests = _requests()
+    if requests_request_is_faked(requests) and _sends_for_real(session, requests):
+        raise PatchedRequestsError(f"{method} {path}: {_PORTING_HELP}")
+
+
+def _is_streamed(response: Any) -> bool:
+    requests = _requests()
+    return isinstance(response, requests.Response) and response.raw is not None
+
+
+def _plain_content(response: Any) -> bytes:
+    """The body of a response a test made up: `content` (bytes), else `text` (str), else
+    `json()`. exponea-python-sdk's tests faked answers with just status_code and text."""
+    content = getattr(response, "content", None)
+    if isinstance(content, (bytes, bytearray)):
+        return bytes(content)
+    text = getattr(response, "text", None)
+    if isinstance(text, str):
+        return text.encode("utf-8")
+    decode = getattr(response, "json", None)
+    return dumps(decode()).encode("utf-8") if callable(decode) else b""
+
+
+def read_body(response: Any, limit: int) -> bytes:
+    """The body of `response`: streamed and capped for a real one (read_capped), or read from
+    the attributes of a minimal stand-in (a test's fake: status_code and text are enough)."""
+    status = getattr(response, "status_code", None)
+    if isinstance(status, bool) or not isinstance(status, int):
+        raise _NoStatus
+    if _is_streamed(response):
+        return read_capped(response, limit)
+    content = _plain_content(response)
+    if len(content) > limit:
+        raise _TooLarge
+    return content
+
+
+def _headers(response: Any) -> Mapping[str, str]:
+    headers = getattr(response, "headers", None)
+    return headers if isinstance(headers, Mapping) else {}
+
+
 def read_capped(response: Any, limit: int) -> bytes:
     """The whole body of a streamed `response`, or _TooLarge as soon as it passes `limit`."""
     declared = response.headers.get("Content-Length") or ""
@@ -139,8 +237,11 @@ def _body_closer(response: Any) -> Callable[[], None]:
 
 
 def _close_quietly(response: Any) -> None:
+    close = getattr(response, "close", None)
+    if not callable(close):  # a test's minimal fake response
+        return
     try:
-        response.close()  # a body read to the end frees the connection, anything else closes it
+        close()  # a body read to the end frees the connection, anything else closes it
     except Exception:
         log.debug("closing a response failed", exc_info=True)
 
@@ -191,7 +292,7 @@ class HTTPTransport:
         self._watchdog = Watchdog()
         self._sleep = sleep
         self._rng = rng or random.Random().random
-        agent = f"tracker-agent/{__version__}"
+        agent = f"{USER_AGENT_PRODUCT}/{__version__}"
         self._headers: dict[str, str | bytes] = {
             "User-Agent": (f"{agent} {user_agent}" if user_agent else agent).encode(),
             "Accept": "application/json",
@@ -289,6 +390,7 @@ class HTTPTransport:
     ) -> dict[str, Any]:
         kwargs = self._request_kwargs(body is not None, public_key_ok)
         session = self._get_session()
+        refuse_escaping_test_request(session, method, path)  # not retried, never sent
         started = time.monotonic()
         watch = self._watchdog.arm(self.deadline_seconds)
         response: Any = None
@@ -307,7 +409,7 @@ class HTTPTransport:
             )
             if not watch.attached:  # a session of the caller's: cut off the body, at least
                 watch.attach(_body_closer(response))
-            content = read_capped(response, self.max_response_bytes)
+            content = read_body(response, self.max_response_bytes)
         except Exception as exc:  # translated below: nothing third-party escapes
             failure = exc
         finally:
@@ -316,7 +418,8 @@ class HTTPTransport:
                 _close_quietly(response)
         if failure is not None or watch.expired:
             self._log_failure(method, path, started, failure)
-            status = None if response is None else response.status_code
+            status = getattr(response, "status_code", None)  # None, or a fake's: ints only
+            status = status if isinstance(status, int) and not isinstance(status, bool) else None
             raise self._failure(failure, watch, method, path, status) from failure
         log.debug(
             "%s %s -> %d in %.1f ms",
@@ -325,7 +428,7 @@ class HTTPTransport:
             response.status_code,
             (time.monotonic() - started) * 1000,
         )
-        headers = response.headers
+        headers = _headers(response)
         return translate_response(
             method,
             path,
@@ -346,6 +449,12 @@ class HTTPTransport:
             return APITimeoutError(
                 f"no complete answer within the deadline of {self.deadline_seconds:g} s "
                 "(connect + read timeout)",
+                **where,
+            )
+        if isinstance(exc, _NoStatus):  # a fake that will not answer better when asked again
+            return InvalidResponseError(
+                "the response has no int status_code (a test's fake response?)",
+                retryable=False,
                 **where,
             )
         if isinstance(exc, _TooLarge):

@@ -18,9 +18,31 @@ from tracker_agent.exceptions import InvalidResponseError, ValidationError, Vali
 from tracker_agent.responses import parse_error_messages
 from tracker_agent.validation import customer_command, event_command, normalize_batch_command
 
-__all__ = ["Tracking", "align_batch_results", "check_results_readable", "MISSING_RESULT_ERROR"]
+__all__ = [
+    "Tracking",
+    "align_batch_results",
+    "check_results_readable",
+    "sdk_event_command",
+    "MISSING_RESULT_ERROR",
+]
 
 MISSING_RESULT_ERROR = "no result returned"
+
+
+def sdk_event_command(data: Mapping[str, Any], properties: object) -> dict[str, Any]:
+    """The batch command exponea-python-sdk's add_event(batch=True) returned, for validated
+    event `data` (what `properties` the caller passed tells None from {}): all four keys, in
+    its order, None for a timestamp or properties left out. batch_commands reads None as
+    absent; the payload sent stays normalised."""
+    return {
+        "name": EVENT_COMMAND,
+        "data": {
+            "customer_ids": data["customer_ids"],
+            "timestamp": data.get("timestamp"),
+            "properties": None if properties is None else data["properties"],
+            "event_type": data["event_type"],
+        },
+    }
 
 
 def _result(command_id: str, raw: object) -> dict[str, Any]:
@@ -142,7 +164,9 @@ class Tracking(Namespace):
         *,
         update_timestamp: Any = None,
     ) -> bool | dict[str, Any]:
-        """Merge `properties` into the customer; True on success, or the batch command."""
+        """Merge `properties` into the customer; True on success, or the batch command
+        {"name": "customers", "data": {"customer_ids", "properties"}} ("update_timestamp" too
+        when given), exponea-python-sdk's shape."""
         data = customer_command(customer_ids, properties, update_timestamp)
         if batch:
             return {"name": CUSTOMER_COMMAND, "data": data}
@@ -157,10 +181,11 @@ class Tracking(Namespace):
         timestamp: Any = None,
         batch: bool = False,
     ) -> bool | dict[str, Any]:
-        """Track one event; True on success, or the batch command. No timestamp: server time."""
+        """Track one event; True on success, or the batch command (exponea-python-sdk's shape,
+        see sdk_event_command). No timestamp: server time."""
         data = event_command(customer_ids, event_type, properties, timestamp)
         if batch:
-            return {"name": EVENT_COMMAND, "data": data}
+            return sdk_event_command(data, properties)
         self._call("POST", "/customers/events", json=data)
         return True
 
