@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from tracker_agent._version import __version__
 from tracker_agent.cli import logs
 from tracker_agent.cli.admin import check, clear_warning, config_, migrate
-from tracker_agent.cli.context import EXIT_ERROR, PROG, CliContext, fail
+from tracker_agent.cli.context import EXIT_ERROR, PROG, CliContext, describe, fail
 from tracker_agent.cli.deadletters import dead_letters
 from tracker_agent.cli.demo import demo
 from tracker_agent.cli.queue import flush, import_, track
@@ -47,7 +47,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (TrackerAgentError, OSError) as exc:
-            fail(str(exc) or type(exc).__name__)
+            fail(describe(exc))
 
 
 @click.group(

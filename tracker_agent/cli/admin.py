@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from tracker_agent.cli.context import CliContext, fail, pass_cli
+from tracker_agent.cli.context import CliContext, describe, fail, pass_cli
 from tracker_agent.config import FIELD_NAMES, explain_settings
 
 #: Clock skew above which `check` warns: event timestamps come from this host's clock.
@@ -93,10 +93,10 @@ def check(cli: CliContext) -> None:
     try:
         answer = client.tracking.batch_commands([{"name": "system/time"}])
     except (AuthenticationError, PermissionDeniedError) as exc:
-        _step("project token and credentials", False, str(exc))
+        _step("project token and credentials", False, describe(exc))
         fail(f"the API refused project {settings.project_token!r} with this {auth}")
     except APIException as exc:
-        _step("project token and credentials", False, str(exc))
+        _step("project token and credentials", False, describe(exc))
         fail("could not verify the credentials")
     if answer and answer[0] is False:
         _step("project token and credentials", False, "the batch command was refused")
@@ -147,7 +147,7 @@ def _check_reads(client: Any) -> None:
         _step("data API", True, "the key may not read customers (not needed for tracking)")
         return
     except APIException as exc:
-        _step("data API", False, str(exc))
+        _step("data API", False, describe(exc))
         return
     _step("data API", True, "the key can read customers")
 

@@ -97,6 +97,14 @@ def pass_cli(f: F) -> F:
     return click.pass_obj(f)  # type: ignore[return-value]
 
 
+def describe(exc: BaseException) -> str:
+    """One line for people: an API error's message with what was asked and what answered
+    ("POST /track/... HTTP 503: ..."), any other error's text."""
+    text = str(exc) or type(exc).__name__
+    context = getattr(exc, "context", "")
+    return f"{context}: {text}" if isinstance(context, str) and context else text
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """One line on stderr, then exit with `code` (never a traceback)."""
     click.echo(f"{PROG}: error: {message}", err=True)
