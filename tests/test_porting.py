@@ -30,8 +30,8 @@ from tracker_agent.exceptions import (
     PatchedRequestsError,
     ValidationError,
 )
+from tracker_agent.testguard import requests_request_is_faked
 from tracker_agent.testing.porting import requests_request_route
-from tracker_agent.transport import requests_request_is_faked
 
 HERE = Path(__file__).resolve().parent
 ORIGINAL_STYLE_SUITE = HERE / "test_porting_original_style.py"
@@ -393,7 +393,7 @@ import sys
 
 import requests
 
-from tracker_agent.transport import requests_request_is_faked
+from tracker_agent.testguard import requests_request_is_faked
 
 requests.request = lambda *args, **kwargs: None
 assert not {"pytest", "unittest"} & set(sys.modules), sorted(sys.modules)

@@ -89,7 +89,16 @@ def test_the_cycle_check_finds_a_cycle():
 #: (importer prefix, forbidden prefixes): what each layer must never import.
 HTTP_SIDE = tuple(
     f"tracker_agent.{m}"
-    for m in ("transport", "client", "api", "responses", "deadline", "http_adapter")
+    for m in (
+        "transport",
+        "client",
+        "api",
+        "responses",
+        "deadline",
+        "http_adapter",
+        "bodies",
+        "testguard",
+    )
 )
 HIGH = tuple(
     f"tracker_agent.{m}" for m in ("drain", "agent", "durable", "scheduler", "cli", "outcomes")

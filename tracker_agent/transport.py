@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import logging
 import random
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +17,14 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tracker_agent._version import __version__
+from tracker_agent.bodies import (
+    BodyTooLarge,
+    NoStatus,
+    body_closer,
+    close_quietly,
+    headers_of,
+    read_body,
+)
 from tracker_agent.constants import (
     DEFAULT_CONNECT_TIMEOUT_SECONDS,
     DEFAULT_READ_RETRIES,
@@ -32,7 +39,6 @@ from tracker_agent.exceptions import (
     APIException,
     APITimeoutError,
     InvalidResponseError,
-    PatchedRequestsError,
     TransportError,
     ValidationTypeError,
 )
@@ -43,6 +49,7 @@ from tracker_agent.responses import (
     parse_retry_after,
     translate_response,
 )
+from tracker_agent.testguard import refuse_escaping_test_request
 from tracker_agent.wire import dumps
 
 if TYPE_CHECKING:
@@ -53,28 +60,15 @@ __all__ = [
     "HTTPTransport",
     "basic_authorization",
     "parse_retry_after",
-    "read_body",
     "read_retry_delay",
-    "refuse_escaping_test_request",
-    "requests_request_is_faked",
     "translate_response",
 ]
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_BYTES = 64 * 1024
 #: The product token that starts our User-Agent (tracker_agent.testing.porting tells our
 #: requests from other code's by it).
 USER_AGENT_PRODUCT = "tracker-agent"
-#: Modules loaded only where a test replaced requests.request: without one, nothing is a fake.
-_TEST_FRAMEWORKS = ("pytest", "unittest")
-_PORTING_HELP = (
-    "requests.request is patched in this test (the way exponea-python-sdk's tests faked the "
-    "API), but tracker-agent sends through a requests.Session, which the patch does not "
-    "reach: the request was stopped before any connection. Add one line to conftest.py, "
-    "`from tracker_agent.testing.porting import route_requests_request  # noqa: F401`, or "
-    "patch 'requests.Session.request' instead: see \"Porting your tests\" in README.md"
-)
 
 
 def read_retry_delay(
@@ -129,121 +123,6 @@ def _reason(exc: BaseException) -> str:
     if text.startswith("<") and ">: " in text:  # "<HTTPConnection object at 0x..>: reason"
         text = text.split(">: ", 1)[1]
     return text[:ERROR_SNIPPET_CHARS] or type(current).__name__
-
-
-class _TooLarge(Exception):
-    """The answer is longer than the cap (raised while reading, translated in _failure)."""
-
-
-class _NoStatus(Exception):
-    """A test's fake response without an int status_code (translated in _failure)."""
-
-
-def requests_request_is_faked(requests: ModuleType) -> bool:
-    """Whether a test replaced `requests.request` (or requests.api.request).
-
-    One identity check where it is requests' own function, as in production. A wrapper that
-    calls the real function (functools.wraps, wrapt: an APM's instrumentation) is not a fake,
-    and nothing is while no test framework is loaded. Compared with requests.api.request at
-    every call, nothing captured: a patch made before requests was first imported is seen."""
-    current = requests.request
-    real = requests.api.request
-    if current is real:
-        return False
-    if not any(name in sys.modules for name in _TEST_FRAMEWORKS):
-        return False
-    import inspect
-
-    try:
-        return inspect.unwrap(current) is not real
-    except ValueError:  # a cycle of __wrapped__: not requests' function either
-        return True
-
-
-def _sends_for_real(session: Any, requests: ModuleType) -> bool:
-    """Whether `session.request` is requests' own method, not a test's patch of it."""
-    func = getattr(getattr(session, "request", None), "__func__", None)
-    return (
-        getattr(func, "__module__", None) == requests.sessions.__name__
-        and getattr(func, "__qualname__", None) == "Session.request"
-        and not hasattr(func, "__wrapped__")
-    )
-
-
-def refuse_escaping_test_request(session: Any, method: str, path: str) -> None:
-    """PatchedRequestsError when a test faked requests.request but `session` would really send:
-    exponea-python-sdk's tests fake the API so, and a ported suite must never reach it."""
-    requests = _requests()
-    if requests_request_is_faked(requests) and _sends_for_real(session, requests):
-        raise PatchedRequestsError(f"{method} {path}: {_PORTING_HELP}")
-
-
-def _is_streamed(response: Any) -> bool:
-    requests = _requests()
-    return isinstance(response, requests.Response) and response.raw is not None
-
-
-def _plain_content(response: Any) -> bytes:
-    """The body of a response a test made up: `content` (bytes), else `text` (str), else
-    `json()`. exponea-python-sdk's tests faked answers with just status_code and text."""
-    content = getattr(response, "content", None)
-    if isinstance(content, (bytes, bytearray)):
-        return bytes(content)
-    text = getattr(response, "text", None)
-    if isinstance(text, str):
-        return text.encode("utf-8")
-    decode = getattr(response, "json", None)
-    return dumps(decode()).encode("utf-8") if callable(decode) else b""
-
-
-def read_body(response: Any, limit: int) -> bytes:
-    """The body of `response`: streamed and capped for a real one (read_capped), or read from
-    the attributes of a minimal stand-in (a test's fake: status_code and text are enough)."""
-    status = getattr(response, "status_code", None)
-    if isinstance(status, bool) or not isinstance(status, int):
-        raise _NoStatus
-    if _is_streamed(response):
-        return read_capped(response, limit)
-    content = _plain_content(response)
-    if len(content) > limit:
-        raise _TooLarge
-    return content
-
-
-def _headers(response: Any) -> Mapping[str, str]:
-    headers = getattr(response, "headers", None)
-    return headers if isinstance(headers, Mapping) else {}
-
-
-def read_capped(response: Any, limit: int) -> bytes:
-    """The whole body of a streamed `response`, or _TooLarge as soon as it passes `limit`."""
-    declared = response.headers.get("Content-Length") or ""
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    parts: list[bytes] = []
-    total = 0
-    for chunk in response.iter_content(READ_CHUNK_BYTES):
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-def _body_closer(response: Any) -> Callable[[], None]:
-    """Cuts off the body of a response (urllib3 >= 2.3); a no-op where that is not offered."""
-    shutdown = getattr(getattr(response, "raw", None), "shutdown", None)
-    return shutdown if callable(shutdown) else lambda: None
-
-
-def _close_quietly(response: Any) -> None:
-    close = getattr(response, "close", None)
-    if not callable(close):  # a test's minimal fake response
-        return
-    try:
-        close()  # a body read to the end frees the connection, anything else closes it
-    except Exception:
-        log.debug("closing a response failed", exc_info=True)
 
 
 class HTTPTransport:
@@ -408,14 +287,14 @@ class HTTPTransport:
                 **kwargs,
             )
             if not watch.attached:  # a session of the caller's: cut off the body, at least
-                watch.attach(_body_closer(response))
+                watch.attach(body_closer(response))
             content = read_body(response, self.max_response_bytes)
         except Exception as exc:  # translated below: nothing third-party escapes
             failure = exc
         finally:
             self._watchdog.disarm(watch)  # before the connection can go back to the pool
             if response is not None:
-                _close_quietly(response)
+                close_quietly(response)
         if failure is not None or watch.expired:
             self._log_failure(method, path, started, failure)
             status = getattr(response, "status_code", None)  # None, or a fake's: ints only
@@ -428,7 +307,7 @@ class HTTPTransport:
             response.status_code,
             (time.monotonic() - started) * 1000,
         )
-        headers = _headers(response)
+        headers = headers_of(response)
         return translate_response(
             method,
             path,
@@ -451,13 +330,13 @@ class HTTPTransport:
                 "(connect + read timeout)",
                 **where,
             )
-        if isinstance(exc, _NoStatus):  # a fake that will not answer better when asked again
+        if isinstance(exc, NoStatus):  # a fake that will not answer better when asked again
             return InvalidResponseError(
                 "the response has no int status_code (a test's fake response?)",
                 retryable=False,
                 **where,
             )
-        if isinstance(exc, _TooLarge):
+        if isinstance(exc, BodyTooLarge):
             return InvalidResponseError(
                 f"answer longer than {self.max_response_bytes} bytes: cut off",
                 status_code=status,

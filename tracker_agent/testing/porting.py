@@ -29,7 +29,8 @@ from urllib.parse import urlencode
 import requests
 from requests.auth import HTTPBasicAuth
 
-from tracker_agent.transport import USER_AGENT_PRODUCT, requests_request_is_faked
+from tracker_agent.testguard import requests_request_is_faked
+from tracker_agent.transport import USER_AGENT_PRODUCT
 
 __all__ = ["requests_request_route", "route_requests_request", "sdk_request_arguments"]
 
