@@ -362,10 +362,6 @@ class OutboxStore:
             )
             return int(cur.rowcount)
 
-    def update_state(self, values: dict[str, Any]) -> None:
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
-            set_state(cur, values)
-
     def state(self) -> dict[str, Any]:
         with self._reading() as conn:
             return read_state(conn)
@@ -459,17 +455,6 @@ class OutboxStore:
     def stats(self, now: float | None = None) -> dict[str, Any]:
         with self._reading() as conn:
             return collect_stats(conn, self._now() if now is None else now)
-
-    def has_due_rows(self, now: float) -> bool:
-        with self._reading() as conn:
-            return (
-                conn.execute(
-                    "SELECT 1 FROM outbox"
-                    " WHERE lease_expires_at <= ? AND next_attempt_at <= ? LIMIT 1",
-                    (now, now),
-                ).fetchone()
-                is not None
-            )
 
     def list_dead(self, **filters: Any) -> list[deadletters.DeadLetter]:
         with self._reading() as conn:
