@@ -12,13 +12,6 @@ from conftest import make_agent, wait_for
 
 from tracker_agent import AgentClosedError, ValidationError
 from tracker_agent.durable import MonotonicTimestamps
-from tracker_agent.testing import FakeExponea
-
-
-@pytest.fixture
-def fake():
-    with FakeExponea() as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,15 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker_agent.testing import FakeExponea
-
 PROCESS_TIMEOUT_SECONDS = 60
-
-
-@pytest.fixture
-def fake():
-    with FakeExponea() as server:
-        yield server
 
 
 @pytest.fixture

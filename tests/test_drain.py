@@ -17,15 +17,8 @@ from tracker_agent.drain import Drainer
 from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outbox.store import NewCommand, OutboxStore
 from tracker_agent.policy import DrainPolicy
-from tracker_agent.testing import FakeExponea
 
 START = "2030-01-01 00:00:00"
-
-
-@pytest.fixture
-def fake():
-    with FakeExponea() as server:
-        yield server
 
 
 @pytest.fixture

@@ -12,15 +12,8 @@ from collections import defaultdict
 import pytest
 
 from tracker_agent import TrackerAgent
-from tracker_agent.testing import FakeExponea
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-@pytest.fixture
-def fake():
-    with FakeExponea() as server:
-        yield server
 
 
 def agent_code(fake, db_url: str, body: str, **settings) -> str:
