@@ -59,6 +59,13 @@ class _NotSent:
 NOT_SENT = _NotSent()
 
 
+def _answered_in_full(answer: Answer) -> bool:
+    """A result for every command (accepted or refused), or a batch never sent at all."""
+    if isinstance(answer, _NotSent):
+        return True
+    return isinstance(answer, list) and not any(r.get("missing") for r in answer)
+
+
 def _last(window: deque[_Batch]) -> _Batch | None:
     return window[-1] if window else None
 
@@ -262,11 +269,12 @@ class Drainer:
         after, batch.after = batch.after, None  # no chain of batches kept alive
         if after is not None:  # one worker thread: `after` has its answer by now
             assert after.answer is not None
-            # Held back if the request just before failed (the drain thread decides what
-            # comes next: back off, pause or split) or the pass is stopping. A batch queued
-            # behind one that was itself held back goes out: that failure was handled before
-            # it was claimed.
-            if isinstance(after.answer.result(), APIException) or self.stopping.is_set():
+            # Held back unless the request just before was answered in full (the drain thread
+            # decides what comes next: back off, pause, split, or retry a command the server
+            # returned no result for, which a later command of its customer must not
+            # overtake), or if the pass is stopping. A batch queued behind one that was
+            # itself held back goes out: that failure was handled before it was claimed.
+            if not _answered_in_full(after.answer.result()) or self.stopping.is_set():
                 return NOT_SENT
         return self._post(batch)
 
