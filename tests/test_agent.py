@@ -138,8 +138,7 @@ def test_started_agent_delivers_in_the_background(agent, fake):
 def test_full_batch_wakes_the_drain_before_the_interval(fake, db_url):
     with make_agent(fake, db_url, drain_interval=60.0) as agent:
         agent.start()
-        assert wait_for(lambda: agent._scheduler is not None and agent._scheduler._idle.is_set())
-        time.sleep(0.2)  # the first run (at start) has finished
+        assert wait_for(lambda: agent.background_drain_idle())  # the first run (at start)
         agent.tracking.batch_commands(
             [
                 agent.tracking.add_event({"registered": "w"}, "v", {"n": n}, batch=True)
@@ -202,7 +201,7 @@ def test_forked_child_gets_no_drain_thread_and_its_events_are_delivered_by_the_p
         try:
             drain_threads = [t for t in threading.enumerate() if "APScheduler" in t.name]
             agent.tracking.add_event({"registered": "child"}, "from-child")
-            code = 0 if agent._scheduler is None and not drain_threads else 2
+            code = 0 if not agent.draining_in_background and not drain_threads else 2
         except BaseException:
             traceback.print_exc()
         finally:

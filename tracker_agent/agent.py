@@ -228,6 +228,16 @@ class TrackerAgent:
             self._scheduler = scheduler
         return self
 
+    @property
+    def draining_in_background(self) -> bool:
+        """start() runs a drain thread in this process (False in a forked child until it
+        calls start() itself)."""
+        return self._scheduler is not None
+
+    def background_drain_idle(self) -> bool:
+        """The background drain runs and no pass of it is in progress."""
+        return self._scheduler is not None and self._scheduler.idle
+
     def _scheduled_drain(self) -> None:
         try:
             self.store.rescue_lost_wal()

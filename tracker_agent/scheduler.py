@@ -32,6 +32,8 @@ class DrainScheduler:
         self._job: Any = None
         self._idle = threading.Event()
         self._idle.set()
+        self._active = 0  # passes running (the worker runs one at a time; APScheduler counts)
+        self._count_lock = threading.Lock()
         self._wake_pending = False
 
     @property
@@ -44,7 +46,10 @@ class DrainScheduler:
 
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            # Two instances: one running and at most one queued behind it in the single worker
+            # thread (so passes never overlap). With one, a wake-up that came while APScheduler
+            # still counted the pass that just ended was dropped until the next interval.
+            job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=dt.timezone.utc,
             daemon=True,
             logger=_SchedulerLog(logging.getLogger("apscheduler.scheduler"), {}),
@@ -60,9 +65,19 @@ class DrainScheduler:
         scheduler.start()
         self._scheduler = scheduler
 
+    @property
+    def idle(self) -> bool:
+        """No pass is running."""
+        return self._idle.is_set()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no pass is running; True if that happened within `timeout`."""
+        return self._idle.wait(timeout)
+
     def wake(self) -> None:
-        """Run the job now, unless it is running (a running pass drains until nothing is due)."""
-        if self._scheduler is None or not self._idle.is_set() or self._wake_pending:
+        """Run the job now, or right after the pass that is running (new rows may have come
+        after its last claim). Wake-ups while one is pending are folded into it."""
+        if self._scheduler is None or self._wake_pending:
             return
         self._wake_pending = True
         try:
@@ -71,12 +86,17 @@ class DrainScheduler:
             log.debug("wake-up ignored", exc_info=True)
 
     def _run(self) -> None:
-        self._idle.clear()
+        with self._count_lock:
+            self._active += 1
+            self._idle.clear()
         self._wake_pending = False
         try:
             self._job_fn()
         finally:
-            self._idle.set()
+            with self._count_lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle.set()
 
     def shutdown(self, timeout: float | None) -> bool:
         """Stop scheduling; wait up to `timeout` s for a running pass. True if it finished."""
@@ -91,12 +111,15 @@ class DrainScheduler:
         self._scheduler = None
         self._idle = threading.Event()
         self._idle.set()
+        self._active = 0
+        self._count_lock = threading.Lock()
         self._wake_pending = False
 
 
 class _SchedulerLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in 3.11+ stubs
     """APScheduler's own logger, except one message: a tick that finds the previous pass still
-    running is how a long drain looks (max_instances=1 on purpose), not a warning."""
+    running is how a long drain looks (a bounded number of instances on purpose), not a
+    warning."""
 
     def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
         if "maximum number of running instances" in str(msg):
