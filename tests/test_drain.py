@@ -265,18 +265,35 @@ def test_revoked_credentials_pause_delivery_without_dead_lettering(fake, store, 
         stats = store.stats()
         assert (stats["pending"], stats["dead"], stats["in_flight"]) == (5, 0, 0)
         assert stats["paused_reason"] == report.paused_reason
-        requests_before = len(fake.requests)
-        frozen.tick(30)
-        drainer.drain()
-        assert len(fake.requests) == requests_before  # no probe before the interval
-        frozen.tick(31)
-        drainer.drain()  # probe, still refused
-        assert len(fake.requests) == requests_before + 1
+        # Probes come soon after the pause began, then less and less often, up to the interval.
+        probes = []
+        for waited in (0.9, 0.2, 1.9, 0.2, 3.9, 0.2):
+            before = len(fake.requests)
+            frozen.tick(waited)
+            drainer.drain()
+            probes.append(len(fake.requests) - before)
+        assert probes == [0, 1, 0, 1, 0, 1]  # at 1 s, then 2 s later, then 4 s later
+        for _ in range(8):  # the wait doubles up to pause_probe_interval, never beyond
+            frozen.tick(60.1)
+            before = len(fake.requests)
+            drainer.drain()
+            assert len(fake.requests) == before + 1
         fake.restore_credentials()
         frozen.tick(61)
         assert drainer.drain().delivered == 5
     stats = store.stats()
     assert (stats["paused_reason"], stats["dead"]) == (None, 0)
+
+
+def test_a_brief_401_blip_costs_seconds_not_the_probe_interval(fake, store, client):
+    enqueue_events(store, "alice", 3)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, pause_probe_interval=60.0)
+        fake.fail_next(1, status=401, body={"errors": ["Could not authenticate"]})
+        assert drainer.drain().paused_reason
+        frozen.tick(1.1)  # the first probe is due after a second
+        assert drainer.drain().delivered == 3
+    assert store.stats()["paused_reason"] is None
 
 
 def test_invalid_project_token_pauses_too(fake, store, client):

@@ -47,5 +47,8 @@ DEFAULT_LEASE_SECONDS = 60.0
 DEFAULT_BACKOFF_BASE_SECONDS = 1.0
 DEFAULT_BACKOFF_CAP_SECONDS = 300.0
 DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS = 60.0
+#: The first probe after a pause begins comes this soon; each failed one doubles the wait, up to
+#: pause_probe_interval (a 401 blip costs seconds; a revoked key is still probed politely).
+FIRST_PAUSE_PROBE_SECONDS = 1.0
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0

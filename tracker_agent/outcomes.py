@@ -15,7 +15,7 @@ from typing import Any
 from .exceptions import APIException
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
-from .policy import DrainPolicy, backoff_delay, error_text
+from .policy import DrainPolicy, backoff_delay, error_text, pause_probe_delay
 
 log = logging.getLogger("tracker_agent.drain")
 
@@ -50,6 +50,13 @@ class DrainReport:
         self.paused_reason = other.paused_reason
         self.backoff_until = other.backoff_until
         self.last_error = other.last_error or self.last_error
+
+
+def human_seconds(seconds: float) -> str:
+    """ "2.5 s", or "40 ms" under a second (a full-jitter delay is often tiny: never "0.0s")."""
+    if seconds >= 1:
+        return f"{seconds:.1f} s"
+    return f"{max(seconds, 0.0) * 1000:.0f} ms"
 
 
 def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainReport]:
@@ -108,6 +115,7 @@ def settle_results(
             state_keys.STATE_BACKOFF_UNTIL: 0,
             state_keys.STATE_PAUSED_REASON: None,
             state_keys.STATE_PROBE_AT: None,
+            state_keys.STATE_PAUSE_PROBES: None,
         }
     )
 
@@ -125,13 +133,20 @@ def pause(
     """Credentials or project refused: give the rows back, pause until the next probe."""
     reason = error_text(exc)
     outcome.release.extend(r.id for r in rows)
-    if not state.get(state_keys.STATE_PAUSED_REASON):
-        log.error("delivery paused: %s (probing every %ss)", reason, policy.pause_probe_interval)
+    was_paused = bool(state.get(state_keys.STATE_PAUSED_REASON))
+    probes = int(state.get(state_keys.STATE_PAUSE_PROBES) or 0) if was_paused else 0
+    delay = pause_probe_delay(probes, interval=policy.pause_probe_interval)
+    if not was_paused:
+        log.error(
+            "delivery paused: %s (probing in %s, then less often, up to every %gs)",
+            reason, human_seconds(delay), policy.pause_probe_interval,
+        )  # fmt: skip
     outcome.state.update(
         {
             state_keys.STATE_PAUSED_REASON: reason,
             state_keys.STATE_PAUSED_AT: state.get(state_keys.STATE_PAUSED_AT) or now,
-            state_keys.STATE_PROBE_AT: now + policy.pause_probe_interval,
+            state_keys.STATE_PROBE_AT: now + delay,
+            state_keys.STATE_PAUSE_PROBES: probes + 1,
             state_keys.STATE_LAST_ERROR: reason,
             state_keys.STATE_LAST_ERROR_AT: now,
         }
@@ -182,8 +197,8 @@ def back_off(
     # One line when delivery starts backing off; the retries that follow log at DEBUG.
     log.log(
         logging.WARNING if failures == 1 else logging.DEBUG,
-        "delivery backing off %.1fs after failure %d: %s",
-        delay,
+        "delivery backing off %s after failure %d: %s",
+        human_seconds(delay),
         failures,
         reason,
     )

@@ -83,6 +83,13 @@ def backoff_delay(
     return delay
 
 
+def pause_probe_delay(failed_probes: int, *, interval: float) -> float:
+    """Seconds from a pause (or a failed probe) to the next probe: FIRST_PAUSE_PROBE_SECONDS,
+    doubling with each failed probe, never more than `interval` (pause_probe_interval)."""
+    exponent = min(max(failed_probes, 0), 62)
+    return min(interval, c.FIRST_PAUSE_PROBE_SECONDS * 2.0**exponent)
+
+
 def error_text(exc: APIException) -> str:
     messages = "; ".join(exc.errors) if exc.errors else exc.message
     status = f"HTTP {exc.status_code}: " if exc.status_code is not None else ""

@@ -17,6 +17,8 @@ STATE_LAST_ERROR_AT = "last_error_at"
 STATE_PAUSED_REASON = "paused_reason"
 STATE_PAUSED_AT = "paused_at"
 STATE_PROBE_AT = "probe_at"
+#: How many probes failed since the pause began (the next one waits longer).
+STATE_PAUSE_PROBES = "pause_probes"
 STATE_BACKOFF_UNTIL = "backoff_until"
 STATE_FAILURES = "consecutive_failures"
 #: The project token this outbox belongs to, recorded by the first agent that opens it.

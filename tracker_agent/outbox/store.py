@@ -25,7 +25,15 @@ from .errors import translate_sqlite_error
 from .files import wal_was_lost
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
-from .state import STATE_DROPPED, STATE_PROJECT, read_state, set_state
+from .state import (
+    STATE_DROPPED,
+    STATE_PAUSE_PROBES,
+    STATE_PAUSED_REASON,
+    STATE_PROBE_AT,
+    STATE_PROJECT,
+    read_state,
+    set_state,
+)
 from .stats import collect_stats
 
 log = logging.getLogger(__name__)
@@ -306,11 +314,24 @@ class OutboxStore:
             yield self._drain_conn
 
     def claim(
-        self, owner: str, *, limit: int, max_bytes: int, lease_seconds: float, now: float
+        self,
+        owner: str,
+        *,
+        limit: int,
+        max_bytes: int,
+        lease_seconds: float,
+        now: float,
+        follow_own: bool = False,
     ) -> list[ClaimedRow]:
-        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload)."""
+        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload). With
+        `follow_own`, rows leased to `owner` do not block it (see leases.claim)."""
         return self.claim_if(
-            owner, limit=limit, max_bytes=max_bytes, lease_seconds=lease_seconds, now=now
+            owner,
+            limit=limit,
+            max_bytes=max_bytes,
+            lease_seconds=lease_seconds,
+            now=now,
+            follow_own=follow_own,
         )[1]
 
     def claim_if(
@@ -322,12 +343,15 @@ class OutboxStore:
         lease_seconds: float,
         now: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
+        follow_own: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
+            return leases.claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
+            )
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -344,13 +368,16 @@ class OutboxStore:
         max_bytes: int,
         lease_seconds: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
+        follow_own: bool = False,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             delivered = leases.settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
-            state, rows = leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
+            state, rows = leases.claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
+            )
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
@@ -416,6 +443,16 @@ class OutboxStore:
                 (until, owner),
             )
             return int(cur.rowcount)
+
+    def probe_now(self) -> str | None:
+        """If delivery is paused, make the next probe due at once (a daemon start, a flush, a
+        successful `check`, `tracker-agent resume`): the pause lifts the moment the API
+        accepts a batch again. Returns the pause reason, None when not paused."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            reason = read_state(cur).get(STATE_PAUSED_REASON)
+            if reason:
+                set_state(cur, {STATE_PROBE_AT: 0, STATE_PAUSE_PROBES: 0})
+        return str(reason) if reason else None
 
     def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
         """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
