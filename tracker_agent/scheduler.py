@@ -20,6 +20,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 JOB_ID = "tracker-agent-drain"
+#: Where APScheduler's per-run lines for our job go (WARNING unless the app lowers it).
+JOB_LOGGER = "tracker_agent.scheduler.jobs"
 
 
 class DrainScheduler:
@@ -44,8 +46,20 @@ class DrainScheduler:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        class QuietExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+            """APScheduler logs "Running job" and "executed successfully" at INFO for every
+            tick, on the executor's logger: an app with basicConfig(level=INFO) got two lines a
+            second. Ours go to JOB_LOGGER, at WARNING unless the app set its level."""
+
+            def start(self, scheduler: Any, alias: str) -> None:
+                super().start(scheduler, alias)
+                jobs = logging.getLogger(JOB_LOGGER)
+                if jobs.level == logging.NOTSET:
+                    jobs.setLevel(logging.WARNING)
+                self._logger = jobs
+
         scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            executors={"default": QuietExecutor(max_workers=1)},
             # Two instances: one running and at most one queued behind it in the single worker
             # thread (so passes never overlap). With one, a wake-up that came while APScheduler
             # still counted the pass that just ended was dropped until the next interval.
@@ -117,9 +131,13 @@ class DrainScheduler:
 
 
 class _SchedulerLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in 3.11+ stubs
-    """APScheduler's own logger, except one message: a tick that finds the previous pass still
-    running is how a long drain looks (a bounded number of instances on purpose), not a
+    """APScheduler's own logger, one level quieter where it narrates our job: its INFO lines
+    (job added, scheduler started, each run) are DEBUG, and a tick that finds the previous pass
+    still running is how a long drain looks (a bounded number of instances on purpose), not a
     warning."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: Any) -> None:
         if "maximum number of running instances" in str(msg):

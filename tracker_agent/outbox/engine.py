@@ -209,7 +209,7 @@ def migrate(engine: Engine) -> None:
     would lock no more than IMMEDIATE does, and readers keep working meanwhile either way.
     """
     path = engine.url.database or ""
-    with _translating(path), engine.connect() as conn:
+    with _translating(path), _alembic_detail_at_debug(), engine.connect() as conn:
         conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
         with conn.begin():
             revision = _connection_revision(conn)
@@ -230,6 +230,33 @@ def _translating(path: str) -> Iterator[None]:
         if isinstance(exc, (sqlite3.Error, SQLAlchemyError)):
             raise translate_sqlite_error(exc, path) from exc
         raise
+
+
+class _ToDebug(logging.Filter):
+    """Drops Alembic's INFO lines (seven on a first open, in an app at INFO) and repeats them
+    at DEBUG on our logger: the one INFO line is ours ("migrating outbox ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        log.debug("alembic: %s", record.getMessage())
+        return False
+
+
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
+@contextlib.contextmanager
+def _alembic_detail_at_debug() -> Iterator[None]:
+    quiet = _ToDebug()
+    loggers = [logging.getLogger(name) for name in _ALEMBIC_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def _upgrade_locked(conn: Connection, path: str, revision: str | None) -> None:
