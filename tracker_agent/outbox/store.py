@@ -314,24 +314,11 @@ class OutboxStore:
             yield self._drain_conn
 
     def claim(
-        self,
-        owner: str,
-        *,
-        limit: int,
-        max_bytes: int,
-        lease_seconds: float,
-        now: float,
-        follow_own: bool = False,
+        self, owner: str, *, limit: int, max_bytes: int, lease_seconds: float, now: float
     ) -> list[ClaimedRow]:
-        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload). With
-        `follow_own`, rows leased to `owner` do not block it (see leases.claim)."""
+        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload)."""
         return self.claim_if(
-            owner,
-            limit=limit,
-            max_bytes=max_bytes,
-            lease_seconds=lease_seconds,
-            now=now,
-            follow_own=follow_own,
+            owner, limit=limit, max_bytes=max_bytes, lease_seconds=lease_seconds, now=now
         )[1]
 
     def claim_if(
@@ -343,15 +330,12 @@ class OutboxStore:
         lease_seconds: float,
         now: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
-        follow_own: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+            return leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -368,16 +352,13 @@ class OutboxStore:
         max_bytes: int,
         lease_seconds: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
-        follow_own: bool = False,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             delivered = leases.settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
-            state, rows = leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+            state, rows = leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
