@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import threading
 
 import pytest
@@ -238,3 +240,197 @@ def test_concurrent_enqueues_from_many_threads_all_land(make_store):
         t = r.payload.split('"registered":"')[1].split('"')[0]
         per_thread.setdefault(t, []).append(int(r.payload.split('"n":')[1].split(",")[0]))
     assert all(ns == list(range(50)) for ns in per_thread.values())
+
+
+def heads_and_oldest(store: OutboxStore) -> tuple[list[int], list[int]]:
+    """The rows flagged as their customer's head, and each customer's oldest row."""
+    with store.engine.connect() as conn:
+        flagged = conn.exec_driver_sql("SELECT id FROM outbox WHERE is_head = 1 ORDER BY id")
+        oldest = conn.exec_driver_sql("SELECT min(id) FROM outbox GROUP BY customer_key ORDER BY 1")
+        return [r[0] for r in flagged], [r[0] for r in oldest]
+
+
+def test_a_blocked_customer_with_a_long_queue_does_not_hold_back_the_others(make_store):
+    store = make_store()
+    store.enqueue([cmd("busy", n) for n in range(300)])
+    in_flight = claim(store, "x")
+    assert len(in_flight) == 50
+    store.enqueue([cmd(f"c{i}", i) for i in range(60)])
+    picked = claim(store, "y")
+    assert len(picked) == 50
+    assert all('"registered":"c' in r.payload for r in picked)
+    assert [r.id for r in picked] == sorted(r.id for r in picked)
+    assert min(r.id for r in picked) == 301  # the first row after busy's 300
+    store.settle("x", Settlement(retry=[r.id for r in in_flight], retry_at=NOW + 100), NOW)
+    assert ['"registered":"c5' in r.payload for r in claim(store, "z")] == [True] * 10
+    assert claim(store, "z") == []  # busy waits for its retry, its 250 others behind it
+    assert [r.id for r in claim(store, "z", now=NOW + 101)] == list(range(1, 51))
+
+
+def test_claims_merge_the_customers_queues_in_id_order(make_store):
+    store = make_store()
+    store.enqueue([cmd("ann" if n % 3 else "bob", n) for n in range(30)])
+    assert [r.id for r in claim(store, limit=7)] == list(range(1, 8))
+    assert [r.id for r in claim(store, "b", limit=7)] == []  # both customers are in flight
+
+
+def test_rows_before_a_customers_first_blocked_row_still_go(make_store):
+    store = make_store()
+    store.enqueue([cmd("a", n) for n in range(3)])
+    first, second, third = claim(store, "x")
+    # A partial answer: the first row given back, the second retried later, the third done.
+    outcome = Settlement(release=[first.id], retry=[second.id], delivered=[third.id])
+    store.settle("x", dataclasses.replace(outcome, retry_at=NOW + 30), NOW)
+    store.enqueue([cmd("a", 3)])
+    assert [r.id for r in claim(store, "y")] == [first.id]  # the second blocks the fourth
+    assert [r.id for r in claim(store, "y", now=NOW + 31)] == []  # the first is in flight
+    store.settle("y", Settlement(delivered=[first.id]), NOW + 31)
+    assert [r.id for r in claim(store, "y", now=NOW + 31)] == [second.id, third.id + 1]
+
+
+def test_a_dead_letter_put_back_goes_ahead_of_its_customers_queue(make_store):
+    store = make_store()
+    store.enqueue([cmd("a", 0)])
+    (dead,) = claim(store, "x")
+    store.settle("x", Settlement(dead=[(dead.id, "rejected", 400)]), NOW)
+    store.enqueue([cmd("a", 1), cmd("b", 2), cmd("a", 3)])
+    assert heads_and_oldest(store) == ([2, 3], [2, 3])
+    assert store.retry_dead() == 1
+    assert heads_and_oldest(store) == ([1, 3], [1, 3])
+    assert [r.id for r in claim(store, "y", limit=2)] == [1, 2]
+    assert [r.id for r in claim(store, "z")] == [3]  # b's; a's 4 waits behind its 1 in flight
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_each_customer_keeps_exactly_one_head_whatever_writes_the_table(make_store, seed):
+    # Enqueues, claims, every outcome of a settlement, dead letters put back and drop_oldest,
+    # in a seeded random order: the flag is always on each customer's oldest row.
+    rnd = random.Random(seed)
+    store = make_store(max_rows=40, overflow="drop_oldest")
+    now = NOW
+    for step in range(150):
+        now += 1
+        action = rnd.random()
+        if action < 0.4:
+            store.enqueue([cmd(rnd.choice("abcd"), step) for _ in range(rnd.randint(1, 5))])
+        elif action < 0.8:
+            rows = claim(store, "x", limit=rnd.randint(1, 8), now=now)
+            outcome = Settlement(retry_at=now + rnd.choice((0, 3)))
+            for row in rows:
+                kind = rnd.choice(("delivered", "dead", "retry", "release"))
+                if kind == "dead":
+                    outcome.dead.append((row.id, "rejected", 400))
+                else:
+                    getattr(outcome, kind).append(row.id)
+            store.settle("x", outcome, now)
+        else:
+            store.retry_dead(ids=[d.id for d in store.list_dead() if rnd.random() < 0.5])
+        flagged, oldest = heads_and_oldest(store)
+        assert flagged == oldest, step
+
+
+def follow(store, owner, limit=50, now=NOW):
+    return store.claim(
+        owner, limit=limit, max_bytes=10**7, lease_seconds=LEASE, now=now, follow_own=True
+    )
+
+
+def test_with_follow_own_a_drainers_own_batch_in_flight_does_not_block_it(make_store):
+    store = make_store()
+    store.enqueue([cmd("a", n) for n in range(120)])
+    assert [r.id for r in claim(store, "x")] == list(range(1, 51))
+    assert claim(store, "x") == []  # by default its own lease blocks it too
+    assert [r.id for r in follow(store, "x")] == list(range(51, 101))  # never 1..50 again
+    assert follow(store, "y") == []  # another drainer still waits for both batches
+    store.enqueue([cmd("b", 0)])
+    assert [r.id for r in follow(store, "x", limit=30)] == [*range(101, 121), 121]
+    assert follow(store, "x") == []  # all of a's and b's rows are x's, in flight
+    store.settle("x", Settlement(delivered=list(range(1, 51))), NOW)
+    assert follow(store, "y") == []
+
+
+def test_with_follow_own_anything_else_that_blocks_still_blocks(make_store):
+    store = make_store()
+    store.enqueue([cmd("a", n) for n in range(6)])
+    first = claim(store, "x", limit=2)
+    # Its first batch failed: waiting for the retry, it blocks its own owner as well.
+    store.settle("x", Settlement(retry=[r.id for r in first], retry_at=NOW + 30), NOW)
+    assert follow(store, "x") == []
+    later = NOW + 31
+    assert [r.id for r in follow(store, "x", limit=2, now=later)] == [1, 2]
+    with store.engine.begin() as conn:  # y leases row 4 (say, after a lease of x's expired)
+        conn.exec_driver_sql(
+            "UPDATE outbox SET lease_owner = 'y', lease_expires_at = ? WHERE id = 4", (later + 60,)
+        )
+    assert [r.id for r in follow(store, "x", now=later)] == [3]  # up to y's row
+    # x gives 1 back while it holds 2 and 3: its rows are no longer the customer's oldest, so
+    # they block like anyone's lease; 1, ahead of every blocked row, may go (as without
+    # follow_own), and then x's rows are the oldest again, up to y's.
+    store.settle("x", Settlement(release=[1]), later)
+    assert [r.id for r in follow(store, "x", now=later)] == [1]
+    assert follow(store, "x", now=later) == []
+
+
+def expected_claim(store, owner, limit, max_bytes, now, follow_own):
+    """What a claim must take, computed naively from every row (the contract, not the SQL):
+    due rows in id order, none after a blocked row of its customer (with follow_own, the
+    owner's own live leases do not block it when they are its customer's oldest rows)."""
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT id, customer_key, size, lease_owner, lease_expires_at, next_attempt_at"
+            " FROM outbox ORDER BY id"
+        ).all()
+    queues: dict[str, list] = {}
+    for row in rows:
+        queues.setdefault(row[1], []).append(row)
+    claimable = []
+    for queue in queues.values():
+        own = [r for r in queue if r[4] > now and r[3] == owner] if follow_own else []
+        if own and queue[: len(own)] == own:
+            queue = queue[len(own) :]
+        for r in queue:
+            if r[4] > now or r[5] > now:  # leased, or waiting for its retry
+                break
+            claimable.append(r)
+    picked, total = [], 0
+    for r in sorted(claimable)[:limit]:
+        if picked and total + r[2] > max_bytes:
+            break
+        picked.append(r[0])
+        total += r[2]
+    return picked
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_claims_take_what_the_contract_says_in_any_state(make_store, seed):
+    rnd = random.Random(seed)
+    store = make_store(max_rows=10_000)
+    now = NOW
+    for step in range(120):
+        now += rnd.choice((0, 1, 7))  # leases (10 s here) and retries (0-20 s) run out
+        if rnd.random() < 0.3:
+            store.enqueue(
+                [cmd(rnd.choice("abcde"), step, pad=rnd.randint(0, 300)) for _ in range(4)]
+            )
+        owner, follow_own = rnd.choice("xyz"), rnd.random() < 0.5
+        limit, max_bytes = rnd.randint(1, 12), rnd.choice((400, 2000, 10**6))
+        expected = expected_claim(store, owner, limit, max_bytes, now, follow_own)
+        rows = store.claim(
+            owner,
+            limit=limit,
+            max_bytes=max_bytes,
+            lease_seconds=10,
+            now=now,
+            follow_own=follow_own,
+        )
+        assert [r.id for r in rows] == expected, step
+        outcome = Settlement(retry_at=now + rnd.randint(0, 20), error="503")
+        for row in rows:
+            kind = rnd.choice(("delivered", "retry", "release", "keep", "keep", "dead"))
+            if kind == "dead":
+                outcome.dead.append((row.id, "rejected", 400))
+            elif kind != "keep":  # keep: left leased, in flight
+                getattr(outcome, kind).append(row.id)
+        store.settle(owner, outcome, now)
+        if rnd.random() < 0.1:
+            store.retry_dead()

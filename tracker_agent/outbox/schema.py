@@ -1,6 +1,9 @@
 """The outbox's tables, as SQLAlchemy Core metadata (the migrations at head must match it).
 
-outbox          one row per accepted tracking command, FIFO by id; delivered rows are deleted
+outbox          one row per accepted tracking command, FIFO by id; delivered rows are deleted.
+                Each customer's rows are a queue of their own (ix_outbox_customer), and the
+                oldest row of each is flagged (is_head, kept by triggers): the claim walks that
+                queue of queues in id order and never reads the rows of a blocked customer
 dead_letters    commands the server rejected (or that hit max attempts/age), kept with the reason
 queue_counters  one row (id=1): rows and bytes in `outbox`, kept exact by triggers, so that the
                 bound check at enqueue never counts a million rows
@@ -47,7 +50,22 @@ outbox = Table(
     # 0 means "not leased"; a lease is live while lease_expires_at > now.
     Column("lease_expires_at", Float, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
+    # 1 on the oldest row of its customer (QUEUE_TRIGGERS keep exactly one per customer), 0 on
+    # the others. Last: migration 0003 added it with ALTER TABLE (no copy of the backlog).
+    Column("is_head", Integer, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
+)
+# A customer's queue in id order: the claim takes a customer's next rows here, one seek each,
+# and the triggers find a customer's oldest row. It costs one index page per enqueued row and
+# per delivered row (the price of a claim that never reads a blocked customer's rows).
+Index("ix_outbox_customer", outbox.c.customer_key, outbox.c.id)
+# Partial: one entry per customer with queued rows, in the order of its oldest row (the queue
+# of queues). Covering (customer_key), so skipping a blocked customer costs one index entry.
+Index(
+    "ix_outbox_heads",
+    outbox.c.id,
+    outbox.c.customer_key,
+    sqlite_where=outbox.c.is_head == 1,
 )
 # Partial: only leased rows are in it (a handful), so counting in-flight rows stays O(leased)
 # and inserting a new (unleased) row never touches it.
@@ -57,8 +75,8 @@ Index(
     sqlite_where=outbox.c.lease_expires_at > 0,
 )
 # Partial: only rows retried at least once. With ix_outbox_leased it finds the rows that block
-# their customer's later rows (in flight, or waiting for a retry) without an index over every
-# row's customer, which cost a scattered page write per enqueue and per delivered row.
+# their customer's later rows (in flight, or waiting for a retry): a handful, whatever the
+# backlog.
 Index(
     "ix_outbox_retry",
     outbox.c.next_attempt_at,
@@ -102,4 +120,25 @@ COUNTER_TRIGGERS = (
     BEGIN UPDATE queue_counters SET rows = rows + 1, bytes = bytes + NEW.size WHERE id = 1; END""",
     """CREATE TRIGGER IF NOT EXISTS trg_outbox_count_delete AFTER DELETE ON outbox
     BEGIN UPDATE queue_counters SET rows = rows - 1, bytes = bytes - OLD.size WHERE id = 1; END""",
+)
+
+#: Triggers that keep is_head on exactly the oldest row of each customer, whoever writes the
+#: table (the enqueue, a dead letter put back under its old id, drop_oldest, a delivery);
+#: created by migration 0003. A row that becomes its customer's oldest takes the flag from the
+#: one after it (a dead letter returns ahead of its customer's queue); deleting the oldest row
+#: hands the flag to the next one. Each is one or two seeks in ix_outbox_customer.
+QUEUE_TRIGGERS = (
+    """CREATE TRIGGER IF NOT EXISTS trg_outbox_head_insert AFTER INSERT ON outbox
+    WHEN NOT EXISTS (SELECT 1 FROM outbox WHERE customer_key = NEW.customer_key AND id < NEW.id)
+    BEGIN
+    UPDATE outbox SET is_head = 0 WHERE is_head = 1 AND id = (SELECT min(id) FROM outbox
+        WHERE customer_key = NEW.customer_key AND id > NEW.id);
+    UPDATE outbox SET is_head = 1 WHERE id = NEW.id;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS trg_outbox_head_delete AFTER DELETE ON outbox
+    WHEN OLD.is_head = 1
+    BEGIN
+    UPDATE outbox SET is_head = 1 WHERE id = (SELECT min(id) FROM outbox
+        WHERE customer_key = OLD.customer_key);
+    END""",
 )

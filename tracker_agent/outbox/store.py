@@ -314,11 +314,24 @@ class OutboxStore:
             yield self._drain_conn
 
     def claim(
-        self, owner: str, *, limit: int, max_bytes: int, lease_seconds: float, now: float
+        self,
+        owner: str,
+        *,
+        limit: int,
+        max_bytes: int,
+        lease_seconds: float,
+        now: float,
+        follow_own: bool = False,
     ) -> list[ClaimedRow]:
-        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload)."""
+        """Lease up to `limit` due rows (at least one, at most `max_bytes` of payload). With
+        `follow_own`, rows leased to `owner` do not block it (see leases.claim)."""
         return self.claim_if(
-            owner, limit=limit, max_bytes=max_bytes, lease_seconds=lease_seconds, now=now
+            owner,
+            limit=limit,
+            max_bytes=max_bytes,
+            lease_seconds=lease_seconds,
+            now=now,
+            follow_own=follow_own,
         )[1]
 
     def claim_if(
@@ -330,12 +343,15 @@ class OutboxStore:
         lease_seconds: float,
         now: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
+        follow_own: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
+            return leases.claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
+            )
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -352,13 +368,16 @@ class OutboxStore:
         max_bytes: int,
         lease_seconds: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
+        follow_own: bool = False,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             delivered = leases.settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
-            state, rows = leases.claim(cur, owner, limit, max_bytes, lease_seconds, now, gate)
+            state, rows = leases.claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
+            )
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
