@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from types import ModuleType
 
-from bench import coldstart, drain, enqueue, latency, memory, peers, report, sysinfo
+from bench import backlog, coldstart, drain, enqueue, latency, memory, peers, report, sysinfo
 from bench.common import FULL, QUICK, ROOT, Scale, Section
 
 FAMILIES: dict[str, ModuleType] = {
@@ -27,6 +27,7 @@ FAMILIES: dict[str, ModuleType] = {
     "latency": latency,
     "memory": memory,
     "coldstart": coldstart,
+    "backlog": backlog,
 }
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 #: Third-party loggers that would print a line per dropped event or per skipped drain tick.

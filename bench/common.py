@@ -38,10 +38,17 @@ class Scale:
     memory_backlogs: tuple[int, ...]
     memory_drain: int  # events each memory drain process delivers
     coldstart_runs: int
+    backlogs: tuple[int, ...]  # queued events before a drain (the backlog family)
+    backlog_window: int  # events each of those drains delivers
 
 
-FULL = Scale(False, 2.5, 20_000, 20_000, 60.0, 200.0, 10.0, (100_000, 1_000_000), 100_000, 9)
-QUICK = Scale(True, 0.4, 3_000, 2_000, 15.0, 200.0, 2.0, (10_000, 50_000), 5_000, 5)
+FULL = Scale(
+    False, 2.5, 20_000, 20_000, 60.0, 200.0, 10.0, (100_000, 1_000_000), 100_000, 9,
+    (10_000, 100_000, 1_000_000), 25_000,
+)  # fmt: skip
+QUICK = Scale(
+    True, 0.4, 3_000, 2_000, 15.0, 200.0, 2.0, (10_000, 50_000), 5_000, 5, (2_000, 20_000), 2_000
+)
 
 
 @dataclass(frozen=True)
