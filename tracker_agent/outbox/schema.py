@@ -26,10 +26,6 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-#: Command names, as the batch endpoint spells them.
-KIND_EVENT = "customers/events"
-KIND_CUSTOMER = "customers"
-
 outbox = Table(
     "outbox",
     metadata,
