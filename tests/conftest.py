@@ -49,7 +49,11 @@ def sqlite_url(path: Path | str) -> str:
 def make_agent(
     fake: FakeExponea, database: Path | str, *, project: str | None = None, **settings: Any
 ) -> TrackerAgent:
-    """A TrackerAgent on `fake` with the outbox at `database` (a path or an SQLite URL)."""
+    """A TrackerAgent on `fake` with the outbox at `database` (a path or an SQLite URL).
+
+    No background drain unless the test asks (drain=True, or start()): most tests deliver
+    with flush() or look at what stays queued."""
+    settings.setdefault("drain", False)
     settings.setdefault("drain_interval", AGENT_DRAIN_INTERVAL_SECONDS)
     settings.setdefault("request_timeout", AGENT_REQUEST_TIMEOUT_SECONDS)
     return TrackerAgent(

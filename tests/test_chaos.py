@@ -149,6 +149,7 @@ def open_agent(fake: FakeExponea, db_path: Path) -> TrackerAgent:
         password=fake.password,
         url=fake.url,
         database_url=f"sqlite:///{db_path}",
+        drain=False,  # it only queues: the daemon delivers
     )
 
 
@@ -355,6 +356,7 @@ def start_producers(fake: FakeExponea, tmp_path: Path, db_path: Path) -> list[su
             "password": fake.password,
             "url": fake.url,
             "database_url": f"sqlite:///{db_path}",
+            "drain": False,  # producer-only: the daemon delivers
         },
         "customers": CUSTOMERS_PER_PRODUCER,
         "max_events": MAX_EVENTS_PER_PRODUCER,

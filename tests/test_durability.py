@@ -18,7 +18,13 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 def agent_code(fake, db_url: str, body: str, **settings) -> str:
     """A Python program that opens a TrackerAgent on the shared file and runs `body`."""
-    settings = {"database_url": db_url, "url": fake.url, "request_timeout": 5.0, **settings}
+    settings = {
+        "database_url": db_url,
+        "url": fake.url,
+        "request_timeout": 5.0,
+        "drain": False,  # the programs deliver with flush() or start() when they mean to
+        **settings,
+    }
     return textwrap.dedent(
         f"""
         import os, signal, sys, time
@@ -40,7 +46,7 @@ def open_agent(fake, db_url, **settings) -> TrackerAgent:
         password=fake.password,
         url=fake.url,
         database_url=db_url,
-        **settings,
+        **{"drain": False, **settings},
     )
 
 

@@ -39,6 +39,7 @@ DEADLINE_SECONDS = REQUEST_TIMEOUT_SECONDS + CONNECT_TIMEOUT_SECONDS
 DEADLINE_SLACK_SECONDS = 1.0  # thread wake-ups on a loaded 2-core machine
 TRICKLE_INTERVAL_SECONDS = 0.2  # a byte every 0.2 s: never trips the 1 s read timeout
 AGENT_SETTINGS: dict[str, Any] = {
+    "drain": False,  # the tests deliver with flush()
     "request_timeout": REQUEST_TIMEOUT_SECONDS,
     "connect_timeout": CONNECT_TIMEOUT_SECONDS,
     "lease_seconds": 5.0,  # > two deadlines: a batch queued behind one in flight

@@ -209,7 +209,8 @@ import os, sys
 from tracker_agent import TrackerAgent
 db, url = sys.argv[1], sys.argv[2]
 agent = TrackerAgent("test-project", username="key-id", password="secret", url=url,
-                     database_url="sqlite:///" + db, request_timeout=1.0, connect_timeout=0.5)
+                     database_url="sqlite:///" + db, request_timeout=1.0, connect_timeout=0.5,
+                     drain=False)
 for n in range(10):
     agent.tracking.add_event({"registered": "c%d" % n}, "purchase")
 os.remove(db + "-wal")

@@ -40,9 +40,10 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .agent import DeliveryState, FlushResult, TrackerAgent
+    from .agent import DeliveryError, DeliveryState, FlushResult, TrackerAgent
     from .client import Exponea
     from .config import Settings
+    from .outbox.deadletters import DeadLetter
 
 __all__ = [
     "__version__",
@@ -50,6 +51,8 @@ __all__ = [
     "TrackerAgent",
     "FlushResult",
     "DeliveryState",
+    "DeliveryError",
+    "DeadLetter",
     "Settings",
     "AgentClosedError",
     "APIException",
@@ -82,6 +85,8 @@ _LAZY = {
     "TrackerAgent": "agent",
     "FlushResult": "agent",
     "DeliveryState": "agent",
+    "DeliveryError": "agent",
+    "DeadLetter": "outbox.deadletters",
     "Settings": "config",
 }
 

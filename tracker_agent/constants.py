@@ -52,3 +52,11 @@ DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS = 60.0
 FIRST_PAUSE_PROBE_SECONDS = 1.0
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
+
+# -- the embedded agent's life cycle ---------------------------------------------------------
+
+#: How long close() (and interpreter exit) goes on delivering what is queued; 0: not at all.
+DEFAULT_CLOSE_TIMEOUT_SECONDS = 5.0
+#: A command waiting this long, with no drainer in this process and no sign of one on the
+#: outbox, gets one WARNING; 0: never. Keep it above the daemon's drain_interval.
+DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0

@@ -5,6 +5,9 @@ caller gave none) and a customer update's `update_timestamp`. The server drops a
 identical to one it already has, so a retry after a crash cannot create a duplicate, and a late
 retry of an update cannot overwrite newer values. Within one process the fixed timestamps are
 strictly increasing (microsecond steps), so two events of one customer never tie.
+
+Without a store (the agent's test mode, enabled=False) every call validates and returns what it
+would, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -55,12 +58,13 @@ def customer_key(customer_ids: dict[str, Any]) -> str:
 
 
 class DurableTracking:
-    """`agent.tracking`: the seed's tracking calls, made durable."""
+    """`agent.tracking`: the seed's tracking calls, made durable (or, with no store, checked
+    and dropped)."""
 
     def __init__(
         self,
         client: Any,
-        store: OutboxStore,
+        store: OutboxStore | None,
         *,
         on_enqueued: Callable[[int], None],
         check_open: Callable[[], None],
@@ -144,15 +148,18 @@ class DurableTracking:
     def _commit_one(self, kind: str, data: dict[str, Any]) -> bool:
         """_commit for one validated command: the add_event/update path, kept short."""
         self._check_open()
-        self._store.enqueue((_row(0, kind, data),))
-        self._on_enqueued(1)
+        row = _row(0, kind, data)
+        if self._store is not None:
+            self._store.enqueue((row,))
+            self._on_enqueued(1)
         return True
 
     def _commit(self, commands: list[dict[str, Any]]) -> bool:
         self._check_open()
         rows = [_row(i, command["name"], command["data"]) for i, command in enumerate(commands)]
-        self._store.enqueue(rows)
-        self._on_enqueued(len(rows))
+        if self._store is not None:
+            self._store.enqueue(rows)
+            self._on_enqueued(len(rows))
         return True
 
 

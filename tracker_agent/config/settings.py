@@ -58,6 +58,8 @@ BOUNDS: dict[str, Bounds] = {
     "rate_limit": Bounds(1, 10_000, "requests/s"),
     "pause_probe_interval": Bounds(0.1, DAY_SECONDS, "s"),
     "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
+    "close_timeout": Bounds(0, HOUR_SECONDS, "s"),
+    "warn_undrained_after": Bounds(0, DAY_SECONDS, "s"),
 }
 
 
@@ -112,6 +114,11 @@ class Settings:
     rate_limit: float = c.API_RATE_LIMIT  # requests per second
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
+    # The embedded agent's life cycle (TrackerAgent; the CLI's one-shot commands never drain).
+    enabled: bool = True  # False: test mode: tracking calls are validated, never stored or sent
+    drain: bool = True  # deliver from a background thread, started when the agent is created
+    close_timeout: float = c.DEFAULT_CLOSE_TIMEOUT_SECONDS  # close()/exit deliver this long
+    warn_undrained_after: float = c.DEFAULT_WARN_UNDRAINED_AFTER_SECONDS  # 0: never warn
 
     def __post_init__(self) -> None:
         values = {name: getattr(self, name) for name in FIELD_NAMES}
