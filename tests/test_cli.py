@@ -10,6 +10,7 @@ import logging
 import os
 import pty
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from click.testing import CliRunner, Result
 from conftest import wait_for
 
 from tracker_agent.cli import cli, logs
+from tracker_agent.cli.run import REPEAT_WINDOW_SECONDS, is_repeat
 from tracker_agent.testing import FakeExponea
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -430,7 +432,7 @@ def dead_letters(invoke: Invoke, fake: FakeExponea) -> None:
         lambda c: c["data"]["customer_ids"]["registered"].startswith("bad"),
         error="property too long",
     )
-    assert invoke("flush").exit_code == 0
+    assert invoke("flush").exit_code == 2  # everything left the queue, two dead-lettered
     fake.reject_commands(None)
 
 
@@ -605,13 +607,22 @@ def test_journald_lines_carry_a_priority_prefix() -> None:
 class Daemon:
     """`python -m tracker_agent run` with a notify socket, as systemd would start it."""
 
-    def __init__(self, env: dict[str, str], tmp_path: Path, **extra_env: str) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        tmp_path: Path,
+        *,
+        prefix: tuple[str, ...] = (),
+        new_session: bool = False,
+        **extra_env: str,
+    ) -> None:
         self.socket_path = str(tmp_path / "notify.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.socket_path)
         self.sock.settimeout(PROCESS_TIMEOUT_SECONDS)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracker_agent", "run"],
+            [*prefix, sys.executable, "-m", "tracker_agent", "run"],
+            start_new_session=new_session,
             env={
                 "PATH": os.environ.get("PATH", ""),
                 "HOME": str(tmp_path),
@@ -648,8 +659,8 @@ class Daemon:
 def daemon(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(**extra_env: str) -> Daemon:
-        started.append(Daemon(env, tmp_path, **extra_env))
+    def start(**options: Any) -> Daemon:
+        started.append(Daemon(env, tmp_path, **options))
         return started[-1]
 
     yield start
@@ -724,6 +735,84 @@ def test_run_second_signal_exits_at_once_with_1(
     assert "second signal (SIGINT): exiting now" in err
 
 
+def test_run_same_signal_again_within_the_window_is_the_same_graceful_stop(
+    invoke: Invoke, fake: FakeExponea, daemon: Callable[..., Daemon]
+) -> None:
+    invoke("track", "event", "--customer", "registered=a", "--type", "t")
+    fake.latency = 1.5  # a request is in flight when the signals come
+    d = daemon()
+    d.expect(b"READY=1")
+    assert wait_for(
+        lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
+    )
+    d.proc.send_signal(signal.SIGTERM)
+    d.expect(b"STOPPING=1")  # the first was handled; the second comes well within the window
+    d.proc.send_signal(signal.SIGTERM)
+    code, err = d.wait()
+    assert code == 0, err
+    assert err.count("SIGTERM: stopping") == 1 and "second signal" not in err
+    assert len(fake.events) == 1  # the request in flight was let finish
+
+
+def test_run_same_signal_after_the_window_exits_at_once_with_1(
+    invoke: Invoke, fake: FakeExponea, daemon: Callable[..., Daemon]
+) -> None:
+    invoke("track", "event", "--customer", "registered=a", "--type", "t")
+    fake.latency = 8.0
+    d = daemon()
+    d.expect(b"READY=1")
+    assert wait_for(
+        lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
+    )
+    d.proc.send_signal(signal.SIGINT)
+    d.expect(b"STOPPING=1")
+    time.sleep(REPEAT_WINDOW_SECONDS + 0.2)  # an operator's deliberate second Ctrl-C
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGINT)
+    code, err = d.wait()
+    assert code == 1 and time.monotonic() - started < 3.0, err
+    assert "second signal (SIGINT): exiting now" in err
+
+
+def test_run_sigterm_to_the_process_and_then_its_group_is_one_stop(
+    fake: FakeExponea, daemon: Callable[..., Daemon]
+) -> None:
+    d = daemon(new_session=True)  # its own process group, as under `timeout`
+    d.expect(b"READY=1")
+    os.kill(d.proc.pid, signal.SIGTERM)  # what `timeout` does: the child, then the group
+    os.killpg(d.proc.pid, signal.SIGTERM)
+    code, err = d.wait()
+    assert code == 0, err
+    assert err.count("SIGTERM: stopping") == 1 and "second signal" not in err
+
+
+@pytest.mark.skipif(not shutil.which("timeout"), reason="coreutils timeout is not installed")
+def test_run_under_timeout_stops_once_with_exit_0(daemon: Callable[..., Daemon]) -> None:
+    d = daemon(prefix=("timeout", "--preserve-status", "3"))
+    d.expect(b"READY=1")
+    code, err = d.wait()  # timeout sends SIGTERM to the daemon and to its process group
+    assert code == 0, err
+    assert err.count("SIGTERM: stopping") == 1 and "second signal" not in err
+    assert "stopped" in err
+
+
+@pytest.mark.parametrize(
+    ("first", "signum", "after", "repeat"),
+    [
+        (signal.SIGTERM, signal.SIGTERM, 0.0, True),
+        (signal.SIGTERM, signal.SIGTERM, REPEAT_WINDOW_SECONDS - 0.01, True),
+        (signal.SIGTERM, signal.SIGTERM, REPEAT_WINDOW_SECONDS, False),
+        (signal.SIGINT, signal.SIGINT, 5.0, False),
+        (signal.SIGTERM, signal.SIGINT, 0.0, False),
+        (signal.SIGINT, signal.SIGTERM, 0.1, False),
+    ],
+)
+def test_a_repeat_is_the_same_signal_within_the_window(
+    first: int, signum: int, after: float, repeat: bool
+) -> None:
+    assert is_repeat((first, 100.0), signum, 100.0 + after) is repeat
+
+
 def test_run_with_bad_settings_is_one_error_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tracker_agent", "run"],
@@ -759,3 +848,26 @@ def test_demo_delivers_to_the_bundled_fake_through_a_separate_outbox(
     assert (state / "tracker-agent" / "demo.db").exists()
     assert not (tmp_path / "outbox.db").exists()  # the configured outbox is never touched
     assert "delivered       31" in result.stdout
+
+
+def test_resume_makes_the_next_pass_probe_a_paused_outbox_at_once(
+    invoke: Invoke, fake: FakeExponea
+) -> None:
+    invoke("track", "event", "--customer", "registered=a", "--type", "t")
+    assert invoke("resume").output.strip() == "delivery is not paused"
+    fake.revoke_credentials()
+    assert invoke("flush").exit_code == 1  # paused; the next probe is a second or more away
+    fake.restore_credentials()
+    result = invoke("resume")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("paused (")
+    assert "probes the API now" in result.output
+    assert invoke("flush").exit_code == 0
+    assert status_json(invoke)["pending"] == 0
+    assert invoke("resume").output.strip() == "delivery is not paused"
+
+
+def test_resume_without_an_outbox_says_so(invoke: Invoke) -> None:
+    result = invoke("resume")
+    assert result.exit_code == 1
+    assert "no outbox at" in result.stderr

@@ -16,7 +16,7 @@ from tracker_agent.config import loading as config_loading
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "tracker-agent.service"
 EXAMPLE_CONFIG = ROOT / "systemd" / "config.toml.example"
-DOCUMENTED_EXEC = "/usr/local/bin/tracker-agent run"
+DOCUMENTED_EXEC = "/opt/tracker-agent/bin/tracker-agent run"
 MAX_EXPOSURE = 2.5  # systemd-analyze security: 0 = locked down, 10 = fully exposed
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
+from tracker_agent.cli import options
 from tracker_agent.cli.context import CliContext, describe, fail, pass_cli
-from tracker_agent.config import FIELD_NAMES, explain_settings
+from tracker_agent.config import FIELD_NAMES, FILE_FIELDS, explain_settings
 
 #: Clock skew above which `check` warns: event timestamps come from this host's clock.
 SKEW_WARN_SECONDS = 2.0
@@ -156,10 +157,23 @@ def _check_reads(client: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_cli
 def config_(cli: CliContext, as_json: bool) -> None:
-    """Print the effective settings (secrets redacted) and where each value came from."""
-    settings, sources = explain_settings(
-        config_file=cli.config_file, env=cli.env, overrides=cli.overrides
-    )
+    """Print the effective settings (secrets redacted) and where each value came from.
+
+    A secret that is not set is shown with the places it may come from. When the settings
+    cannot be loaded, the report is a guide to where secrets come from (the error itself is
+    the one line on stderr).
+    """
+    from tracker_agent.exceptions import ConfigError
+
+    try:
+        settings, sources = explain_settings(
+            config_file=cli.config_file, env=cli.env, overrides=cli.overrides
+        )
+    except ConfigError as exc:
+        if not as_json:
+            for line in options.secret_sources_guide(cli.env):
+                click.echo(line)
+        fail(describe(exc))
     shown = settings.redacted()
     if as_json:
         click.echo(json.dumps(shown, indent=2, sort_keys=True))
@@ -168,4 +182,6 @@ def config_(cli: CliContext, as_json: bool) -> None:
     for name in FIELD_NAMES:
         value = "none" if shown[name] is None else json.dumps(shown[name])
         where = sources.get(name, "default")
+        if name in FILE_FIELDS and not shown[name] and name not in sources:
+            where = f"not set; from {options.secret_sources(name)}"
         click.echo(f"{name:<{width}} = {value:<30} # {where}")

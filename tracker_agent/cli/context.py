@@ -66,11 +66,13 @@ class CliContext:
         return url or default_database_url(self.env)
 
     def agent(self) -> TrackerAgent:
-        """The TrackerAgent on the configured outbox; closed when the command ends."""
+        """The TrackerAgent on the configured outbox; closed when the command ends. It starts
+        no background drain (a one-shot command delivers only if it says so: flush; run starts
+        the drain itself), so its close delivers nothing either."""
         if self._agent is None:
             from tracker_agent.agent import TrackerAgent
 
-            self._agent = TrackerAgent.from_settings(self.settings())
+            self._agent = TrackerAgent.from_settings(self.settings().replace(drain=False))
             click.get_current_context().call_on_close(self._close_agent)
         return self._agent
 

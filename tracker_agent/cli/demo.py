@@ -43,7 +43,8 @@ def demo_database_url(env: Mapping[str, str]) -> str:
 def demo(cli: CliContext, events: int, failures: int) -> None:
     """Try it without an Exponea account: queue events, deliver them to a fake API, show status.
 
-    Uses its own outbox (demo.db in the state directory), never the configured one.
+    Uses its own outbox (demo.db in the state directory), never the configured one. To point
+    `tracker-agent run` itself at a fake API, start one with `python -m tracker_agent.testing`.
     """
     from tracker_agent.agent import TrackerAgent
     from tracker_agent.config import Settings

@@ -12,7 +12,7 @@ from typing import IO, Any
 import click
 
 from tracker_agent import validation
-from tracker_agent.cli.context import CliContext, Seconds, fail, pass_cli
+from tracker_agent.cli.context import EXIT_ALARM, PROG, CliContext, Seconds, fail, pass_cli
 from tracker_agent.exceptions import ValidationError
 
 DEFAULT_CHUNK_SIZE = 500  # commands per transaction in `import`
@@ -325,9 +325,21 @@ def _progress(length: int | None, label: str) -> Any:
     metavar="SECONDS",
     help="Keep trying (waiting out backoff) for up to this long. Default: one pass, no waiting.",
 )
+@click.option(
+    "--fail-on-dead/--no-fail-on-dead",
+    default=True,
+    show_default=True,
+    help=f"Exit {EXIT_ALARM} when this flush dead-lettered a command (refused by the server, "
+    "or out of attempts).",
+)
 @pass_cli
-def flush(cli: CliContext, timeout: float | None) -> None:
-    """Deliver the queue now; exit 1 if anything is left."""
+def flush(cli: CliContext, timeout: float | None, fail_on_dead: bool) -> None:
+    """Deliver the queue now.
+
+    Exit 0 when everything was delivered, 1 when commands remain (paused, timed out, waiting
+    for a retry), 2 when everything left the queue but some were dead-lettered
+    (`tracker-agent dead-letters list` shows why; --no-fail-on-dead exits 0 then).
+    """
     agent = cli.agent()
     total = agent.stats()["pending"]
     with _progress(total or None, "delivering") as bar:
@@ -352,3 +364,10 @@ def flush(cli: CliContext, timeout: float | None) -> None:
             else "waiting for retry"
         )
         fail(f"{result.remaining} commands remain ({why})")
+    if result.dead_lettered and fail_on_dead:
+        click.echo(
+            f"{PROG}: alarm: {result.dead_lettered} commands were dead-lettered "
+            f"(see `{PROG} dead-letters list`)",
+            err=True,
+        )
+        raise click.exceptions.Exit(EXIT_ALARM)

@@ -1,8 +1,10 @@
 """`tracker-agent run`: the daemon. Drains on the schedule until SIGTERM or SIGINT.
 
 The first signal stops claiming, lets the request in flight finish (shutdown_grace), releases
-the leases and exits 0; a second signal exits at once with status 1. Talks to systemd through
-sd_notify (READY, STATUS, WATCHDOG, STOPPING) when started with Type=notify.
+the leases and exits 0. The same signal again within REPEAT_WINDOW_SECONDS is the same stop:
+`timeout`, and a `kill` to the process group, deliver one SIGTERM twice (to the process, then
+to its group). Any later signal, or a different one, exits at once with status 1. Talks to
+systemd through sd_notify (READY, STATUS, WATCHDOG, STOPPING) when started with Type=notify.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -24,17 +28,33 @@ log = logging.getLogger("tracker_agent.daemon")
 
 #: Exit status after a second signal: the in-flight request was abandoned (leases expire).
 EXIT_FORCED = 1
+#: The same signal again this soon is the first one delivered twice, not an operator's second
+#: Ctrl-C (a person needs longer to see that the stop takes its time).
+REPEAT_WINDOW_SECONDS = 1.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class _Shutdown:
-    """Signal handlers: the first sets `stop`, the second ends the process at once."""
+def is_repeat(first: tuple[int, float], signum: int, now: float) -> bool:
+    """Whether `signum` at `now` repeats the first stop signal (signum, monotonic time)."""
+    first_signum, first_at = first
+    return signum == first_signum and now - first_at < REPEAT_WINDOW_SECONDS
 
-    def __init__(self, stop: threading.Event, notifier: Notifier, grace: float) -> None:
+
+class _Shutdown:
+    """Signal handlers: the first sets `stop`, a second one (not a repeat) ends the process."""
+
+    def __init__(
+        self,
+        stop: threading.Event,
+        notifier: Notifier,
+        grace: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stop = stop
         self.notifier = notifier
         self.grace = grace
-        self.received = 0
+        self.clock = clock
+        self.first: tuple[int, float] | None = None
 
     def install(self) -> None:
         for signum in _STOP_SIGNALS:
@@ -42,20 +62,26 @@ class _Shutdown:
 
     def handle(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        self.received += 1
-        if self.received > 1:
+        now = self.clock()
+        if self.first is None:
+            self.first = (signum, now)
+            log.info(
+                "%s: stopping; the request in flight gets up to %gs (signal again after %gs to "
+                "exit at once)",
+                name,
+                self.grace,
+                REPEAT_WINDOW_SECONDS,
+            )
+            self.notifier.stopping("stopping")
+            self.stop.set()
+        elif is_repeat(self.first, signum, now):
+            log.debug("%s again within %gs: the same stop", name, REPEAT_WINDOW_SECONDS)
+        else:
             log.warning(
                 "second signal (%s): exiting now; leased commands return after their lease", name
             )
             logging.shutdown()  # flush the handlers: os._exit skips every cleanup
             os._exit(EXIT_FORCED)
-        log.info(
-            "%s: stopping; the request in flight gets up to %gs (signal again to exit at once)",
-            name,
-            self.grace,
-        )
-        self.notifier.stopping("stopping")
-        self.stop.set()
 
 
 def _state_reporter(notifier: Notifier) -> Any:
@@ -79,7 +105,9 @@ def run(cli: CliContext) -> None:
     """Run the daemon: deliver the outbox until SIGTERM/SIGINT, then exit 0.
 
     On the first signal it stops claiming, lets the request in flight finish within
-    shutdown_grace and releases its leases; a second signal exits at once.
+    shutdown_grace and releases its leases. The same signal again within a second is the same
+    stop (`timeout` and process-group kills deliver it twice); a signal after that, or a
+    different one, exits at once with status 1.
     """
     settings = cli.settings()
     logs.add_secrets([settings.password, settings.public_key])

@@ -85,7 +85,9 @@ def status_rows(stats: dict[str, Any], now: float) -> list[tuple[str, str]]:
     return rows
 
 
-def alarms(stats: dict[str, Any], max_age: float | None, fail_if_paused: bool) -> list[str]:
+def alarms(
+    stats: dict[str, Any], max_age: float | None, fail_if_paused: bool, fail_if_dead: bool = False
+) -> list[str]:
     """Why monitoring should page someone; empty when all is well."""
     found = []
     age = stats.get("oldest_pending_age_s")
@@ -93,6 +95,8 @@ def alarms(stats: dict[str, Any], max_age: float | None, fail_if_paused: bool) -
         found.append(f"oldest pending command is {human_duration(age)} old (limit {max_age:g}s)")
     if fail_if_paused and stats.get("paused_reason"):
         found.append(f"delivery is paused: {stats['paused_reason']}")
+    if fail_if_dead and stats.get("dead"):
+        found.append(f"{stats['dead']:,} dead-lettered commands (see `{PROG} dead-letters list`)")
     return found
 
 
@@ -110,8 +114,16 @@ def alarms(stats: dict[str, Any], max_age: float | None, fail_if_paused: bool) -
     is_flag=True,
     help=f"Monitoring: exit {EXIT_ALARM} when delivery is paused (credentials, configuration).",
 )
+@click.option(
+    "--fail-if-dead",
+    is_flag=True,
+    help=f"Monitoring: exit {EXIT_ALARM} when any command is dead-lettered (refused by the "
+    "server, or out of attempts).",
+)
 @pass_cli
-def status(cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused: bool) -> None:
+def status(
+    cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused: bool, fail_if_dead: bool
+) -> None:
     """Show the queue: pending, in flight, dead-lettered, delivery state.
 
     Reads the outbox file only; needs no credentials and never changes the file.
@@ -131,7 +143,7 @@ def status(cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused
             click.echo(f"{label:<{width}}  {value}")
     if stats.get("warning"):
         click.echo(f"{PROG}: warning: {stats['warning']}", err=True)
-    problems = alarms(stats, max_age, fail_if_paused)
+    problems = alarms(stats, max_age, fail_if_paused, fail_if_dead)
     for problem in problems:
         click.echo(f"{PROG}: alarm: {problem}", err=True)
     if problems:

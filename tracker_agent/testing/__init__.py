@@ -94,6 +94,11 @@ reject_batches_containing (refuse the whole batch) and max_batch_commands.
 The lists `requests` and `batches` log everything received, faulted requests included;
 RecordedRequest.processed tells the requests the API handled (only those can have changed
 anything) and hung_up_at when the client gave up on an answer still being written.
+
+As a process, to try the daemon without an account: `python -m tracker_agent.testing
+[--host H] [--port P] [--project-token T] [--username U] [--password P] [--public-key K]`
+prints the URL, the test credentials and the TRACKER_AGENT_* variables to export, and serves
+until SIGINT or SIGTERM (exit 0); see serve.py.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from tracker_agent.testing.protocol import (
 from tracker_agent.testing.state import Customer, CustomerStore, event_view, require_customer_ids
 
 DEFAULT_MAX_BATCH_COMMANDS = 50
+#: The commands that carry an object "data" (the ones reject_commands judges).
+TRACKING_COMMANDS = frozenset({"customers/events", "customers"})
 ANALYSIS_KINDS = ("report", "funnel", "segmentation")
 ANALYSIS_FORMAT = "table_json"
 EXPORT_FORMAT = "native_json"
@@ -170,11 +172,12 @@ class Emulator:
         if not isinstance(command, dict):
             return _failure("command must be an object")
         name, data = command.get("name"), command.get("data")
-        if self.reject_command is not None and self.reject_command[0](command):
-            result = _failure(self.reject_command[1])
+        rejection = self._rejection(command)
+        if rejection is not None:
+            result = _failure(rejection)
         elif name == "system/time":
             result = {"success": True, "time": self.now()}
-        elif name not in ("customers/events", "customers"):
+        elif name not in TRACKING_COMMANDS:
             result = _failure(f"unknown command name: {name!r}")
         elif not isinstance(data, dict):
             result = _failure("data must be an object")
@@ -190,6 +193,17 @@ class Emulator:
         if "command_id" in command:
             result["command_id"] = command["command_id"]
         return result
+
+    def _rejection(self, command: dict[str, Any]) -> str | None:
+        """reject_commands' error for `command`, or None; it judges only tracking commands
+        whose data is an object (system/time has none)."""
+        if self.reject_command is None:
+            return None
+        judged = command.get("name") in TRACKING_COMMANDS and isinstance(command.get("data"), dict)
+        if not judged:
+            return None
+        predicate, error = self.reject_command
+        return error if predicate(command) else None
 
     def _single(self, name: str, call: Call) -> Reply:
         result = self.run_command({"name": name, "data": call.data})

@@ -20,6 +20,13 @@ from tracker_agent.testing.server import JSON_TYPE, Incoming, LoopbackServer, Ou
 
 log = logging.getLogger(__name__)
 
+#: The credentials a FakeExponea accepts unless told otherwise (test values, not secrets).
+DEFAULT_PROJECT_TOKEN = "test-project"
+DEFAULT_USERNAME = "key-id"
+DEFAULT_PASSWORD = "secret"
+DEFAULT_PUBLIC_KEY = "public-key"
+DEFAULT_HOST = "127.0.0.1"
+
 
 class FakeExponea(StateAccess, FaultInjection):
     """A stateful Exponea API on a loopback port, for tests. See the package docstring.
@@ -38,11 +45,11 @@ class FakeExponea(StateAccess, FaultInjection):
     def __init__(
         self,
         *,
-        project_token: str = "test-project",
-        username: str = "key-id",
-        password: str = "secret",
-        public_key: str = "public-key",
-        host: str = "127.0.0.1",
+        project_token: str = DEFAULT_PROJECT_TOKEN,
+        username: str = DEFAULT_USERNAME,
+        password: str = DEFAULT_PASSWORD,
+        public_key: str = DEFAULT_PUBLIC_KEY,
+        host: str = DEFAULT_HOST,
         port: int = 0,
         time: Callable[[], float] = _time.time,
     ) -> None:
@@ -230,10 +237,13 @@ class FakeExponea(StateAccess, FaultInjection):
             self._api.max_batch_commands = value
 
     def reject_commands(self, predicate: Predicate | None, error: str = "rejected") -> None:
-        """Fail each command for which predicate(command) is true; None clears.
+        """Fail each tracking command for which predicate(command) is true; None clears.
 
-        The predicate gets {"name", "data", "command_id"?}; a single tracking call is passed
-        as {"name": "customers/events" or "customers", "data": body} and answers 400.
+        The predicate is asked only about commands it can judge: "customers/events" and
+        "customers" commands whose "data" is an object. It always gets {"name", "data": {...},
+        "command_id"?}; a single tracking call is passed as {"name": ..., "data": body} and
+        answers 400. Other commands (system/time, which has no data) and malformed ones are
+        answered as the API answers them.
         """
         with self._lock:
             self._api.reject_command = None if predicate is None else (predicate, error)
@@ -242,7 +252,11 @@ class FakeExponea(StateAccess, FaultInjection):
         self, predicate: Predicate | None, status: int = 400, error: str = "bad command"
     ) -> None:
         """Refuse a whole batch (status, {"success": false, "errors": [error]}) if any command
-        matches; None clears. Nothing of a refused batch is applied."""
+        matches; None clears. Nothing of a refused batch is applied.
+
+        Unlike reject_commands, the predicate is asked about every command object of the
+        batch as sent, system/time ({"name": "system/time"}, no "data") included.
+        """
         with self._lock:
             self._api.reject_batch = None if predicate is None else (predicate, status, error)
 
