@@ -12,7 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, Identity, create_engine
 
 from tracker_agent.outbox import schema
 from tracker_agent.outbox.engine import current_revision, open_outbox
@@ -31,7 +31,18 @@ def _schema_diffs(engine: Engine) -> list:
         context = MigrationContext.configure(
             conn, opts={"compare_type": True, "compare_server_default": True}
         )
-        return compare_metadata(context, schema.metadata)
+        diffs = compare_metadata(context, schema.metadata)
+    if engine.dialect.name == "sqlite":  # SQLite has no IDENTITY (its DDL ignores sa.Identity)
+        diffs = [d for d in diffs if not _is_identity_default(d)]
+    return diffs
+
+
+def _is_identity_default(diff: object) -> bool:
+    changes = diff if isinstance(diff, list) else [diff]
+    return all(
+        isinstance(c, tuple) and c[0] == "modify_default" and isinstance(c[-1], Identity)
+        for c in changes
+    )
 
 
 def _sqlite_master(engine: Engine, kind: str) -> dict[str, str]:

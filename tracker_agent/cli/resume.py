@@ -18,12 +18,13 @@ def resume(cli: CliContext) -> None:
     """Probe a paused delivery now (after fixing its credentials)."""
     import os
 
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
     from tracker_agent.outbox.engine import open_outbox
     from tracker_agent.outbox.files import sqlite_path
     from tracker_agent.outbox.store import OutboxStore
 
     url = cli.database_url()
-    if not os.path.exists(sqlite_path(url)):
+    if backend_name(url) != POSTGRESQL and not os.path.exists(sqlite_path(url)):
         fail(f"no outbox at {sqlite_path(url)}")
     engine = open_outbox(url)
     store = OutboxStore(engine, max_rows=1, max_bytes=1)  # no enqueue: the bounds are unused

@@ -126,14 +126,11 @@ def status(
 ) -> None:
     """Show the queue: pending, in flight, dead-lettered, delivery state.
 
-    Reads the outbox file only; needs no credentials and never changes the file.
+    Reads the outbox file only; needs no credentials and never changes the file. On
+    PostgreSQL: one read-only transaction.
     """
-    from tracker_agent.outbox.files import sqlite_path
-    from tracker_agent.outbox.stats import read_status
-
-    path = sqlite_path(cli.database_url())
     now = time.time()
-    stats = {**read_status(path, now=now), "database": path}
+    stats = read_any_status(cli.database_url(), now)
     if as_json:
         click.echo(json.dumps(stats, indent=2, sort_keys=True))
     else:
@@ -148,3 +145,18 @@ def status(
         click.echo(f"{PROG}: alarm: {problem}", err=True)
     if problems:
         raise click.exceptions.Exit(EXIT_ALARM)
+
+
+def read_any_status(database_url: str, now: float) -> dict[str, Any]:
+    """The outbox's stats and where it is (a file, or a URL without its password)."""
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
+
+    if backend_name(database_url) == POSTGRESQL:
+        from tracker_agent.outbox.pg_status import hide_password, read_pg_status
+
+        return {**read_pg_status(database_url), "database": hide_password(database_url)}
+    from tracker_agent.outbox.files import sqlite_path
+    from tracker_agent.outbox.stats import read_status
+
+    path = sqlite_path(database_url)
+    return {**read_status(path, now=now), "database": path}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import NotAnOutboxError, OutboxError
@@ -46,10 +47,12 @@ STATS_KEYS = (
 )
 
 
-def collect_stats(conn: Any, now: float) -> dict[str, Any]:
-    """Counts and state of the queue; cheap at any backlog (no full scans of `outbox`)."""
-    counted = conn.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
-    rows, size = counted if counted else (0, 0)
+def collect_stats(
+    conn: Any, now: float, counters: Callable[[Any], tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """Counts and state of the queue; cheap at any backlog (no full scans of `outbox`).
+    `counters(conn)` reads rows and bytes queued (default: SQLite's one counter row)."""
+    rows, size = (counters or _sqlite_counters)(conn)
     # "lease_expires_at > 0" lets SQLite use the partial index of leased rows.
     (in_flight,) = conn.execute(
         "SELECT count(*) FROM outbox WHERE lease_expires_at > 0 AND lease_expires_at > ?", (now,)
@@ -82,6 +85,11 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
         "warning": state.get(STATE_WARNING),
         "warning_at": state.get(STATE_WARNING_AT),
     }
+
+
+def _sqlite_counters(conn: Any) -> tuple[int, int]:
+    counted = conn.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
+    return (int(counted[0]), int(counted[1])) if counted else (0, 0)
 
 
 def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:

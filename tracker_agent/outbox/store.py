@@ -1,17 +1,17 @@
 """OutboxStore: every query the agent runs against the outbox (enqueue, claim, settle, stats).
 
-Hot paths (enqueue, claim, settle) use the engine's raw DB-API connections with explicit
-BEGIN IMMEDIATE: a deferred transaction that reads then writes gets "database is locked" at
-once, and SQLAlchemy Core would cost ~1.5x per commit. Enqueues from many threads are group
-committed (see groupcommit.py). Rows are claimed with a lease, so any number of drainers in any
-number of processes never send the same row at the same time.
+What differs between databases (transactions, the enqueue bound's fast path, the claim, the
+clock, errors) is behind backend.Backend, chosen from the engine's URL; what is common stays
+here. Hot paths use the engine's raw DB-API connections (SQLAlchemy Core would cost ~1.5x per
+commit). Enqueues from many threads are group committed (see groupcommit.py). Rows are claimed
+with a lease, so any number of drainers in any number of processes never send the same row at
+the same time.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,9 +20,9 @@ from typing import Any
 from ..clock import wall_clock
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
 from . import deadletters, leases, owners
-from .engine import record_warning
-from .errors import translate_sqlite_error
-from .files import wal_was_lost
+from .backend import SQLITE
+from .backends import backend_for_engine
+from .commands import NewCommand
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
 from .state import (
@@ -31,6 +31,8 @@ from .state import (
     STATE_PAUSED_REASON,
     STATE_PROBE_AT,
     STATE_PROJECT,
+    STATE_WARNING,
+    STATE_WARNING_AT,
     read_state,
     set_state,
 )
@@ -41,57 +43,9 @@ log = logging.getLogger(__name__)
 OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
 
-_INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
-)
-_COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
-# The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
-# dies with its connection; the file's schema is untouched): an INSERT that would pass this
-# process's limits fails with _FULL_MESSAGE and changes nothing. It lets a lone caller insert
-# with a plain INSERT, where reading the counters first (a SELECT, or INSERT .. SELECT, which
-# SQLite materialises because the counter trigger writes the table it reads) costs 15-30% of
-# an un-fsynced commit. BEFORE INSERT runs ahead of the AFTER INSERT counter trigger, so the
-# counters it reads do not include the new row yet.
-_FULL_MESSAGE = "tracker-agent: outbox bound reached"
-_BOUND_TRIGGER = "tracker_agent_outbox_bound"
-_CREATE_BOUND_TRIGGER = f"""
-CREATE TEMP TRIGGER {_BOUND_TRIGGER} BEFORE INSERT ON main.outbox
-WHEN (SELECT rows + 1 > {{max_rows:d}} OR bytes + NEW.size > {{max_bytes:d}}
-      FROM main.queue_counters WHERE id = 1)
-BEGIN SELECT RAISE(ABORT, '{_FULL_MESSAGE}'); END
-"""
-_DROP_BOUND_TRIGGER = f"DROP TRIGGER IF EXISTS temp.{_BOUND_TRIGGER}"
-#: The warning recorded when the -wal file disappears under a running process.
-WAL_DELETED_WHILE_OPEN = (
-    "the -wal file was deleted while this outbox was open; what this process could still "
-    "read of it was checkpointed into the main file, but commands committed by other "
-    "processes since the last checkpoint may be lost. Restart every process using the outbox"
-)
-
-
-class NewCommand:
-    """A validated command ready to store: its batch name, ordering key and JSON data.
-
-    `size` is the payload's UTF-8 length (computed when not given). A plain slotted class,
-    not a dataclass: one is built per tracking call.
-    """
-
-    __slots__ = ("kind", "customer_key", "payload", "size")
-
-    def __init__(self, kind: str, customer_key: str, payload: str, size: int = -1) -> None:
-        self.kind = kind
-        self.customer_key = customer_key
-        self.payload = payload
-        if size < 0:
-            size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
-        self.size = size
-
-    def __repr__(self) -> str:
-        return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
-
 
 class OutboxStore:
-    """The durable queue on one SQLite file, shared safely by threads and processes."""
+    """The durable queue on one database, shared safely by threads, processes and hosts."""
 
     def __init__(
         self,
@@ -105,14 +59,14 @@ class OutboxStore:
         if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
             raise ValueError(f"overflow must be 'raise' or 'drop_oldest', not {overflow!r}")
         self.engine = engine
-        self.path: str = engine.url.database
+        self.backend = backend_for_engine(engine)
+        #: The database in messages: the file, or the URL without its password.
+        self.path: str = self.backend.where
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.overflow = overflow
         self._now = now or wall_clock
         self._committer: GroupCommitter[Sequence[NewCommand]] = GroupCommitter(self._write_round)
-        self._writer: Any = None  # raw connection owned by whichever thread leads a commit
-        self._writer_cursor: tuple[Any, Any] | None = None  # its sqlite3 connection and cursor
         self._drain_lock = threading.Lock()
         self._drain_conn: Any = None
         # Held around every statement this process runs on the file, so that fork() (see
@@ -120,7 +74,6 @@ class OutboxStore:
         # the child would inherit SQLite's lock bookkeeping without the locks themselves.
         self._io_lock = threading.Lock()
         self.project: str | None = None  # set by bind_project
-        self._wal_loss_recorded = False
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -129,66 +82,32 @@ class OutboxStore:
 
     @contextmanager
     def _transaction(self, conn: Any) -> Iterator[Any]:
-        """BEGIN IMMEDIATE .. COMMIT on a raw connection; SQLite errors become OutboxErrors."""
-        driver = conn.driver_connection  # skip the pool proxy on the hot path
-        self._io_lock.acquire()
-        cur = driver.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
+        """BEGIN .. COMMIT on a raw connection (the backend's); errors become OutboxErrors."""
+        with self._io_lock, self.backend.transaction(conn) as cur:
             yield cur
-            cur.execute("COMMIT")
-        except BaseException as exc:
-            self._abort(driver, cur, exc)
-            raise
-        finally:
-            cur.close()
-            self._io_lock.release()
-
-    def _abort(self, driver: Any, cur: Any, exc: BaseException) -> None:
-        """Roll back after `exc`; raise it as an OutboxError if SQLite raised it."""
-        if driver.in_transaction:
-            try:
-                cur.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.warning("rollback failed on %s", self.path, exc_info=True)
-        if isinstance(exc, sqlite3.Error):
-            raise translate_sqlite_error(exc, self.path) from exc
-
-    def _open_writer(self) -> tuple[Any, Any]:
-        """The enqueue connection (pooled, kept until close) and one cursor reused on it."""
-        self._writer = self._raw()
-        driver = self._writer.driver_connection
-        with self._io_lock:
-            try:
-                driver.execute(_DROP_BOUND_TRIGGER)
-                driver.execute(
-                    _CREATE_BOUND_TRIGGER.format(max_rows=self.max_rows, max_bytes=self.max_bytes)
-                )
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
-        self._writer_cursor = driver, driver.cursor()
-        return self._writer_cursor
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
         with self._io_lock:
             conn = self._raw()
             try:
-                yield conn
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
+                with self.backend.reading(conn) as view:
+                    yield view
             finally:
-                conn.close()
+                self._give_back(conn)
+
+    def _give_back(self, conn: Any) -> None:
+        """Return a raw connection to the pool; a broken one (server gone) is discarded."""
+        if self.backend.broken(conn):
+            conn.invalidate()
+        else:
+            conn.close()
 
     def close(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(sqlite3.Error):  # back to the pool without the bound
-                self._writer.driver_connection.execute(_DROP_BOUND_TRIGGER)
-        for conn in (self._writer, self._drain_conn):
-            if conn is not None:
-                conn.close()
-        self._writer = self._drain_conn = None
-        self._writer_cursor = None
+        self.backend.close_writer()
+        if self._drain_conn is not None:
+            self._drain_conn.close()
+        self._drain_conn = None
 
     def hold_for_fork(self) -> None:
         """Before fork(): wait for the statement in progress and block new ones."""
@@ -200,7 +119,8 @@ class OutboxStore:
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connections and locks without touching them."""
-        self._writer = self._drain_conn = self._writer_cursor = None
+        self._drain_conn = None
+        self.backend.forget_writer()
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
@@ -215,36 +135,18 @@ class OutboxStore:
 
     def _write_round(self, requests: Sequence[Sequence[NewCommand]]) -> list[BaseException | None]:
         # Runs in the thread leading the group commit, the only one using the writer.
-        driver, cur = self._writer_cursor or self._open_writer()
-        now = self._now()
         with self._io_lock:
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                if len(requests) == 1 and len(requests[0]) == 1:  # a lone caller, one row
-                    c = requests[0][0]
-                    try:
-                        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
-                    except sqlite3.IntegrityError as exc:
-                        if str(exc) != _FULL_MESSAGE:
-                            raise
-                        errors = self._insert_round(cur, requests, now)  # raise or drop
-                    else:
-                        errors = [None]
-                else:
-                    errors = self._insert_round(cur, requests, now)
-                cur.execute("COMMIT")
-            except BaseException as exc:
-                self._abort(driver, cur, exc)
-                raise
-        return errors
+            return self.backend.write_round(self, requests, self._now())
 
-    def _insert_round(
+    def insert_round(
         self, cur: Any, requests: Sequence[Sequence[NewCommand]], now: float
     ) -> list[BaseException | None]:
         """Insert each request's rows that fit (making room if overflow=drop_oldest); one
         INSERT statement per round, the counters tracked here (the triggers add exactly
-        `size` per row) instead of re-read after every request."""
-        rows, size = cur.execute(_COUNTERS).fetchone()
+        `size` per row) instead of re-read after every request. Called by the backend's
+        write_round inside its transaction."""
+        backend = self.backend
+        rows, size = backend.counters(cur)
         errors: list[BaseException | None] = []
         pending: list[tuple[Any, ...]] = []
         for commands in requests:
@@ -252,17 +154,17 @@ class OutboxStore:
             error = None
             if rows + need_rows > self.max_rows or size + need_bytes > self.max_bytes:
                 if pending:  # earlier requests' rows go in first (they may be dropped)
-                    cur.executemany(_INSERT, pending)
+                    backend.insert(cur, pending)
                     pending = []
                 error = self._make_room(cur, rows, size, need_rows, need_bytes, now)
-                rows, size = cur.execute(_COUNTERS).fetchone()
+                rows, size = backend.counters(cur)
             errors.append(error)
             if error is None:
                 pending += [(c.kind, c.customer_key, c.payload, c.size, now) for c in commands]
                 rows += need_rows
                 size += need_bytes
         if pending:
-            cur.executemany(_INSERT, pending)
+            backend.insert(cur, pending)
         return errors
 
     def _make_room(
@@ -292,6 +194,11 @@ class OutboxStore:
             freed_bytes += row_size
         if freed_rows < over_rows or freed_bytes < over_bytes:
             return full
+        self.backend.lock_customers(
+            cur,
+            f"SELECT customer_key FROM outbox WHERE id IN ({','.join('?' * len(victims))})",
+            victims,
+        )
         cur.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
         dropped = int(read_state(cur).get(STATE_DROPPED) or 0) + len(victims)
         set_state(cur, {STATE_DROPPED: dropped})
@@ -306,12 +213,21 @@ class OutboxStore:
     def _drain_connection(self) -> Iterator[Any]:
         with self._drain_lock:
             if self._drain_conn is None:
-                self._drain_conn = self._raw()
-                # Leases and settlements need no fsync of their own: a power cut can only undo
-                # some (rows re-sent, deduplicated by their fixed timestamps); a crashed
-                # process loses nothing in WAL mode. Enqueues stay synchronous=FULL.
-                self._drain_conn.driver_connection.execute("PRAGMA synchronous = NORMAL")
-            yield self._drain_conn
+                conn = self._raw()
+                try:
+                    with self._io_lock, self.backend.reading(conn):
+                        self.backend.prepare_drain(conn)
+                except BaseException:
+                    self._give_back(conn)
+                    raise
+                self._drain_conn = conn
+            try:
+                yield self._drain_conn
+            except OutboxError:
+                if self.backend.broken(self._drain_conn):  # the next call reconnects
+                    self._drain_conn.invalidate()
+                    self._drain_conn = None
+                raise
 
     def claim(
         self,
@@ -349,14 +265,49 @@ class OutboxStore:
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+            return self._claim(cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own)
+
+    def _claim(
+        self,
+        cur: Any,
+        owner: str,
+        limit: int,
+        max_bytes: int,
+        lease_seconds: float,
+        now: float,
+        gate: Callable[[dict[str, Any]], bool] | None,
+        follow_own: bool,
+    ) -> tuple[dict[str, Any], list[ClaimedRow]]:
+        return leases.claim(
+            cur,
+            owner,
+            limit,
+            max_bytes,
+            lease_seconds,
+            self.backend.clock(cur, now),
+            gate,
+            follow_own=follow_own,
+            pick=self.backend.pick,
+        )
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.settle(cur, owner, outcome, now)
+            return self._settle(cur, owner, outcome, now)
+
+    def _settle(self, cur: Any, owner: str, outcome: Settlement, now: float) -> int:
+        backend = self.backend
+        stamped = backend.clock(cur, now)
+        if stamped != now and outcome.retry:  # a retry time is a delay from `now`
+            outcome = dataclasses.replace(outcome, retry_at=outcome.retry_at + stamped - now)
+        return leases.settle(
+            cur,
+            owner,
+            outcome,
+            stamped,
+            add_delivered_sql=backend.add_delivered_sql,
+            lock_customers=None if backend.name == SQLITE else backend.lock_customers,
+        )
 
     def settle_and_claim(
         self,
@@ -373,10 +324,10 @@ class OutboxStore:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            delivered = leases.settle(cur, owner, outcome, now)
+            delivered = self._settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
-            state, rows = leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
+            state, rows = self._claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own
             )
             return delivered, state, rows
 
@@ -437,12 +388,20 @@ class OutboxStore:
         """Extend every lease `owner` holds to `until` (a batch being split, one queued behind
         it): work in progress must never be claimed by another drainer. Returns rows renewed."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            local = self._now()
             cur.execute(
                 "UPDATE outbox SET lease_expires_at = ?"
                 " WHERE lease_expires_at > 0 AND lease_owner = ?",
-                (until, owner),
+                (until - local + self.backend.clock(cur, local), owner),
             )
             return int(cur.rowcount)
+
+    def clear_warning(self) -> str | None:
+        """Acknowledge the outbox's warning (status stops showing it); returns it."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            previous = read_state(cur).get(STATE_WARNING)
+            set_state(cur, {STATE_WARNING: None, STATE_WARNING_AT: None})
+        return None if previous is None else str(previous)
 
     def probe_now(self) -> str | None:
         """If delivery is paused, make the next probe due at once (a daemon start, a flush, a
@@ -459,49 +418,50 @@ class OutboxStore:
         daemon), so their rows are due at once instead of after lease_seconds. Reads only the
         few leased rows; writes nothing when no owner is dead. Returns rows released."""
         with self._reading() as conn:
-            dead = owners.dead_owners(conn, now, here)
+            dead = owners.dead_owners(conn, self.backend.clock(conn, now), here)
         if not dead:
             return 0
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            freed = owners.release_owners(cur, owners.dead_owners(cur, now, here))
+            stamped = self.backend.clock(cur, now)
+            freed = owners.release_owners(cur, owners.dead_owners(cur, stamped, here))
         if freed:
             log.info("took back %d commands leased by a drainer that died", freed)
         return freed
 
     def rescue_lost_wal(self) -> bool:
         """If the -wal file was deleted while this process has the outbox open, copy what our
-        connections still see of it into the main file (a checkpoint reads the deleted file
-        through the open descriptor), record a warning and log it. True if it was lost.
-
-        Commands committed after the deletion live in a file nobody can reopen: each call
-        rescues them again, but only restarting every process on the outbox ends the risk."""
-        if not wal_was_lost(self.path):
+        connections still see of it into the main file and record a warning (see
+        sqlite.SqliteBackend.rescue_lost_wal). True if it was lost; always False on
+        PostgreSQL."""
+        if self.backend.name != SQLITE:
             return False
         with self._drain_connection() as conn, self._io_lock:
-            try:
-                conn.driver_connection.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
-        if not self._wal_loss_recorded:
-            self._wal_loss_recorded = True
-            record_warning(self.engine, self.path, WAL_DELETED_WHILE_OPEN)
-        return True
+            return bool(self.backend.rescue_lost_wal(conn))  # type: ignore[attr-defined]
 
     # -- inspection ----------------------------------------------------------------------------
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
+        backend = self.backend
         with self._reading() as conn:
-            return collect_stats(conn, self._now() if now is None else now)
+            stamped = backend.clock(conn, self._now() if now is None else now)
+            return collect_stats(conn, stamped, counters=backend.counters)
 
     def list_dead(self, **filters: Any) -> list[deadletters.DeadLetter]:
         with self._reading() as conn:
-            return deadletters.select(conn, now=self._now(), **filters)
+            return deadletters.select(conn, **self._dead_terms(conn), **filters)
 
     def retry_dead(self, **filters: Any) -> int:
         """Put matching dead letters back in the queue under their original ids (FIFO place)."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return deadletters.resurrect(cur, now=self._now(), **filters)
+            terms = self._dead_terms(cur)
+            clause, params = deadletters.where(**terms, **filters)
+            keys = f"SELECT customer_key FROM dead_letters{clause}"
+            self.backend.lock_customers(cur, keys, params)
+            return deadletters.resurrect(cur, **terms, **filters)
 
     def purge_dead(self, **filters: Any) -> int:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return deadletters.purge(cur, now=self._now(), **filters)
+            return deadletters.purge(cur, **self._dead_terms(cur), **filters)
+
+    def _dead_terms(self, cur: Any) -> dict[str, Any]:
+        return {"now": self.backend.clock(cur, self._now()), "contains": self.backend.contains_sql}

@@ -1,0 +1,56 @@
+"""`tracker-agent status` on PostgreSQL: the queue's figures read in one short read-only
+transaction with psycopg alone (no SQLAlchemy, no migration, nothing written), on the
+database's clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..constants import PG_CONNECT_TIMEOUT_SECONDS
+from ..exceptions import NotAnOutboxError
+from .pg_errors import translate_pg_error
+from .stats import collect_stats
+
+__all__ = ["hide_password", "read_pg_status"]
+
+_COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
+_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password (if any) shown as ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+def read_pg_status(database_url: str) -> dict[str, Any]:
+    """Stats of the outbox in the database at `database_url` (see stats.STATS_KEYS); ages and
+    leases on the database's clock, whatever this host's says."""
+    import psycopg
+
+    from .postgresql import PgCursor
+
+    where = hide_password(database_url)
+    conninfo = "postgresql://" + database_url.partition("://")[2]
+    try:
+        with psycopg.connect(conninfo, connect_timeout=PG_CONNECT_TIMEOUT_SECONDS) as conn:
+            conn.read_only = True
+            cur = PgCursor(conn.cursor())
+            if not cur.execute("SELECT to_regclass('queue_counters') IS NOT NULL").fetchone()[0]:
+                raise NotAnOutboxError(f"{where}: no outbox in this database (nothing migrated)")
+            db_now = float(cur.execute(_NOW).fetchone()[0])
+            stats = collect_stats(cur, db_now, counters=_counters)
+    except psycopg.Error as exc:
+        raise translate_pg_error(exc, where) from exc
+    return stats
+
+
+def _counters(cur: Any) -> tuple[int, int]:
+    rows, size = cur.execute(_COUNTERS).fetchone()
+    return int(rows), int(size)

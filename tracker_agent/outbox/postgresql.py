@@ -1,0 +1,210 @@
+"""The outbox on PostgreSQL (psycopg 3): one queue shared by many hosts' apps and drainers.
+
+- Transactions are READ COMMITTED on raw psycopg connections; the store's SQL uses `?`
+  placeholders, which PgCursor turns into psycopg's `%s`.
+- Time comes from the database (clock_timestamp()) for leases, retries and dead letters, so
+  one host's clock skew cannot expire another host's lease. Callers' absolute times (a retry
+  at, a lease until) are taken as delays from the caller's `now`.
+- An enqueue first takes the advisory lock of each of its customers (sorted, so two
+  enqueues never deadlock): ids are drawn after the lock and committed before it is released,
+  so a customer's ids follow its commit order across hosts. Deletes of a customer's rows take
+  the same lock (the head-flag triggers rely on it, see migration 0003).
+- The bound (max_rows, max_bytes) is checked against the counters each enqueue reads: hosts
+  enqueueing at the same moment may pass it by one round each.
+- Claims are serialised by an advisory lock (see pg_claim.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..constants import PG_CUSTOMER_LOCK_CLASS
+from ..exceptions import OutboxError
+from .backend import POSTGRESQL, Backend, WritesRounds
+from .pg_claim import pick_postgresql
+from .pg_engine import shown_url
+from .pg_errors import translate_pg_error
+
+if TYPE_CHECKING:
+    from .commands import NewCommand
+    from .leases import ClaimedRow
+
+__all__ = ["PgCursor", "PostgresBackend"]
+
+log = logging.getLogger(__name__)
+
+_NOW_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8"
+_COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
+# One statement for a whole round; ORDER BY n draws the ids in the callers' order.
+_INSERT = (
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
+    " SELECT k, c, p, s, extract(epoch FROM statement_timestamp())"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])"
+    " WITH ORDINALITY AS u(k, c, p, s, n) ORDER BY n"
+)
+_LOCK_KEYS = (
+    f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
+    " FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS s"
+)
+_LOCK_SELECTED = (
+    f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
+    " FROM (SELECT DISTINCT hashtext(customer_key) AS h FROM ({}) AS k ORDER BY h) AS s"
+)
+_ADD_DELIVERED = (
+    "INSERT INTO agent_state (key, value) VALUES (?, CAST(? AS text)) ON CONFLICT (key)"
+    " DO UPDATE SET value = CAST(coalesce(CAST(agent_state.value AS bigint), 0)"
+    " + CAST(excluded.value AS bigint) AS text)"
+)
+
+
+class PgCursor:
+    """A psycopg cursor taking the store's `?` placeholders (and psycopg's own)."""
+
+    __slots__ = ("_cur",)
+    _translated: dict[str, str] = {}
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+
+    @classmethod
+    def _sql(cls, sql: str) -> str:
+        text = cls._translated.get(sql)
+        if text is None:
+            text = cls._translated[sql] = sql.replace("?", "%s")
+        return text
+
+    def execute(self, sql: str, params: Any = None) -> PgCursor:
+        self._cur.execute(self._sql(sql), params)
+        return self
+
+    def executemany(self, sql: str, seq: Any) -> None:
+        rows = list(seq)
+        if rows:
+            self._cur.executemany(self._sql(sql), rows)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cur.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cur)
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cur.rowcount)
+
+    def close(self) -> None:
+        self._cur.close()
+
+
+class PostgresBackend(Backend):
+    """A PostgreSQL database shared by hosts; see the module docstring."""
+
+    name = POSTGRESQL
+    add_delivered_sql = _ADD_DELIVERED
+    contains_sql = "strpos(lower(reason), lower(?)) > 0"
+
+    def __init__(self, engine: Any) -> None:
+        import psycopg
+
+        self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        self.engine = engine
+        self.where = shown_url(engine.url)
+        self._writer: Any = None
+
+    def translate(self, exc: BaseException) -> OutboxError:
+        return translate_pg_error(exc, self.where)
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        return self._errors
+
+    @contextmanager
+    def transaction(self, conn: Any) -> Iterator[Any]:
+        driver = conn.driver_connection
+        cur = PgCursor(driver.cursor())
+        try:
+            yield cur
+            driver.commit()
+        except BaseException as exc:
+            self._rollback(driver)
+            if isinstance(exc, self._errors):
+                raise self.translate(exc) from exc
+            raise
+        finally:
+            cur.close()
+
+    def _rollback(self, driver: Any) -> None:
+        if driver.closed:
+            return
+        try:
+            driver.rollback()
+        except self._errors:
+            log.warning("rollback failed on %s", self.where, exc_info=True)
+
+    @contextmanager
+    def reading(self, conn: Any) -> Iterator[Any]:
+        driver = conn.driver_connection
+        cur = PgCursor(driver.cursor())
+        try:
+            yield cur
+        except self._errors as exc:
+            raise self.translate(exc) from exc
+        finally:
+            cur.close()
+            self._rollback(driver)
+
+    def broken(self, conn: Any) -> bool:
+        driver = conn.driver_connection
+        return driver is None or bool(driver.closed) or bool(getattr(driver, "broken", False))
+
+    def clock(self, cur: Any, now: float) -> float:
+        return float(cur.execute(_NOW_SQL).fetchone()[0])
+
+    # -- enqueue -------------------------------------------------------------------------------
+
+    def write_round(
+        self, store: WritesRounds, requests: Sequence[Sequence[NewCommand]], now: float
+    ) -> list[BaseException | None]:
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        try:
+            with self.transaction(self._writer) as cur:
+                keys = sorted({c.customer_key for commands in requests for c in commands})
+                cur.execute(_LOCK_KEYS, (keys,))
+                return store.insert_round(cur, requests, self.clock(cur, now))
+        except OutboxError:
+            if self.broken(self._writer):  # the next round reconnects
+                self._writer.invalidate()
+                self._writer = None
+            raise
+
+    def insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        kinds, keys, payloads, sizes = ([r[i] for r in rows] for i in range(4))
+        cur.execute(_INSERT, (kinds, keys, payloads, sizes))
+
+    def counters(self, cur: Any) -> tuple[int, int]:
+        rows, size = cur.execute(_COUNTERS).fetchone()
+        return int(rows), int(size)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = None
+
+    def forget_writer(self) -> None:
+        self._writer = None
+
+    # -- drain ---------------------------------------------------------------------------------
+
+    def pick(
+        self, cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+    ) -> list[ClaimedRow]:
+        return pick_postgresql(cur, now, limit, max_bytes, follow)
+
+    def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
+        cur.execute(_LOCK_SELECTED.format(select_keys), list(params))
