@@ -189,13 +189,17 @@ def fresh_postgres_url(server: Any) -> str:
     return str(server.create_database(f"t{next(_databases)}"))
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The outbox URL of a fresh outbox: an SQLite file in tmp_path, or a new database on the
-    session's PostgreSQL server."""
-    if request.param == "sqlite":
+    """The outbox URL of a fresh outbox: an SQLite file in tmp_path (the default), or a new
+    database on the session's PostgreSQL server for tests marked @both_backends."""
+    if getattr(request, "param", "sqlite") == "sqlite":
         return sqlite_url(tmp_path / "outbox.db")
     return fresh_postgres_url(request.getfixturevalue("postgres_server"))
+
+
+#: Runs a test (that uses `database_url`, directly or through another fixture) on both.
+both_backends = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 
 def is_postgresql(url: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import wait_for
+from conftest import both_backends, wait_for
 
 from tracker_agent.cli import cli, logs
 from tracker_agent.cli.run import REPEAT_WINDOW_SECONDS, is_repeat
@@ -39,13 +39,13 @@ def _isolated(isolated_cli: None) -> None:
 
 
 @pytest.fixture
-def env(fake: FakeExponea, tmp_path: Path) -> dict[str, str]:
+def env(fake: FakeExponea, database_url: str) -> dict[str, str]:
     return {
         "TRACKER_AGENT_PROJECT_TOKEN": TOKEN,
         "TRACKER_AGENT_USERNAME": USERNAME,
         "TRACKER_AGENT_PASSWORD": PASSWORD,
         "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
+        "TRACKER_AGENT_DATABASE_URL": database_url,
         "TRACKER_AGENT_BACKOFF_BASE": "0.05",
         "TRACKER_AGENT_BACKOFF_CAP": "0.2",
         "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
@@ -137,6 +137,7 @@ def test_command_line_option_beats_environment_and_is_named_as_source(invoke: In
 # ---------------------------------------------------------------------------- track, flush
 
 
+@both_backends
 def test_track_event_then_flush_delivers_it_with_parsed_values(
     invoke: Invoke, fake: FakeExponea
 ) -> None:
@@ -244,6 +245,7 @@ def test_status_on_a_corrupt_file_is_one_error_line(invoke: Invoke, tmp_path: Pa
     )
 
 
+@both_backends
 def test_status_table_and_json_agree(invoke: Invoke) -> None:
     for _ in range(3):
         invoke("track", "event", "--customer", "registered=a", "--type", "t")
@@ -265,6 +267,7 @@ def test_status_table_and_json_agree(invoke: Invoke) -> None:
     assert "last success    never" in table
 
 
+@both_backends
 def test_status_needs_no_credentials(invoke: Invoke, env: dict[str, str]) -> None:
     invoke("migrate")
     result = CliRunner().invoke(
@@ -276,6 +279,7 @@ def test_status_needs_no_credentials(invoke: Invoke, env: dict[str, str]) -> Non
     assert json.loads(result.stdout)["pending"] == 0
 
 
+@both_backends
 def test_status_max_age_alarm_exits_2(invoke: Invoke) -> None:
     invoke("track", "event", "--customer", "registered=a", "--type", "t")
     time.sleep(0.05)
@@ -286,6 +290,7 @@ def test_status_max_age_alarm_exits_2(invoke: Invoke) -> None:
     assert "pending" in result.stdout  # the report is still printed
 
 
+@both_backends
 def test_status_fail_if_paused_exits_2_when_credentials_are_refused(
     invoke: Invoke, fake: FakeExponea
 ) -> None:
@@ -437,6 +442,7 @@ def dead_letters(invoke: Invoke, fake: FakeExponea) -> None:
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_list_shows_reason_and_filters(invoke: Invoke) -> None:
     result = invoke("dead-letters", "list")
     assert result.exit_code == 0, result.output
@@ -450,6 +456,7 @@ def test_dead_letters_list_shows_reason_and_filters(invoke: Invoke) -> None:
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_retry_requeues_and_delivers(invoke: Invoke, fake: FakeExponea) -> None:
     rows = [json.loads(x) for x in invoke("dead-letters", "list", "--json").stdout.splitlines()]
     result = invoke("dead-letters", "retry", "--id", str(rows[1]["id"]))
@@ -460,6 +467,7 @@ def test_dead_letters_retry_requeues_and_delivers(invoke: Invoke, fake: FakeExpo
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_retry_and_purge_need_a_selection(invoke: Invoke) -> None:
     assert invoke("dead-letters", "retry").exit_code == 2
     assert invoke("dead-letters", "purge", "--yes").exit_code == 2
@@ -467,6 +475,7 @@ def test_dead_letters_retry_and_purge_need_a_selection(invoke: Invoke) -> None:
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_purge_asks_unless_yes(invoke: Invoke) -> None:
     result = invoke("dead-letters", "purge", "--all", input="n\n")
     assert result.exit_code == 1 and status_json(invoke)["dead"] == 2
@@ -685,6 +694,7 @@ def test_run_delivers_notifies_systemd_and_exits_0_on_sigterm(
     assert "SIGTERM: stopping" in err and PASSWORD not in err
 
 
+@both_backends
 def test_run_sigterm_mid_drain_exits_0_and_loses_nothing(
     invoke: Invoke, fake: FakeExponea, daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
@@ -850,6 +860,7 @@ def test_demo_delivers_to_the_bundled_fake_through_a_separate_outbox(
     assert "delivered       31" in result.stdout
 
 
+@both_backends
 def test_resume_makes_the_next_pass_probe_a_paused_outbox_at_once(
     invoke: Invoke, fake: FakeExponea
 ) -> None:

@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from conftest import both_backends
 
 from tracker_agent import TrackerAgent
 
@@ -51,6 +52,7 @@ def open_agent(fake, db_url, **settings) -> TrackerAgent:
     )
 
 
+@both_backends
 def test_event_accepted_right_before_sigkill_is_delivered_later(fake, database_url):
     db_url = database_url
     body = """
@@ -67,6 +69,7 @@ def test_event_accepted_right_before_sigkill_is_delivered_later(fake, database_u
     ]
 
 
+@both_backends
 def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(fake, database_url):
     db_url = database_url
     with open_agent(fake, db_url) as agent:
@@ -95,6 +98,7 @@ def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(f
     assert [e["properties"]["n"] for e in fake.events] == list(range(120))
 
 
+@both_backends
 def test_four_producers_and_a_drainer_deliver_every_event_once_in_customer_order(
     fake, tmp_path, database_url
 ):

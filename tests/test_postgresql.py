@@ -269,3 +269,31 @@ def test_leases_use_the_databases_clock_not_the_hosts(url):
     finally:
         close_store(skewed)
         close_store(honest)
+
+
+def test_a_backoff_holds_back_only_the_host_that_met_it(url):
+    from tracker_agent.outbox.state import STATE_BACKOFF_UNTIL, STATE_FAILURES
+
+    here = OutboxStore(open_outbox(url), max_rows=100, max_bytes=10**6, host="host-a")
+    there = OutboxStore(open_outbox(url), max_rows=100, max_bytes=10**6, host="host-b")
+
+    def not_backing_off(state) -> bool:
+        return float(state.get(STATE_BACKOFF_UNTIL) or 0) <= time.time()
+
+    terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30, "now": time.time()}
+    try:
+        here.enqueue([command("a", 0), command("b", 1)])
+        state, rows = here.claim_if("a1", **terms, may_claim=not_backing_off)
+        throttled = Settlement(
+            release=[r.id for r in rows],
+            state={STATE_BACKOFF_UNTIL: time.time() + 3600, STATE_FAILURES: 1},
+        )
+        here.settle("a1", throttled, time.time())  # host a met a 429
+        state, rows = here.claim_if("a2", **terms, may_claim=not_backing_off)
+        assert rows == [] and state[STATE_FAILURES] == 1
+        state, rows = there.claim_if("b1", **terms, may_claim=not_backing_off)
+        assert len(rows) == 2 and not state[STATE_FAILURES]
+        assert here.stats()["next_attempt_at"] is not None  # status shows the latest backoff
+    finally:
+        close_store(here)
+        close_store(there)

@@ -45,9 +45,14 @@ _INSERT = (
     " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])"
     " WITH ORDINALITY AS u(k, c, p, s, n) ORDER BY n"
 )
+# An enqueue's first statement: its customers' locks (sorted: two enqueues never deadlock),
+# the database's clock and the counters, in one round trip. The counters are read in the
+# statement's snapshot, before the locks: the bound is a soft one across hosts anyway.
 _LOCK_KEYS = (
-    f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
-    " FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS s"
+    f"SELECT (SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
+    " FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS s),"
+    " extract(epoch FROM clock_timestamp())::float8,"
+    " coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
 )
 _LOCK_SELECTED = (
     f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
@@ -116,6 +121,7 @@ class PostgresBackend(Backend):
         self.engine = engine
         self.where = shown_url(engine.url)
         self._writer: Any = None
+        self._counted: tuple[int, int] | None = None  # read with the enqueue's locks
 
     def translate(self, exc: BaseException) -> OutboxError:
         return translate_pg_error(exc, self.where)
@@ -175,8 +181,9 @@ class PostgresBackend(Backend):
         try:
             with self.transaction(self._writer) as cur:
                 keys = sorted({c.customer_key for commands in requests for c in commands})
-                cur.execute(_LOCK_KEYS, (keys,))
-                return store.insert_round(cur, requests, self.clock(cur, now))
+                _, stamped, rows, size = cur.execute(_LOCK_KEYS, (keys,)).fetchone()
+                self._counted = (int(rows), int(size))  # insert_round's first counters()
+                return store.insert_round(cur, requests, float(stamped))
         except OutboxError:
             if self.broken(self._writer):  # the next round reconnects
                 self._writer.invalidate()
@@ -187,9 +194,13 @@ class PostgresBackend(Backend):
         kinds, keys, payloads, sizes = ([r[i] for r in rows] for i in range(4))
         cur.execute(_INSERT, (kinds, keys, payloads, sizes))
 
-    def counters(self, cur: Any) -> tuple[int, int]:
+    def queued(self, cur: Any) -> tuple[int, int]:
         rows, size = cur.execute(_COUNTERS).fetchone()
         return int(rows), int(size)
+
+    def counters(self, cur: Any) -> tuple[int, int]:
+        counted, self._counted = self._counted, None  # only the writer's thread gets here
+        return counted if counted is not None else self.queued(cur)
 
     def close_writer(self) -> None:
         if self._writer is not None:

@@ -160,7 +160,7 @@ class SqliteBackend(Backend):
     def insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(_INSERT, rows)
 
-    def counters(self, cur: Any) -> tuple[int, int]:
+    def queued(self, cur: Any) -> tuple[int, int]:
         rows, size = cur.execute(_COUNTERS).fetchone()
         return int(rows), int(size)
 

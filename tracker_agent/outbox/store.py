@@ -26,6 +26,7 @@ from .commands import NewCommand
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
 from .state import (
+    HOST_STATE,
     STATE_DROPPED,
     STATE_PAUSE_PROBES,
     STATE_PAUSED_REASON,
@@ -33,6 +34,8 @@ from .state import (
     STATE_PROJECT,
     STATE_WARNING,
     STATE_WARNING_AT,
+    host_keys,
+    host_view,
     read_state,
     set_state,
 )
@@ -55,6 +58,7 @@ class OutboxStore:
         max_bytes: int,
         overflow: str = OVERFLOW_RAISE,
         now: Callable[[], float] | None = None,
+        host: str | None = None,
     ) -> None:
         if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
             raise ValueError(f"overflow must be 'raise' or 'drop_oldest', not {overflow!r}")
@@ -74,6 +78,8 @@ class OutboxStore:
         # the child would inherit SQLite's lock bookkeeping without the locks themselves.
         self._io_lock = threading.Lock()
         self.project: str | None = None  # set by bind_project
+        # A database shared by hosts: each host backs off on its own (see HOST_STATE).
+        self._host = None if self.backend.name == SQLITE else (host or owners.host_key())
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -278,7 +284,14 @@ class OutboxStore:
         gate: Callable[[dict[str, Any]], bool] | None,
         follow_own: bool,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
-        return leases.claim(
+        host = self._host
+        if host is not None:  # a backoff is this host's: see HOST_STATE
+            outer = gate
+
+            def gate(state: dict[str, Any]) -> bool:
+                return outer is None or outer(host_view(state, host))
+
+        state, rows = leases.claim(
             cur,
             owner,
             limit,
@@ -289,6 +302,7 @@ class OutboxStore:
             follow_own=follow_own,
             pick=self.backend.pick,
         )
+        return (state if host is None else host_view(state, host)), rows
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -300,6 +314,8 @@ class OutboxStore:
         stamped = backend.clock(cur, now)
         if stamped != now and outcome.retry:  # a retry time is a delay from `now`
             outcome = dataclasses.replace(outcome, retry_at=outcome.retry_at + stamped - now)
+        if self._host is not None and HOST_STATE.intersection(outcome.state):
+            outcome = dataclasses.replace(outcome, state=host_keys(outcome.state, self._host))
         return leases.settle(
             cur,
             owner,
@@ -444,7 +460,7 @@ class OutboxStore:
         backend = self.backend
         with self._reading() as conn:
             stamped = backend.clock(conn, self._now() if now is None else now)
-            return collect_stats(conn, stamped, counters=backend.counters)
+            return collect_stats(conn, stamped, counters=backend.queued)
 
     def list_dead(self, **filters: Any) -> list[deadletters.DeadLetter]:
         with self._reading() as conn:
