@@ -1,6 +1,7 @@
 """Opening the outbox: the engine with SQLite's pragmas, migrations under SQLite's own write
-lock, checkpoints and the outbox's warning. preflight.py refuses foreign or newer files
-before anything here writes; files.py says where the file lives and with which permissions.
+lock, checkpoints and the outbox's warning (a PostgreSQL URL goes to pg_engine.py instead).
+preflight.py refuses foreign or newer files before anything here writes; files.py says where
+the file lives and with which permissions.
 
 Importing this module is cheap: SQLAlchemy and Alembic are imported only by the functions that
 need them, and Alembic only when the file is not already at HEAD_REVISION.

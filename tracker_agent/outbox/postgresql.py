@@ -11,7 +11,8 @@
   the same lock (the head-flag triggers rely on it, see migration 0003).
 - The bound (max_rows, max_bytes) is checked against the counters each enqueue reads: hosts
   enqueueing at the same moment may pass it by one round each.
-- Claims are serialised by an advisory lock (see pg_claim.py).
+- Claims are serialised by an advisory lock (see pg_claim.py). The drain's connection
+  commits with synchronous_commit off, like SQLite's drain with synchronous=NORMAL.
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ _LOCK_KEYS = (
     " FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%s::text[]) AS k ORDER BY h) AS s),"
     " extract(epoch FROM clock_timestamp())::float8,"
     " coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
+)
+# A lone caller's one row in one statement (two round trips with the commit, as a plain
+# INSERT): its customer's lock, then the bound, then the id (drawn after both, when the row is
+# formed). No row inserted means over the bound: the round path then raises or makes room.
+_INSERT_ONE = (
+    f"WITH locked AS (SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS},"
+    " hashtext(%(key)s))) AS n),"
+    " room AS (SELECT coalesce(sum(rows), 0) + 1 <= %(max_rows)s"
+    " AND coalesce(sum(bytes), 0) + %(size)s <= %(max_bytes)s AS ok FROM queue_counters)"
+    " INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
+    " SELECT %(kind)s, %(key)s, %(payload)s, %(size)s, extract(epoch FROM statement_timestamp())"
+    " FROM locked, room WHERE room.ok AND locked.n = 1"
 )
 _LOCK_SELECTED = (
     f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
@@ -164,6 +177,15 @@ class PostgresBackend(Backend):
             cur.close()
             self._rollback(driver)
 
+    def prepare_drain(self, conn: Any) -> None:
+        # As on SQLite (synchronous=NORMAL): leases and settlements need no flush to disk of
+        # their own; a crash of the server can only undo some (rows re-sent, deduplicated by
+        # their fixed timestamps), never an enqueue (the writer commits synchronously). It
+        # also keeps the claim lock's hold short: it is held until the commit.
+        driver = conn.driver_connection
+        driver.execute("SET synchronous_commit = off")
+        driver.commit()
+
     def broken(self, conn: Any) -> bool:
         driver = conn.driver_connection
         return driver is None or bool(driver.closed) or bool(getattr(driver, "broken", False))
@@ -180,6 +202,12 @@ class PostgresBackend(Backend):
             self._writer = self.engine.raw_connection()
         try:
             with self.transaction(self._writer) as cur:
+                if (
+                    len(requests) == 1
+                    and len(requests[0]) == 1
+                    and self._insert_one(cur, store, requests[0][0])
+                ):
+                    return [None]
                 keys = sorted({c.customer_key for commands in requests for c in commands})
                 _, stamped, rows, size = cur.execute(_LOCK_KEYS, (keys,)).fetchone()
                 self._counted = (int(rows), int(size))  # insert_round's first counters()
@@ -189,6 +217,18 @@ class PostgresBackend(Backend):
                 self._writer.invalidate()
                 self._writer = None
             raise
+
+    def _insert_one(self, cur: Any, store: WritesRounds, c: NewCommand) -> bool:
+        """The lone caller's row, if it fits the bound (see _INSERT_ONE)."""
+        params = {
+            "kind": c.kind,
+            "key": c.customer_key,
+            "payload": c.payload,
+            "size": c.size,
+            "max_rows": store.max_rows,
+            "max_bytes": store.max_bytes,
+        }
+        return bool(cur.execute(_INSERT_ONE, params).rowcount == 1)
 
     def insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         kinds, keys, payloads, sizes = ([r[i] for r in rows] for i in range(4))
