@@ -7,16 +7,23 @@ The delivery contract itself runs on both databases in the contract suites (`dat
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
 from collections import defaultdict
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import fresh_postgres_url
+from conftest import fresh_postgres_url, make_agent, wait_for
+
+try:
+    import psycopg
+except ImportError:  # the `postgresql` extra is not installed
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("PostgreSQL tests need psycopg 3 (the postgresql extra)", allow_module_level=True)
 
 from tracker_agent import DatabaseUnavailableError, OutboxError
 from tracker_agent.outbox import schema
@@ -297,3 +304,22 @@ def test_a_backoff_holds_back_only_the_host_that_met_it(url):
     finally:
         close_store(here)
         close_store(there)
+
+
+def test_an_agent_waits_out_lost_connections_and_never_shows_the_password(fake, postgres_server):
+    url = fresh_postgres_url(postgres_server)
+    with_password = url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
+    with make_agent(fake, with_password, drain=True) as agent:
+        assert "hunter2" not in repr(agent)
+        agent.tracking.add_event({"registered": "a"}, "first", {})
+        assert wait_for(lambda: len(fake.events) == 1)
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'tracker-agent'"
+            )
+        with pytest.raises(DatabaseUnavailableError):  # the enqueue's connection was lost
+            agent.tracking.add_event({"registered": "a"}, "lost", {})
+        agent.tracking.add_event({"registered": "a"}, "second", {})  # a new connection
+        assert wait_for(lambda: len(fake.events) == 2)  # the drain reconnected on its own
+    assert [e["event_type"] for e in fake.events] == ["first", "second"]

@@ -39,6 +39,7 @@ from .exceptions import (
 )
 from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
 from .outbox import state as state_keys
+from .outbox.backend import hide_password
 from .outbox.deadletters import DeadLetter
 from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outbox.leases import Settlement
@@ -379,7 +380,7 @@ class TrackerAgent:
                     "(`tracker-agent run`) on that outbox, or create the agent with drain=True",
                     waiting,
                     after,
-                    self.database_url,
+                    hide_password(self.database_url),
                 )
         except Exception:  # a look at the queue must never fail a tracking call
             log.debug("could not check whether anything drains the outbox", exc_info=True)
@@ -762,7 +763,7 @@ class TrackerAgent:
         self.close()
 
     def __repr__(self) -> str:
-        token, url = self.settings.project_token, self.database_url
+        token, url = self.settings.project_token, hide_password(self.database_url)
         return f"TrackerAgent(project_token={token!r}, database_url={url!r})"
 
     # -- fork safety ---------------------------------------------------------------------------

@@ -118,9 +118,11 @@ def run(cli: CliContext) -> None:
     from tracker_agent import agent as agent_module
 
     agent = cli.agent()  # opens and migrates the outbox before READY
+    from tracker_agent.outbox.backend import hide_password
+
     log.info(
         "tracker-agent running: %s -> %s (project %s)",
-        agent.database_url,
+        hide_password(agent.database_url),
         settings.url,
         settings.project_token,
     )

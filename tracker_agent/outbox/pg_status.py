@@ -6,10 +6,10 @@ database's clock.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..constants import PG_CONNECT_TIMEOUT_SECONDS
 from ..exceptions import NotAnOutboxError
+from .backend import hide_password
 from .pg_errors import translate_pg_error
 from .stats import collect_stats
 
@@ -17,16 +17,6 @@ __all__ = ["hide_password", "read_pg_status"]
 
 _COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-
-
-def hide_password(url: str) -> str:
-    """The URL with its password (if any) shown as ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 def read_pg_status(database_url: str) -> dict[str, Any]:
