@@ -90,6 +90,8 @@ class Backend:
 
     name: str = ""
     where: str = ""
+    #: clock() reads the database's clock where it has one (False: the caller's `now`).
+    db_clock: bool = True
     #: settle(): add delivered rows to agent_state's counter (params: key, count).
     add_delivered_sql: str = ""
     #: dead-letter filter: reason contains the parameter, case-insensitively.

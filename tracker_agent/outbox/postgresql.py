@@ -191,6 +191,8 @@ class PostgresBackend(Backend):
         return driver is None or bool(driver.closed) or bool(getattr(driver, "broken", False))
 
     def clock(self, cur: Any, now: float) -> float:
+        if not self.db_clock:
+            return now
         return float(cur.execute(_NOW_SQL).fetchone()[0])
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ class PostgresBackend(Backend):
                 keys = sorted({c.customer_key for commands in requests for c in commands})
                 _, stamped, rows, size = cur.execute(_LOCK_KEYS, (keys,)).fetchone()
                 self._counted = (int(rows), int(size))  # insert_round's first counters()
-                return store.insert_round(cur, requests, float(stamped))
+                return store.insert_round(cur, requests, float(stamped) if self.db_clock else now)
         except OutboxError:
             if self.broken(self._writer):  # the next round reconnects
                 self._writer.invalidate()

@@ -59,11 +59,15 @@ class OutboxStore:
         overflow: str = OVERFLOW_RAISE,
         now: Callable[[], float] | None = None,
         host: str | None = None,
+        db_clock: bool = True,
     ) -> None:
         if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
             raise ValueError(f"overflow must be 'raise' or 'drop_oldest', not {overflow!r}")
         self.engine = engine
         self.backend = backend_for_engine(engine)
+        # PostgreSQL stamps leases and retries with its own clock unless told to use the
+        # times callers pass (tests that move time; one host, where both clocks are one).
+        self.backend.db_clock = db_clock
         #: The database in messages: the file, or the URL without its password.
         self.path: str = self.backend.where
         self.max_rows = max_rows
