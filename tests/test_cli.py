@@ -219,6 +219,7 @@ def test_track_invalid_command_is_one_error_line(invoke: Invoke) -> None:
     assert "customer_ids" in line
 
 
+@both_backends
 def test_flush_with_the_api_down_exits_1_and_leaves_the_queue(
     invoke: Invoke, fake: FakeExponea
 ) -> None:
@@ -304,6 +305,7 @@ def test_status_fail_if_paused_exits_2_when_credentials_are_refused(
     assert status_json(invoke)["pending"] == 1  # paused, never dead-lettered
 
 
+@both_backends
 def test_status_does_not_import_sqlalchemy_or_requests(invoke: Invoke, env: dict[str, str]) -> None:
     invoke("migrate")
     code = (
@@ -335,6 +337,7 @@ def write_lines(path: Path, records: list[Any]) -> str:
     return str(path)
 
 
+@both_backends
 def test_import_queues_every_line_in_chunks(
     invoke: Invoke, fake: FakeExponea, tmp_path: Path
 ) -> None:
@@ -492,6 +495,19 @@ def test_migrate_creates_then_reports_head(invoke: Invoke, tmp_path: Path) -> No
     assert first.exit_code == 0 and "migrated from nothing to" in first.stdout
     assert (tmp_path / "outbox.db").exists()
     assert "already at revision" in invoke("migrate").stdout
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_migrate_on_postgresql_names_the_database_without_its_password(
+    invoke: Invoke, database_url: str
+) -> None:
+    with_password = database_url.replace("postgres@", "postgres:hunter2@")  # trust auth
+    first = invoke("migrate", TRACKER_AGENT_DATABASE_URL=with_password)
+    assert first.exit_code == 0, first.output
+    assert "migrated from nothing to" in first.stdout and "postgres:***@" in first.stdout
+    again = invoke("migrate", TRACKER_AGENT_DATABASE_URL=with_password)
+    assert "already at revision" in again.stdout
+    assert "hunter2" not in first.output + again.output
 
 
 def test_check_passes_against_the_api_and_prints_clock_skew(invoke: Invoke) -> None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
+from ..config.settings import hide_password
 from ..exceptions import ConfigError, OutboxError
 
 if TYPE_CHECKING:
@@ -58,16 +58,6 @@ def backend_name(database_url: str) -> str:
             f"PostgreSQL URL (postgresql+psycopg://user@host/db), got a {shown!r} value"
         )
     return name
-
-
-def hide_password(url: str) -> str:
-    """The URL with its password (if any) shown as *** (stdlib only: status and logs use it)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
 
 
 class WritesRounds(Protocol):
