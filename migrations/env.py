@@ -2,7 +2,7 @@
 
 tracker_agent.outbox.engine.migrate() passes its connection (already inside a BEGIN IMMEDIATE
 transaction; on PostgreSQL pg_engine.migrate_pg(), inside a transaction holding the migration's
-advisory lock) in config.attributes["connection"]. Dialect differences live in ddl.py. Run by
+advisory lock) in config.attributes["connection"]. Dialect differences: outbox/ddl.py. Run by
 hand (developers writing a revision), the database comes from `sqlalchemy.url` in the config or
 `-x url=sqlite:///path` (or a PostgreSQL URL).
 """

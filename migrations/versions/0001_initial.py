@@ -5,7 +5,7 @@ Revises:
 Create Date: 2024-06-01
 
 Frozen copy of tracker_agent/outbox/schema.py as of this revision (a test compares them at head).
-On PostgreSQL (see migrations/ddl.py): BIGINT identity ids, 16 counter rows (one row would
+On PostgreSQL (see tracker_agent/outbox/ddl.py): BIGINT identity ids, 16 counter rows (one row would
 serialise every writer on its lock) kept by statement-level PL/pgSQL triggers, each
 transaction adding to the row of its backend's pid; readers sum them.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from tracker_agent.migrations import ddl
+
+from tracker_agent.outbox import ddl
 
 revision = "0001"
 down_revision = None

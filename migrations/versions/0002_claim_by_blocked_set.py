@@ -14,7 +14,8 @@ their customers. ix_outbox_retry holds only rows that have been retried at least
 from __future__ import annotations
 
 from alembic import op
-from tracker_agent.migrations import ddl
+
+from tracker_agent.outbox import ddl
 
 revision = "0002"
 down_revision = "0001"

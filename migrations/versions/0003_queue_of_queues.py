@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from tracker_agent.migrations import ddl
+
+from tracker_agent.outbox import ddl
 
 revision = "0003"
 down_revision = "0002"

@@ -1,8 +1,10 @@
-"""Dialect-specific DDL for the outbox's migrations: one migration serves SQLite and PostgreSQL.
+"""Dialect-specific DDL for the outbox's migrations (migrations/versions): one migration serves
+SQLite and PostgreSQL. It lives in the package, not beside the scripts, so that a revision can
+import it wherever Alembic loads the scripts from (an installed wheel, or a source checkout).
 
 The pattern, for a new revision (see 0001 and 0003):
 
-    from tracker_agent.migrations import ddl
+    from tracker_agent.outbox import ddl
 
     def upgrade() -> None:
         op.create_table(
@@ -23,8 +25,8 @@ The pattern, for a new revision (see 0001 and 0003):
 Everything else (tables, columns, plain indexes) is written once with SQLAlchemy types: SQLite
 ignores sa.Identity(), PostgreSQL ignores sqlite_* keywords. Migrations run in one transaction
 (PostgreSQL's DDL is transactional too) under a lock that makes many hosts starting at once
-migrate once: SQLite's write lock, PostgreSQL's pg_advisory_xact_lock (see outbox/engine.py and
-outbox/pg_engine.py).
+migrate once: SQLite's write lock, PostgreSQL's pg_advisory_xact_lock (see engine.py and
+pg_engine.py).
 """
 
 from __future__ import annotations
