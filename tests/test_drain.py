@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -315,6 +316,45 @@ def test_per_customer_order_is_kept_when_an_earlier_batch_is_retried(fake, store
         frozen.tick(2)
         drainer.drain()
     assert delivered_ns(fake, "alice") == list(range(60))
+
+
+def test_one_customers_next_batch_is_claimed_while_its_batch_is_in_flight(fake, store, client):
+    """Pipelining for a single customer (a kiosk's backlog): the drainer's own next batch is
+    leased while the one before it is on the wire, and goes out only after that answer."""
+    enqueue_events(store, "kiosk", 300)
+    seen_next_leased: list[bool] = []
+
+    def send(stored):
+        # Wait (bounded) for the next batch to be claimed behind this one: it can only be if
+        # the drainer's own batch in flight does not block its customer.
+        leased = lambda: store.stats()["in_flight"]  # noqa: E731
+        deadline = time.monotonic() + 2.0
+        while leased() <= len(stored) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen_next_leased.append(leased() > len(stored))
+        return client.tracking.send_stored_batch(stored)
+
+    report = Drainer(store, send, DrainPolicy(rate_limit=10_000.0)).drain()
+    assert report.delivered == 300
+    assert delivered_ns(fake, "kiosk") == list(range(300))
+    assert seen_next_leased[:-1] == [True] * 5  # every batch but the last had one behind it
+    assert seen_next_leased[-1] is False
+
+
+def test_a_batch_claimed_behind_a_failed_one_is_held_back_and_order_kept(fake, store, client):
+    """The batch queued behind a failed request holds the same customer's next commands: it
+    must not go out, and the pass must not keep claiming batches that are held back."""
+    enqueue_events(store, "kiosk", 200)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=1.0)
+        fake.fail_next(1, status=503)
+        first = drainer.drain()
+        assert first.delivered == 0 and first.backoff_until is not None
+        assert first.requests == 1  # the batch behind the failure never went out
+        frozen.tick(2)
+        drainer.drain()
+    assert delivered_ns(fake, "kiosk") == list(range(200))
+    assert fake.duplicate_events == 0
 
 
 def test_a_send_batch_that_raises_unexpectedly_gives_its_rows_back(store):
