@@ -482,6 +482,9 @@ class TrackerAgent:
         that starts (the daemon, an app restarted after its credentials were fixed) or a
         flush should not wait up to pause_probe_interval to find out that they work now."""
         try:
+            # Before any new connection reads the file: a -wal deleted under us is rescued
+            # through the connection that still has it open (see rescue_lost_wal).
+            self.store.rescue_lost_wal()
             reason = self.store.probe_now()
         except OutboxError as exc:  # the pass that follows meets and reports it
             log.warning("could not ask for a probe of the paused delivery: %s", exc)
