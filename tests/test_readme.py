@@ -193,6 +193,16 @@ def test_a_line_is_judged_part_by_part():
     assert [rule_for(c) for c in commands] == ["skip", "run"]
 
 
+def test_the_readmes_install_steps_make_the_venv_the_shipped_unit_runs():
+    unit = (ROOT / "systemd" / "tracker-agent.service").read_text(encoding="utf-8")
+    (exec_start,) = re.findall(r"^ExecStart=(\S+) run$", unit, re.MULTILINE)
+    commands = [c for b in RUNNABLE if b.language in SHELL_LANGUAGES for c in shell_commands(b)]
+    venvs = [_words(c)[3] for c in commands if _starts_with(_words(c), "python3 -m venv")]
+    assert venvs and all(exec_start == f"{venv}/bin/tracker-agent" for venv in venvs)
+    pips = [c for c in commands if _words(c)[:2] == [f"{venvs[0]}/bin/pip", "install"]]
+    assert pips, "the README installs into another venv than it creates"
+
+
 # -- running them ----------------------------------------------------------------------------
 
 
