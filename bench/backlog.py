@@ -122,7 +122,8 @@ def drain(path: str, server: ServerProcess, rate_limit: float, window: int) -> D
     from tracker_agent import TrackerAgent
 
     server.call("reset")
-    settings = agent_kwargs(server.url, "sqlite:///" + path, rate_limit=rate_limit)
+    # drain=False: this flush is the only drainer (no background thread beside it)
+    settings = agent_kwargs(server.url, "sqlite:///" + path, rate_limit=rate_limit, drain=False)
     with TrackerAgent(**settings) as agent:
         start = time.perf_counter()
 

@@ -43,7 +43,7 @@ from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outbox.leases import Settlement
 from .outbox.stats import STATS_KEYS
 from .outbox.store import OutboxStore
-from .outcomes import DrainReport
+from .outcomes import DrainReport, human_seconds
 from .policy import DrainPolicy
 
 log = logging.getLogger(__name__)
@@ -470,11 +470,27 @@ class TrackerAgent:
         if self._scheduler is None and self.settings.enabled:
             from .scheduler import DrainScheduler
 
+            self._probe_if_paused("the drain starts")
             self.drainer.stopping.clear()
             scheduler = DrainScheduler(self._scheduled_drain, self.settings.drain_interval)
             scheduler.start()
             self._scheduler = scheduler
         return self
+
+    def _probe_if_paused(self, why: str) -> None:
+        """A paused outbox is probed at once rather than at its stored probe time: a drain
+        that starts (the daemon, an app restarted after its credentials were fixed) or a
+        flush should not wait up to pause_probe_interval to find out that they work now."""
+        try:
+            # Before any new connection reads the file: a -wal deleted under us is rescued
+            # through the connection that still has it open (see rescue_lost_wal).
+            self.store.rescue_lost_wal()
+            reason = self.store.probe_now()
+        except OutboxError as exc:  # the pass that follows meets and reports it
+            log.warning("could not ask for a probe of the paused delivery: %s", exc)
+            return
+        if reason:
+            log.info("delivery is paused (%s); %s: probing the API now", reason, why)
 
     @property
     def draining_in_background(self) -> bool:
@@ -548,10 +564,13 @@ class TrackerAgent:
         progress: Callable[[int, int], None] | None = None,
     ) -> FlushResult:
         """Deliver now. Without timeout: until nothing is due or delivery must wait (backoff or
-        pause). With a timeout: keep going, waiting out backoffs, until empty or out of time."""
+        pause). With a timeout: keep going, waiting out backoffs, until empty or out of time.
+        A paused delivery is probed at once (not at its stored probe time): if the API
+        accepts the credentials again, the pause lifts and the flush delivers."""
         self._check_open()
         if not self.settings.enabled:
             return FlushResult(0, 0, 0, None, None, timed_out=False)
+        self._probe_if_paused("flush")
         if self._scheduler is None:
             # stop() leaves the flag set for a pass that outlived its grace; that pass holds
             # the drain lock, so this flush simply waits for it and then delivers.
@@ -661,7 +680,7 @@ class TrackerAgent:
         grace = self.settings.shutdown_grace if timeout is None else timeout
         finished = scheduler.shutdown(grace)
         if not finished:
-            log.warning("drain still busy after %.1fs; releasing its leases", grace)
+            log.warning("drain still busy after %s; releasing its leases", human_seconds(grace))
         released = self.store.release_all(self.drainer.owner)
         if released:
             log.info("released %d leased commands for other drainers", released)

@@ -354,16 +354,7 @@ def flush(cli: CliContext, timeout: float | None, fail_on_dead: bool) -> None:
         f"remaining {result.remaining}"
     )
     if result.remaining:
-        why = (
-            f"delivery is paused: {result.paused_reason}"
-            if result.paused_reason
-            else "timed out"
-            if result.timed_out
-            else f"last error: {result.last_error}"
-            if result.last_error
-            else "waiting for retry"
-        )
-        fail(f"{result.remaining} commands remain ({why})")
+        fail(f"{result.remaining} commands remain ({why_flush_stopped(result, agent.stats())})")
     if result.dead_lettered and fail_on_dead:
         click.echo(
             f"{PROG}: alarm: {result.dead_lettered} commands were dead-lettered "
@@ -371,3 +362,28 @@ def flush(cli: CliContext, timeout: float | None, fail_on_dead: bool) -> None:
             err=True,
         )
         raise click.exceptions.Exit(EXIT_ALARM)
+
+
+def why_flush_stopped(result: Any, stats: dict[str, Any], now: float | None = None) -> str:
+    """Why a flush (a FlushResult) ended with commands left, from the outbox's `stats`: the
+    pause, the time limit, the error that made delivery back off and when it tries again,
+    rows another drainer holds, or a backlog still going out when time ran out."""
+    import time
+
+    from tracker_agent.cli.status import human_duration
+
+    if result.paused_reason:
+        return f"delivery is paused: {result.paused_reason}"
+    now = time.time() if now is None else now
+    reasons = ["timed out"] if result.timed_out else []
+    if result.last_error:
+        reasons.append(f"last error: {result.last_error}")
+    next_attempt = stats.get("next_attempt_at")
+    if next_attempt is not None and next_attempt > now:
+        wait = next_attempt - now
+        reasons.append(f"next attempt in {human_duration(wait) if wait >= 1 else 'under 1s'}")
+    if stats.get("in_flight"):
+        reasons.append(f"{stats['in_flight']} in flight with another drainer")
+    if result.timed_out and len(reasons) == 1:
+        reasons.append("still delivering when time ran out")
+    return "; ".join(reasons) or "waiting for a retry"

@@ -88,13 +88,9 @@ def _state_reporter(notifier: Notifier) -> Any:
     from tracker_agent.agent import DeliveryState
 
     def on_state_change(state: DeliveryState, detail: str | None) -> None:
-        text = f"{state.value}: {detail}" if detail else state.value
-        notifier.status(text)
-        # The drain already logs each backoff and each resume; say what only we know here.
-        if state is DeliveryState.PAUSED:
-            log.warning("delivery paused: %s", detail or "no reason given")
-        elif not state.quiet and state is not DeliveryState.BACKING_OFF:
-            log.warning("delivery state: %s", text)
+        # systemd's STATUS only: the drain logs each change once already (a pause, a
+        # backoff, a resume, a storage failure); a second line here would repeat it.
+        notifier.status(f"{state.value}: {detail}" if detail else state.value)
 
     return on_state_change
 

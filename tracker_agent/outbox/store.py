@@ -447,7 +447,10 @@ class OutboxStore:
     def probe_now(self) -> str | None:
         """If delivery is paused, make the next probe due at once (a daemon start, a flush, a
         successful `check`, `tracker-agent resume`): the pause lifts the moment the API
-        accepts a batch again. Returns the pause reason, None when not paused."""
+        accepts a batch again. Returns the pause reason, None when not paused. Writes only
+        when paused: a flush that finds delivery running costs one read."""
+        if not self.state().get(STATE_PAUSED_REASON):
+            return None
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             reason = read_state(cur).get(STATE_PAUSED_REASON)
             if reason:
