@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .clock import wall_clock
 from .config import Settings
@@ -45,6 +45,10 @@ from .outbox.stats import STATS_KEYS
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport
 from .policy import DrainPolicy
+from .tally import DeliveryTally
+
+if TYPE_CHECKING:
+    from .prometheus import AgentCollector
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +248,7 @@ class TrackerAgent:
             settings.warn_undrained_after, UNDRAINED_CHECK_SECONDS
         )
         self._undrained_lock = threading.Lock()
+        self._tally = DeliveryTally()  # this process's requests, for metrics_collector()
         if settings.enabled:
             self._open_outbox()
         self.tracking = DurableTracking(
@@ -296,6 +301,7 @@ class TrackerAgent:
             self.client.tracking.send_stored_batch,
             policy,
             limiter=self._limiter,
+            tally=self._tally,
         )
 
     def _make_limiter(self) -> HostRateLimiter:
@@ -340,8 +346,16 @@ class TrackerAgent:
         if not self.settings.enabled:
             empty: dict[str, Any] = dict.fromkeys(STATS_KEYS)
             empty.update(dict.fromkeys(("pending", "in_flight", "dead", "bytes"), 0))
-            return {**empty, "delivered": 0, "dropped": 0}
+            return {**empty, "delivered": 0, "dead_lettered": 0, "dropped": 0}
         return self.store.stats()
+
+    def metrics_collector(self) -> AgentCollector:
+        """A prometheus_client collector of this agent's outbox (read at each scrape) and of
+        its own delivery requests: `registry.register(agent.metrics_collector())`. Needs the
+        `metrics` extra (MissingDependencyError otherwise)."""
+        from .prometheus import AgentCollector
+
+        return AgentCollector(self.stats, self._tally)
 
     def _on_enqueued(self, count: int) -> None:
         self._since_wake += count

@@ -60,3 +60,8 @@ DEFAULT_CLOSE_TIMEOUT_SECONDS = 5.0
 #: A command waiting this long, with no drainer in this process and no sign of one on the
 #: outbox, gets one WARNING; 0: never. Keep it above the daemon's drain_interval.
 DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
+
+# -- observability ---------------------------------------------------------------------------
+
+#: Upper bounds (seconds) of the request duration histogram's buckets (+Inf is implied).
+REQUEST_DURATION_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -38,9 +38,10 @@ from .outbox import owners
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
 from .outbox.store import OutboxStore
-from .outcomes import DrainReport, claim_terms
+from .outcomes import DrainReport, claim_terms, request_outcome
 from .policy import DrainPolicy, Limiter, RateLimiter
 from .settle import AnswerHandler
+from .tally import DeliveryTally
 
 __all__ = ["Drainer", "SendBatch"]
 
@@ -106,8 +107,11 @@ class Drainer:
         rng: Callable[[], float] = random.random,
         limiter: Limiter | None = None,
         owner: str | None = None,
+        tally: DeliveryTally | None = None,
     ) -> None:
         self.store = store
+        #: Requests by outcome, their durations, rate-limit waits (None: not counted).
+        self.tally = tally
         self.send_batch = send_batch
         self.policy = policy or DrainPolicy()
         self._machine = owners.Machine.here()
@@ -279,14 +283,19 @@ class Drainer:
         return self._post(batch)
 
     def _post(self, batch: _Batch) -> list[dict[str, Any]] | APIException:
-        self._limiter.acquire()
-        self.last_progress = time.monotonic()  # a request goes out: bounded by its deadline
+        waited = self._limiter.acquire()
+        self.last_progress = started = time.monotonic()  # bounded by the request's deadline
         batch.report.requests += 1
+        answer: list[dict[str, Any]] | APIException
         try:
             # Payloads were validated and serialised at enqueue: they go out as stored.
-            return self.send_batch([(r.kind, r.payload, str(r.id)) for r in batch.rows])
+            answer = self.send_batch([(r.kind, r.payload, str(r.id)) for r in batch.rows])
         except APIException as exc:
-            return exc
+            answer = exc
+        if self.tally is not None:
+            took = time.monotonic() - started
+            self.tally.request_done(request_outcome(answer), took, float(waited or 0.0))
+        return answer
 
     def _abandon(self, batch: _Batch | None) -> None:
         """Give a claimed batch's rows back (best effort: leases expire anyway). A batch whose

@@ -7,6 +7,7 @@ no requests, so it starts in well under 0.3 s and never needs credentials.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -100,8 +101,42 @@ def alarms(
     return found
 
 
+FORMATS = ("table", "json", "prometheus")
+
+
+def render(stats: dict[str, Any], output_format: str, now: float) -> str:
+    """The status in `output_format` (FORMATS), ending with a newline."""
+    if output_format == "json":
+        return json.dumps(stats, indent=2, sort_keys=True) + "\n"
+    if output_format == "prometheus":
+        from tracker_agent.prometheus import status_text
+
+        return status_text(stats)
+    rows = status_rows(stats, now)
+    width = max(len(label) for label, _ in rows)
+    return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for machines).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (--format json).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (default), json, or prometheus: the text exposition format, for "
+    "node_exporter's textfile collector (needs the metrics extra).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh the table in place every SECONDS (default 2), with the delivery rate and "
+    "the backlog's ETA; Ctrl-C quits.",
+)
 @click.option(
     "--max-age",
     type=DURATION,
@@ -122,7 +157,13 @@ def alarms(
 )
 @pass_cli
 def status(
-    cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused: bool, fail_if_dead: bool
+    cli: CliContext,
+    as_json: bool,
+    output_format: str | None,
+    watch: float | None,
+    max_age: float | None,
+    fail_if_paused: bool,
+    fail_if_dead: bool,
 ) -> None:
     """Show the queue: pending, in flight, dead-lettered, delivery state.
 
@@ -131,16 +172,20 @@ def status(
     from tracker_agent.outbox.files import sqlite_path
     from tracker_agent.outbox.stats import read_status
 
+    if as_json and output_format not in (None, "json"):
+        raise click.UsageError(f"--json and --format {output_format}: give one of them")
+    chosen = "json" if as_json else output_format or "table"
+    if chosen == "prometheus":  # before reading anything: a missing library is the error
+        from tracker_agent.prometheus import require_client
+
+        require_client("status --format prometheus")
     path = sqlite_path(cli.database_url())
+    if watch is not None:
+        _watch(path, watch, chosen, bool(max_age is not None or fail_if_paused or fail_if_dead))
+        return
     now = time.time()
     stats = {**read_status(path, now=now), "database": path}
-    if as_json:
-        click.echo(json.dumps(stats, indent=2, sort_keys=True))
-    else:
-        rows = status_rows(stats, now)
-        width = max(len(label) for label, _ in rows)
-        for label, value in rows:
-            click.echo(f"{label:<{width}}  {value}")
+    click.echo(render(stats, chosen, now), nl=False)
     if stats.get("warning"):
         click.echo(f"{PROG}: warning: {stats['warning']}", err=True)
     problems = alarms(stats, max_age, fail_if_paused, fail_if_dead)
@@ -148,3 +193,22 @@ def status(
         click.echo(f"{PROG}: alarm: {problem}", err=True)
     if problems:
         raise click.exceptions.Exit(EXIT_ALARM)
+
+
+def _watch(path: str, interval: float, output_format: str, alarms_asked: bool) -> None:
+    from tracker_agent.cli.watch import watch as refresh
+    from tracker_agent.outbox.stats import read_status
+
+    if output_format != "table" or alarms_asked:
+        raise click.UsageError(
+            "--watch shows the table to a person; --json, --format and the monitoring options "
+            "are for scripts: give one or the other"
+        )
+
+    def read(now: float) -> dict[str, Any]:
+        return {**read_status(path, now=now), "database": path}
+
+    try:
+        refresh(read, interval, in_place=sys.stdout.isatty())
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends: quietly, status 0
+        click.echo("")

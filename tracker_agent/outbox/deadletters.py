@@ -30,8 +30,9 @@ class DeadLetter:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now: float) -> None:
-    """Move one leased outbox row to dead_letters (only while `owner` still holds its lease)."""
+def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now: float) -> bool:
+    """Move one leased outbox row to dead_letters (only while `owner` still holds its lease);
+    True if it was moved."""
     cur.execute(
         "INSERT INTO dead_letters (id, kind, customer_key, payload, size, created_at, attempts,"
         " dead_at, reason, status_code)"
@@ -39,8 +40,10 @@ def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now
         " FROM outbox WHERE id = ? AND lease_owner = ?",
         (now, reason, status, row_id, owner),
     )
-    if cur.rowcount:
-        cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+    if not cur.rowcount:
+        return False
+    cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+    return True
 
 
 def _where(

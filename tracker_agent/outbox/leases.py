@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import deadletters
-from .state import STATE_DELIVERED, read_state, set_state
+from .state import STATE_DEAD_LETTERED, STATE_DELIVERED, read_state, set_state
 
-_ADD_DELIVERED = (
+_ADD_TO_COUNTER = (
     "INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT(key)"
     " DO UPDATE SET value = coalesce(CAST(value AS INTEGER), 0) + excluded.value"
 )
@@ -165,8 +165,10 @@ def settle(cur: Any, owner: str, outcome: Settlement, now: float) -> int:
             (owner, *outcome.delivered),
         )
         delivered = cur.rowcount
-    for row_id, reason, status in outcome.dead:
+    buried = sum(
         deadletters.bury(cur, row_id, owner, reason, status, now)
+        for row_id, reason, status in outcome.dead
+    )
     cur.executemany(
         "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
         " lease_owner = NULL, lease_expires_at = 0 WHERE id = ? AND lease_owner = ?",
@@ -178,7 +180,9 @@ def settle(cur: Any, owner: str, outcome: Settlement, now: float) -> int:
         [(row_id, owner) for row_id in outcome.release],
     )
     if delivered:  # counted in SQL: no read of the state
-        cur.execute(_ADD_DELIVERED, (STATE_DELIVERED, delivered))
+        cur.execute(_ADD_TO_COUNTER, (STATE_DELIVERED, delivered))
+    if buried:
+        cur.execute(_ADD_TO_COUNTER, (STATE_DEAD_LETTERED, buried))
     set_state(cur, outcome.state)
     return delivered
 

@@ -14,6 +14,7 @@ from typing import Any
 from ..exceptions import NotAnOutboxError, OutboxError
 from .state import (
     STATE_BACKOFF_UNTIL,
+    STATE_DEAD_LETTERED,
     STATE_DELIVERED,
     STATE_DROPPED,
     STATE_LAST_ERROR,
@@ -34,6 +35,7 @@ STATS_KEYS = (
     "bytes",
     "oldest_pending_age_s",
     "delivered",
+    "dead_lettered",
     "dropped",
     "last_success_at",
     "last_error",
@@ -72,6 +74,7 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
         "bytes": size,
         "oldest_pending_age_s": round(max(0.0, now - oldest[0]), 3) if oldest else None,
         "delivered": int(state.get(STATE_DELIVERED) or 0),
+        "dead_lettered": int(state.get(STATE_DEAD_LETTERED) or 0),
         "dropped": int(state.get(STATE_DROPPED) or 0),
         "last_success_at": state.get(STATE_LAST_SUCCESS),
         "last_error": state.get(STATE_LAST_ERROR),
