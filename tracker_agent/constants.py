@@ -61,6 +61,17 @@ DEFAULT_CLOSE_TIMEOUT_SECONDS = 5.0
 #: outbox, gets one WARNING; 0: never. Keep it above the daemon's drain_interval.
 DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
 
+# -- receipts --------------------------------------------------------------------------------
+
+#: Delivered receipts are remembered this long (seconds) ...
+DEFAULT_RECEIPT_RETENTION_SECONDS = 7 * 86_400.0
+#: ... and at most this many (the oldest deliveries are forgotten first).
+DEFAULT_RECEIPT_MAX_ROWS = 1_000_000
+#: How often (at most) a drainer prunes delivered receipts past the retention.
+RECEIPT_PRUNE_INTERVAL_SECONDS = 60.0
+#: Receipts deleted per transaction while pruning (the write lock is never held long).
+RECEIPT_PRUNE_BATCH_ROWS = 10_000
+
 # -- observability ---------------------------------------------------------------------------
 
 #: Upper bounds (seconds) of the request duration histogram's buckets (+Inf is implied).

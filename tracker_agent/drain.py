@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .clock import wall_clock
-from .exceptions import APIException
+from .constants import RECEIPT_PRUNE_BATCH_ROWS, RECEIPT_PRUNE_INTERVAL_SECONDS
+from .exceptions import APIException, OutboxError
 from .outbox import owners
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
@@ -131,6 +132,7 @@ class Drainer:
             now=self._now,
             rng=rng,
         )
+        self._prune_at = 0.0  # when delivered receipts are next pruned (the `now` clock)
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
         self.last_progress = time.monotonic()
@@ -156,6 +158,7 @@ class Drainer:
         report = DrainReport()
         self._alive()
         self.store.reclaim_dead_owners(self._now(), self._machine)
+        self._prune_receipts()
         window: deque[_Batch] = deque()  # [0] in flight; [1] queued behind it
         pending: _Claim | None = None  # claimed in the last settlement's transaction
         caught_up = False  # a short batch went out alone: nothing more was due then
@@ -201,6 +204,24 @@ class Drainer:
         if progress is not None:
             progress(report)
         return finished.waits
+
+    def _prune_receipts(self) -> None:
+        """Every RECEIPT_PRUNE_INTERVAL_SECONDS (or after the clock went back), forget the
+        delivered receipts past their retention. A failure waits for the next interval."""
+        now = self._now()
+        if self._prune_at - RECEIPT_PRUNE_INTERVAL_SECONDS <= now < self._prune_at:
+            return
+        self._prune_at = now + RECEIPT_PRUNE_INTERVAL_SECONDS
+        p = self.policy
+        try:
+            pruned = self.store.prune_receipts(
+                now, p.receipt_retention, p.receipt_max_rows, batch=RECEIPT_PRUNE_BATCH_ROWS
+            )
+        except OutboxError as exc:
+            log.warning("could not prune delivered receipts: %s", exc)
+            return
+        if pruned:
+            log.debug("forgot %d delivered receipts past their retention", pruned)
 
     def _give_back(self, claim: _Claim) -> None:
         if claim.batch is not None:
@@ -336,6 +357,7 @@ class Drainer:
             self.store.settle(self.owner, outcome, self._now())
             raise
         outcome.release_the_rest(r.id for r in rows)
+        outcome.receipts = {r.id: r.attempts + 1 for r in rows if r.receipt}
         begun: _Claim | None = None
         now = self._now()
         if claim_next:

@@ -109,6 +109,8 @@ class DrainPolicy:
     max_age: float | None = None
     rate_limit: float = c.API_RATE_LIMIT
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+    receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
+    receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
 
     @classmethod
     def from_settings(cls, settings: object) -> DrainPolicy:

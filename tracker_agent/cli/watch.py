@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from tracker_agent.cli.status import human_duration, status_rows
+from tracker_agent.cli.table import human_duration, status_rows
 from tracker_agent.exceptions import OutboxError
 
 #: The rate is measured over this many refreshes (a moving window: steady, yet current).
