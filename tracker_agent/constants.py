@@ -65,7 +65,7 @@ DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
 
 #: Delivered receipts are remembered this long (seconds) ...
 DEFAULT_RECEIPT_RETENTION_SECONDS = 7 * 86_400.0
-#: ... and at most this many (the oldest deliveries are forgotten first).
+#: ... and at most this many (the oldest commands, by id, are forgotten first).
 DEFAULT_RECEIPT_MAX_ROWS = 1_000_000
 #: How often (at most) a drainer prunes delivered receipts past the retention.
 RECEIPT_PRUNE_INTERVAL_SECONDS = 60.0

@@ -36,11 +36,9 @@ def upgrade() -> None:
         sa.Column("delivered_at", sa.Float(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
     )
-    op.create_index("ix_receipts_delivered_at", "receipts", ["delivered_at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_receipts_delivered_at", table_name="receipts")
     op.drop_table("receipts")
     for table in ("dead_letters", "outbox"):
         with op.batch_alter_table(table, recreate="never") as batch:

@@ -9,7 +9,6 @@ keeps its id, and a dead letter put back returns under it.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -136,24 +135,30 @@ def record_delivered(cur: Any, owner: str, ids: Sequence[int], now: float) -> No
         )
 
 
-def prune_cutoff(conn: Any, now: float, max_age: float, max_rows: int) -> float:
-    """Receipts delivered before this time go: older than `max_age`, or beyond the newest
-    `max_rows` (one walk of the delivered_at index, up to max_rows entries)."""
-    cutoff = now - max_age
-    row = conn.execute(
-        "SELECT delivered_at FROM receipts ORDER BY delivered_at DESC LIMIT 1 OFFSET ?",
-        (max_rows,),
-    ).fetchone()
-    if row is not None:  # the newest receipt past the bound: it and older ones go
-        cutoff = max(cutoff, math.nextafter(float(row[0]), math.inf))
-    return cutoff
+def prune_candidates(conn: Any, now: float, max_age: float, max_rows: int, limit: int) -> list[int]:
+    """Up to `limit` receipts to forget, oldest commands (smallest ids) first: those beyond
+    the newest `max_rows`, then those delivered more than `max_age` seconds before `now`.
+    A read (run it outside the write lock): a count, then a walk of the table in id order
+    that stops after `limit` finds (delivery order follows id order, so it stops early)."""
+    (count,) = conn.execute("SELECT count(*) FROM receipts").fetchone()
+    excess = min(max(0, count - max_rows), limit)
+    ids = [i for (i,) in conn.execute("SELECT id FROM receipts ORDER BY id LIMIT ?", (excess,))]
+    if len(ids) < limit:
+        after = ids[-1] if ids else -1
+        ids += [
+            i
+            for (i,) in conn.execute(
+                "SELECT id FROM receipts WHERE id > ? AND delivered_at < ? ORDER BY id LIMIT ?",
+                (after, now - max_age, limit - len(ids)),
+            )
+        ]
+    return ids
 
 
-def prune(cur: Any, cutoff: float, limit: int) -> int:
-    """Delete up to `limit` receipts delivered before `cutoff`, oldest first; how many."""
-    cur.execute(
-        "DELETE FROM receipts WHERE id IN (SELECT id FROM receipts WHERE delivered_at < ?"
-        " ORDER BY delivered_at LIMIT ?)",
-        (cutoff, limit),
-    )
-    return int(cur.rowcount)
+def forget(cur: Any, ids: Sequence[int]) -> int:
+    """Delete the receipts `ids`; how many there were."""
+    forgotten = 0
+    for chunk in _chunks(ids):
+        cur.execute(f"DELETE FROM receipts WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        forgotten += int(cur.rowcount)
+    return forgotten

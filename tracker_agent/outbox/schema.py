@@ -109,8 +109,8 @@ receipts = Table(
     Column("delivered_at", Float, nullable=False),
     Column("attempts", Integer, nullable=False),
 )
-# Retention prunes the oldest deliveries first.
-Index("ix_receipts_delivered_at", receipts.c.delivered_at)
+# No index on delivered_at: a second b-tree per delivered receipt cost 6% of the settling
+# commit; retention scans the table by id once a minute instead, on a read connection.
 
 queue_counters = Table(
     "queue_counters",

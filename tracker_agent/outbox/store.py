@@ -317,15 +317,17 @@ class OutboxStore:
 
     def prune_receipts(self, now: float, max_age: float, max_rows: int, *, batch: int) -> int:
         """Forget delivered receipts older than `max_age` seconds at `now` or beyond the newest
-        `max_rows`, `batch` rows per transaction (the write lock is never held long)."""
-        with self._reading() as conn:
-            cutoff = receipts.prune_cutoff(conn, now, max_age, max_rows)
+        `max_rows`: found on a read connection, deleted `batch` per transaction (the write
+        lock is never held for a scan). Returns how many."""
         pruned = 0
         while True:
+            with self._reading() as conn:
+                ids = receipts.prune_candidates(conn, now, max_age, max_rows, batch)
+            if not ids:
+                return pruned
             with self._drain_connection() as conn, self._transaction(conn) as cur:
-                done = receipts.prune(cur, cutoff, batch)
-            pruned += done
-            if done < batch:
+                pruned += receipts.forget(cur, ids)
+            if len(ids) < batch:
                 return pruned
 
     # -- drain side ----------------------------------------------------------------------------
