@@ -325,3 +325,25 @@ def test_track_command_prints_a_receipt_that_receipt_then_follows(
     assert CliRunner().invoke(cli, ["flush"], env=env).exit_code == 0
     shown = CliRunner().invoke(cli, ["receipt", str(receipt_id), "--json"], env=env)
     assert json.loads(shown.stdout)["state"] == "delivered"
+
+
+def test_a_clock_set_back_does_not_stop_retention(fake: FakeExponea, store: OutboxStore) -> None:
+    clock = [1_900_000_000.0]
+    from tracker_agent.client import Exponea
+
+    with Exponea(fake.project_token, fake.username, fake.password, url=fake.url) as client:
+        policy = DrainPolicy(receipt_max_rows=1, rate_limit=10_000)
+        drainer = Drainer(store, client.tracking.send_stored_batch, policy,
+                          now=lambda: clock[0])  # fmt: skip
+        first = enqueue(store, "a")
+        assert drainer.drain().delivered == 1  # pruned before it delivered: due next minute
+        clock[0] += 1
+        second = enqueue(store, "b")
+        assert drainer.drain().delivered == 1
+        clock[0] += 1
+        drainer.drain()  # two receipts, one allowed, but pruning is not due for a minute
+        assert [s.state for s in store.receipts([first, second])] == ["delivered"] * 2
+        clock[0] -= 3600  # the clock is set back an hour: waiting for the minute would take 61
+        drainer.drain()
+        assert [s.state for s in store.receipts([first, second])] == ["unknown", "delivered"]
+        drainer.close()
