@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .clock import wall_clock
 from .config import Settings
@@ -35,16 +35,24 @@ from .exceptions import (
     OutboxError,
     StorageReadOnlyError,
     ValidationError,
+    ValidationTypeError,
 )
+from .hookthread import HookThread
 from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
+from .outbox import receipts as receipt_states
 from .outbox import state as state_keys
 from .outbox.deadletters import DeadLetter
 from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outbox.leases import Settlement
+from .outbox.receipts import Receipt, ReceiptStatus
 from .outbox.stats import STATS_KEYS
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, human_seconds
 from .policy import DrainPolicy
+from .tally import DeliveryTally
+
+if TYPE_CHECKING:
+    from .prometheus import AgentCollector
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +119,10 @@ class DeliveryError:
     exception: BaseException | None = None
 
 
-#: on_error(DeliveryError) and on_dead_letter(DeadLetter).
+#: on_error(DeliveryError), on_dead_letter(DeadLetter) and on_settled(ReceiptStatus).
 ErrorHook = Callable[[DeliveryError], None]
 DeadLetterHook = Callable[[DeadLetter], None]
+SettledHook = Callable[[ReceiptStatus], None]
 
 
 class _DrainerOutbox:
@@ -122,10 +131,13 @@ class _DrainerOutbox:
     agent is closed, a pass that outlived close() writes nothing more: its rows were given
     back, and the outbox belongs to the next agent."""
 
-    def __init__(self, store: OutboxStore) -> None:
+    def __init__(
+        self, store: OutboxStore, settled: HookThread[ReceiptStatus] | None = None
+    ) -> None:
         self._store = store
         self._ids: list[int] = []
         self._lock = threading.Lock()
+        self._settled = settled
         self.closed = False
 
     def __getattr__(self, name: str) -> Any:
@@ -135,23 +147,25 @@ class _DrainerOutbox:
         if self.closed:
             return 0
         delivered = self._store.settle(owner, outcome, now)
-        self._note(outcome)
+        self._note(outcome, now)
         return delivered
 
     def settle_and_claim(self, owner: str, outcome: Settlement, now: float, **terms: Any) -> Any:
         if self.closed:
             return 0, {}, []
         result = self._store.settle_and_claim(owner, outcome, now, **terms)
-        self._note(outcome)
+        self._note(outcome, now)
         return result
 
     def renew_leases(self, owner: str, until: float) -> int:
         return 0 if self.closed else self._store.renew_leases(owner, until)
 
-    def _note(self, outcome: Settlement) -> None:
+    def _note(self, outcome: Settlement, now: float) -> None:
         if outcome.dead:
             with self._lock:
                 self._ids.extend(row_id for row_id, _reason, _status in outcome.dead)
+        if outcome.receipts and self._settled is not None:
+            self._settled.submit(_settled_receipts(outcome, now))
 
     def take(self) -> list[int]:
         """The ids dead-lettered since the last take()."""
@@ -172,6 +186,10 @@ class TrackerAgent:
       (refused by the server, or out of attempts), with its `reason`, after the pass.
     - `on_error(DeliveryError)`: after each pass that failed: a batch not accepted (backing
       off), delivery paused (credentials), or the outbox failed.
+
+    `on_settled(ReceiptStatus)` is different: it is called in a thread of its own (never
+    holding up delivery), once for each command with a receipt (track_event and friends)
+    that this agent's delivery settled: delivered, or dead-lettered with its reason.
     """
 
     def __init__(
@@ -186,6 +204,7 @@ class TrackerAgent:
         session: Any = None,
         on_error: ErrorHook | None = None,
         on_dead_letter: DeadLetterHook | None = None,
+        on_settled: SettledHook | None = None,
         **settings: Any,
     ) -> None:
         known = {f.name for f in dataclasses.fields(Settings)}
@@ -201,7 +220,7 @@ class TrackerAgent:
         ):
             if value is not None:
                 values[name] = value
-        self._setup(Settings(**values), session, on_error, on_dead_letter)
+        self._setup(Settings(**values), session, on_error, on_dead_letter, on_settled)
 
     @classmethod
     def from_settings(
@@ -211,9 +230,10 @@ class TrackerAgent:
         session: Any = None,
         on_error: ErrorHook | None = None,
         on_dead_letter: DeadLetterHook | None = None,
+        on_settled: SettledHook | None = None,
     ) -> TrackerAgent:
         agent = cls.__new__(cls)
-        agent._setup(settings, session, on_error, on_dead_letter)
+        agent._setup(settings, session, on_error, on_dead_letter, on_settled)
         return agent
 
     def _setup(
@@ -222,6 +242,7 @@ class TrackerAgent:
         session: Any,
         on_error: ErrorHook | None,
         on_dead_letter: DeadLetterHook | None,
+        on_settled: SettledHook | None = None,
     ) -> None:
         from .outbox.files import default_database_url
 
@@ -229,6 +250,9 @@ class TrackerAgent:
         self._session = session
         self.on_error = on_error
         self.on_dead_letter = on_dead_letter
+        self._settled = (
+            HookThread(on_settled, "tracker-agent-on_settled") if on_settled is not None else None
+        )
         self.client = self._make_client()
         # The one place the library reads the environment: the default outbox location
         # follows systemd's $STATE_DIRECTORY and XDG's $XDG_STATE_HOME, as documented.
@@ -244,6 +268,7 @@ class TrackerAgent:
             settings.warn_undrained_after, UNDRAINED_CHECK_SECONDS
         )
         self._undrained_lock = threading.Lock()
+        self._tally = DeliveryTally()  # this process's requests, for metrics_collector()
         if settings.enabled:
             self._open_outbox()
         self.tracking = DurableTracking(
@@ -290,12 +315,13 @@ class TrackerAgent:
     def _make_drainer(self) -> Drainer:
         policy = DrainPolicy.from_settings(self.settings)
         self._limiter = self._make_limiter()
-        self._tap = _DrainerOutbox(self.store)
+        self._tap = _DrainerOutbox(self.store, self._settled)
         return Drainer(
             cast(OutboxStore, self._tap),
             self.client.tracking.send_stored_batch,
             policy,
             limiter=self._limiter,
+            tally=self._tally,
         )
 
     def _make_limiter(self) -> HostRateLimiter:
@@ -340,8 +366,52 @@ class TrackerAgent:
         if not self.settings.enabled:
             empty: dict[str, Any] = dict.fromkeys(STATS_KEYS)
             empty.update(dict.fromkeys(("pending", "in_flight", "dead", "bytes"), 0))
-            return {**empty, "delivered": 0, "dropped": 0}
+            return {**empty, "delivered": 0, "dead_lettered": 0, "dropped": 0}
         return self.store.stats()
+
+    # -- receipts ------------------------------------------------------------------------------
+
+    def track_event(
+        self,
+        customer_ids: dict[str, Any],
+        event_type: str,
+        properties: dict[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> Receipt:
+        """tracking.add_event, returning a Receipt (its id) once the event is durable: ask
+        receipt(id) later, from any process on this outbox, whether it was delivered."""
+        return self.tracking.track_event(customer_ids, event_type, properties, timestamp)
+
+    def track_customer_update(
+        self, customer_ids: dict[str, Any], properties: dict[str, Any]
+    ) -> Receipt:
+        """tracking.update_customer_properties, returning a Receipt once it is durable."""
+        return self.tracking.track_customer_update(customer_ids, properties)
+
+    def track_commands(self, commands: list[dict[str, Any]]) -> list[Receipt]:
+        """tracking.batch_commands (one transaction: all or none), a Receipt per command."""
+        return self.tracking.track_commands(commands)
+
+    def receipt(self, receipt: Receipt | int) -> ReceiptStatus:
+        """Where a command queued with a receipt stands: queued, in_flight, delivered (kept
+        for receipt_retention / receipt_max_rows), dead_lettered, or unknown."""
+        return self.receipts([receipt])[0]
+
+    def receipts(self, receipts: Iterable[Receipt | int]) -> list[ReceiptStatus]:
+        """receipt() for each of `receipts`, in the same order, in one read."""
+        ids = [_receipt_id(r) for r in _receipt_list(receipts)]
+        self._check_open()
+        if not self.settings.enabled:
+            return [ReceiptStatus(i, receipt_states.UNKNOWN) for i in ids]
+        return self.store.receipts(ids)
+
+    def metrics_collector(self) -> AgentCollector:
+        """A prometheus_client collector of this agent's outbox (read at each scrape) and of
+        its own delivery requests: `registry.register(agent.metrics_collector())`. Needs the
+        `metrics` extra (MissingDependencyError otherwise)."""
+        from .prometheus import AgentCollector
+
+        return AgentCollector(self.stats, self._tally)
 
     def _on_enqueued(self, count: int) -> None:
         self._since_wake += count
@@ -717,6 +787,8 @@ class TrackerAgent:
             self.stop(grace)
             self.drainer.close(wait=False)  # idle unless a request outlived the grace period
         self._closed = True
+        if self._settled is not None and not self._settled.close(grace):
+            log.warning("on_settled is still busy after %.1fs; not waiting for it", grace)
         if self.settings.enabled:
             self._tap.closed = True
             self.store.close()
@@ -792,6 +864,8 @@ class TrackerAgent:
         self._scheduler = None
         self._undrained_lock = threading.Lock()
         self.client = self._make_client()  # never share the parent's sockets
+        if self._settled is not None:
+            self._settled.reset_after_fork()
         self.tracking.after_fork(self.client)
         if self.settings.enabled:
             self.store.reset_after_fork()
@@ -886,6 +960,49 @@ def _call_hook(name: str, hook: Callable[[Any], None], arg: object) -> None:
         hook(arg)
     except Exception:
         log.exception("the %s callback raised; delivery goes on", name)
+
+
+def _settled_receipts(outcome: Settlement, now: float) -> list[ReceiptStatus]:
+    """What on_settled hears of one settlement: its receipts delivered or dead-lettered."""
+    attempts = outcome.receipts
+    settled = [
+        ReceiptStatus(i, receipt_states.DELIVERED, attempts[i], delivered_at=now)
+        for i in outcome.delivered
+        if i in attempts
+    ]
+    settled += [
+        ReceiptStatus(
+            i,
+            receipt_states.DEAD_LETTERED,
+            attempts[i],
+            reason,
+            dead_at=now,
+            reason=reason,
+            status_code=status,
+        )  # fmt: skip
+        for i, reason, status in outcome.dead
+        if i in attempts
+    ]
+    return settled
+
+
+def _receipt_list(receipts: Iterable[Receipt | int]) -> list[Receipt | int]:
+    if isinstance(receipts, (str, bytes, Receipt, int)):
+        raise ValidationTypeError("receipts", "must be a list of receipts or ids")
+    return list(receipts)
+
+
+def _receipt_id(receipt: object) -> int:
+    """A receipt's id, checked: a Receipt, or its id (an int >= 0)."""
+    if isinstance(receipt, Receipt):
+        return receipt.id
+    if isinstance(receipt, bool) or not isinstance(receipt, int):
+        raise ValidationTypeError(
+            "receipt", f"must be a Receipt or its id (an int), not {type(receipt).__name__}"
+        )
+    if receipt < 0:
+        raise ValidationError("receipt", f"ids are never negative, got {receipt}")
+    return receipt
 
 
 def _on_wall_clock(deadline: float | None) -> float | None:

@@ -60,3 +60,19 @@ DEFAULT_CLOSE_TIMEOUT_SECONDS = 5.0
 #: A command waiting this long, with no drainer in this process and no sign of one on the
 #: outbox, gets one WARNING; 0: never. Keep it above the daemon's drain_interval.
 DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
+
+# -- receipts --------------------------------------------------------------------------------
+
+#: Delivered receipts are remembered this long (seconds) ...
+DEFAULT_RECEIPT_RETENTION_SECONDS = 7 * 86_400.0
+#: ... and at most this many (the oldest commands, by id, are forgotten first).
+DEFAULT_RECEIPT_MAX_ROWS = 1_000_000
+#: How often (at most) a drainer prunes delivered receipts past the retention.
+RECEIPT_PRUNE_INTERVAL_SECONDS = 60.0
+#: Receipts deleted per transaction while pruning (the write lock is never held long).
+RECEIPT_PRUNE_BATCH_ROWS = 10_000
+
+# -- observability ---------------------------------------------------------------------------
+
+#: Upper bounds (seconds) of the request duration histogram's buckets (+Inf is implied).
+REQUEST_DURATION_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -23,6 +23,7 @@ from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
 from .constants import SYSTEM_TIME_COMMAND
 from .exceptions import ValidationError, ValidationTypeError
+from .outbox.receipts import Receipt
 from .outbox.store import NewCommand, OutboxStore
 from .wire import tree_encoder
 
@@ -145,6 +146,46 @@ class DurableTracking:
             data["update_timestamp"] = self._timestamps.next()
         return {"name": normalized["name"], "data": data}
 
+    # -- with a receipt (not in the seed's API: its calls keep returning True) ----------------
+
+    def track_event(
+        self,
+        customer_ids: dict[str, Any],
+        event_type: str,
+        properties: dict[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> Receipt:
+        """add_event, returning a Receipt once the event is durable."""
+        data = validation.event_command(
+            customer_ids, event_type, properties, timestamp, check_size=False
+        )
+        if timestamp is None:
+            data["timestamp"] = self._timestamps.next()
+        return self._commit_with_receipts([(KIND_EVENT, data)])[0]
+
+    def track_customer_update(
+        self, customer_ids: dict[str, Any], properties: dict[str, Any]
+    ) -> Receipt:
+        """update_customer_properties, returning a Receipt once the update is durable."""
+        data = validation.customer_command(customer_ids, properties, check_size=False)
+        data["update_timestamp"] = self._timestamps.next()
+        return self._commit_with_receipts([(KIND_CUSTOMER, data)])[0]
+
+    def track_commands(self, commands: list[dict[str, Any]]) -> list[Receipt]:
+        """batch_commands (all or none), returning a Receipt per command."""
+        if not isinstance(commands, list):
+            raise ValidationTypeError("commands", f"must be a list, not {type(commands).__name__}")
+        prepared = [self._prepare(f"commands[{i}]", command) for i, command in enumerate(commands)]
+        return self._commit_with_receipts([(c["name"], c["data"]) for c in prepared])
+
+    def _commit_with_receipts(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Receipt]:
+        self._check_open()
+        rows = [_row(i, kind, data, receipt=True) for i, (kind, data) in enumerate(commands)]
+        if self._store is not None:
+            self._store.enqueue(rows)
+            self._on_enqueued(len(rows))
+        return [Receipt(row.id) for row in rows]  # id 0 in test mode: nothing stored
+
     def _commit_one(self, kind: str, data: dict[str, Any]) -> bool:
         """_commit for one validated command: the add_event/update path, kept short."""
         self._check_open()
@@ -163,10 +204,10 @@ class DurableTracking:
         return True
 
 
-def _row(index: int, kind: str, data: dict[str, Any]) -> NewCommand:
+def _row(index: int, kind: str, data: dict[str, Any], receipt: bool = False) -> NewCommand:
     """The stored form of a validated command: serialised once, its size checked here."""
     try:
-        row = NewCommand(kind, _key_dumps(data["customer_ids"]), _dumps(data))
+        row = NewCommand(kind, _key_dumps(data["customer_ids"]), _dumps(data), receipt=receipt)
     except UnicodeEncodeError as exc:  # lone surrogates: not encodable as UTF-8
         raise ValidationError(
             f"commands[{index}]", "contains text that is not valid Unicode"

@@ -134,8 +134,11 @@ def track_event(
         raise click.UsageError("give the event type with --type or in --json")
     # Checked before the outbox is opened: refused input creates no file.
     validation.event_command(customer_ids, event_type, properties, timestamp)
-    cli.agent().tracking.add_event(customer_ids, event_type, properties, timestamp=timestamp)
-    click.echo(f"queued event {event_type!r} for {json.dumps(customer_ids, sort_keys=True)}")
+    receipt = cli.agent().track_event(customer_ids, event_type, properties, timestamp=timestamp)
+    click.echo(
+        f"queued event {event_type!r} for {json.dumps(customer_ids, sort_keys=True)}"
+        f" (receipt {receipt}: `tracker-agent receipt {receipt}`)"
+    )
 
 
 @track.command("customer")
@@ -159,8 +162,11 @@ def track_customer(
     }
     properties = {**_object(data, "properties"), **parse_pairs(props, "--prop", json_values=True)}
     validation.customer_command(customer_ids, properties)  # before the outbox is opened
-    cli.agent().tracking.update_customer_properties(customer_ids, properties)
-    click.echo(f"queued customer update for {json.dumps(customer_ids, sort_keys=True)}")
+    receipt = cli.agent().track_customer_update(customer_ids, properties)
+    click.echo(
+        f"queued customer update for {json.dumps(customer_ids, sort_keys=True)}"
+        f" (receipt {receipt}: `tracker-agent receipt {receipt}`)"
+    )
 
 
 # ---------------------------------------------------------------------------- import

@@ -60,6 +60,8 @@ BOUNDS: dict[str, Bounds] = {
     "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
     "close_timeout": Bounds(0, HOUR_SECONDS, "s"),
     "warn_undrained_after": Bounds(0, DAY_SECONDS, "s"),
+    "receipt_retention": Bounds(0, 10 * YEAR_SECONDS, "s"),
+    "receipt_max_rows": Bounds(0, 10**9, "rows"),
 }
 
 
@@ -114,6 +116,9 @@ class Settings:
     rate_limit: float = c.API_RATE_LIMIT  # requests per second
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
+    # Delivered receipts are remembered this long and at most this many (0: not at all).
+    receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
+    receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
     # The embedded agent's life cycle (TrackerAgent; the CLI's one-shot commands never drain).
     enabled: bool = True  # False: test mode: tracking calls are validated, never stored or sent
     drain: bool = True  # deliver from a background thread, started when the agent is created

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import wall_clock
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, owners
+from . import deadletters, leases, owners, receipts
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
@@ -43,6 +43,11 @@ OVERFLOW_DROP_OLDEST = "drop_oldest"
 
 _INSERT = (
     "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+# A round of several callers' rows, some perhaps with a receipt.
+_INSERT_ROUND = (
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
 # The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
@@ -72,19 +77,24 @@ WAL_DELETED_WHILE_OPEN = (
 class NewCommand:
     """A validated command ready to store: its batch name, ordering key and JSON data.
 
-    `size` is the payload's UTF-8 length (computed when not given). A plain slotted class,
+    `size` is the payload's UTF-8 length (computed when not given). With `receipt`, the
+    enqueue sets `id` (the receipt's id) once the row is committed. A plain slotted class,
     not a dataclass: one is built per tracking call.
     """
 
-    __slots__ = ("kind", "customer_key", "payload", "size")
+    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id")
 
-    def __init__(self, kind: str, customer_key: str, payload: str, size: int = -1) -> None:
+    def __init__(
+        self, kind: str, customer_key: str, payload: str, size: int = -1, receipt: bool = False
+    ) -> None:
         self.kind = kind
         self.customer_key = customer_key
         self.payload = payload
         if size < 0:
             size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
         self.size = size
+        self.receipt = receipt
+        self.id = 0
 
     def __repr__(self) -> str:
         return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
@@ -223,7 +233,7 @@ class OutboxStore:
                 if len(requests) == 1 and len(requests[0]) == 1:  # a lone caller, one row
                     c = requests[0][0]
                     try:
-                        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
+                        _insert_one(cur, c, now)
                     except sqlite3.IntegrityError as exc:
                         if str(exc) != _FULL_MESSAGE:
                             raise
@@ -246,23 +256,21 @@ class OutboxStore:
         `size` per row) instead of re-read after every request."""
         rows, size = cur.execute(_COUNTERS).fetchone()
         errors: list[BaseException | None] = []
-        pending: list[tuple[Any, ...]] = []
+        pending: list[NewCommand] = []
         for commands in requests:
             need_rows, need_bytes = len(commands), sum(c.size for c in commands)
             error = None
             if rows + need_rows > self.max_rows or size + need_bytes > self.max_bytes:
-                if pending:  # earlier requests' rows go in first (they may be dropped)
-                    cur.executemany(_INSERT, pending)
-                    pending = []
+                _insert_all(cur, pending, now)  # earlier requests' rows first (may be dropped)
+                pending = []
                 error = self._make_room(cur, rows, size, need_rows, need_bytes, now)
                 rows, size = cur.execute(_COUNTERS).fetchone()
             errors.append(error)
             if error is None:
-                pending += [(c.kind, c.customer_key, c.payload, c.size, now) for c in commands]
+                pending += commands
                 rows += need_rows
                 size += need_bytes
-        if pending:
-            cur.executemany(_INSERT, pending)
+        _insert_all(cur, pending, now)
         return errors
 
     def _make_room(
@@ -299,6 +307,28 @@ class OutboxStore:
             "outbox full: dropped the %d oldest commands (overflow=drop_oldest)", len(victims)
         )
         return None
+
+    # -- receipts ------------------------------------------------------------------------------
+
+    def receipts(self, ids: Sequence[int]) -> list[receipts.ReceiptStatus]:
+        """Where each id stands (see outbox.receipts), in the order given."""
+        with self._reading() as conn:
+            return receipts.lookup(conn, ids, self._now())
+
+    def prune_receipts(self, now: float, max_age: float, max_rows: int, *, batch: int) -> int:
+        """Forget delivered receipts older than `max_age` seconds at `now` or beyond the newest
+        `max_rows`: found on a read connection, deleted `batch` per transaction (the write
+        lock is never held for a scan). Returns how many."""
+        pruned = 0
+        while True:
+            with self._reading() as conn:
+                ids = receipts.prune_candidates(conn, now, max_age, max_rows, batch)
+            if not ids:
+                return pruned
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                pruned += receipts.forget(cur, ids)
+            if len(ids) < batch:
+                return pruned
 
     # -- drain side ----------------------------------------------------------------------------
 
@@ -508,3 +538,27 @@ class OutboxStore:
     def purge_dead(self, **filters: Any) -> int:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             return deadletters.purge(cur, now=self._now(), **filters)
+
+
+def _insert_one(cur: Any, c: NewCommand, now: float) -> None:
+    if c.receipt:
+        cur.execute(_INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, 1))
+        c.id = int(cur.lastrowid)
+    else:
+        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
+
+
+def _insert_all(cur: Any, commands: Sequence[NewCommand], now: float) -> None:
+    """INSERT `commands` in one statement; those with a receipt learn their ids. The ids of
+    one statement's rows are consecutive (AUTOINCREMENT in a transaction holding the write
+    lock; no trigger inserts into outbox), ending at last_insert_rowid()."""
+    if not commands:
+        return
+    cur.executemany(
+        _INSERT_ROUND,
+        [(c.kind, c.customer_key, c.payload, c.size, now, int(c.receipt)) for c in commands],
+    )
+    if any(c.receipt for c in commands):
+        (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
+        for offset, command in enumerate(commands, start=last - len(commands) + 1):
+            command.id = offset
