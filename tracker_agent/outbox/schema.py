@@ -9,6 +9,8 @@ queue_counters  one row (id=1): rows and bytes in `outbox`, kept exact by trigge
                 bound check at enqueue never counts a million rows
 agent_state     small key/value facts shared by every process on the file: delivered total,
                 last success and error, pause reason, backoff deadline
+import_ledger   one row per imported line (a key of its content), so that an import run
+                again queues nothing twice; rows older than import_ledger_days are pruned
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -109,6 +112,19 @@ agent_state = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=True),
 )
+
+import_ledger = Table(
+    "import_ledger",
+    metadata,
+    # Opaque and chosen by the importer (see tracker_agent/importing.py, ledger_key): a digest
+    # of a line's content and its occurrence number. WITHOUT ROWID: the key is the table's only
+    # B-tree, so recording a line costs one insert there plus one in the time index.
+    Column("key", LargeBinary, primary_key=True),
+    Column("imported_at", Float, nullable=False),
+    sqlite_with_rowid=False,
+)
+# The retention prune deletes the oldest entries through it, costing what it deletes.
+Index("ix_import_ledger_imported_at", import_ledger.c.imported_at)
 
 #: Triggers that keep queue_counters exact; created by the initial migration.
 COUNTER_TRIGGERS = (
