@@ -222,7 +222,8 @@ def _print_report(report: ImportReport) -> None:
     if hidden:
         click.echo(f"{PROG}: ... and {hidden} more bad lines", err=True)
     if report.stopped_at is not None:
-        fail(f"{report.stopped_at}; the import stopped there. {_AGAIN}")
+        fail(f"{report.stopped_at}; the import stopped at this line: fix it and run the same "
+             f"import again ({_SKIPPED})")  # fmt: skip
     if report.bad_count:
         which = "1 bad line was" if report.bad_count == 1 else f"{report.bad_count} bad lines were"
         fail(f"{which} not queued; fix and run the same import again ({_SKIPPED})")

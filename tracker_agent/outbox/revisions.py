@@ -28,7 +28,14 @@ __all__ = [
 HEAD_REVISION = "0004"
 #: Tables a database at HEAD_REVISION must have (tests check it against schema.metadata).
 OUTBOX_TABLES = frozenset(
-    {"outbox", "dead_letters", "queue_counters", "agent_state", "import_ledger"}
+    {
+        "outbox",
+        "dead_letters",
+        "queue_counters",
+        "agent_state",
+        "import_ledger",
+        "import_ledger_log",
+    }
 )
 TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"

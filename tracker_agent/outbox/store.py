@@ -117,6 +117,7 @@ class OutboxStore:
         self.max_bytes = max_bytes
         self.overflow = overflow
         self.ledger_retention = ledger_retention  # seconds an import_ledger key is kept
+        self._ledger_log = ledger.LedgerLog()  # used by the writer only
         self._now = now or wall_clock
         self._committer: GroupCommitter[Request] = GroupCommitter(self._write_round)
         self._writer: Any = None  # raw connection owned by whichever thread leads a commit
@@ -212,6 +213,7 @@ class OutboxStore:
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
+        self._ledger_log.forget()
         self.engine.dispose(close=False)
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -231,7 +233,15 @@ class OutboxStore:
         request = KeyedCommands(commands, keys, force=force)
         if commands:
             self._committer.submit(request)
+            if self._ledger_log.size >= ledger.COMPACT_KEYS:
+                self.compact_ledger()
         return request.queued
+
+    def compact_ledger(self) -> int:
+        """Move the keys of the ledger's log into its index (see outbox/ledger.py), in one
+        transaction; returns how many."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return ledger.compact(cur)
 
     def known_keys(self, keys: Sequence[bytes]) -> set[bytes]:
         """The keys among `keys` already in the ledger (a read: a dry run)."""
@@ -272,6 +282,7 @@ class OutboxStore:
                     errors = self._insert_round(cur, requests, now)
                 cur.execute("COMMIT")
             except BaseException as exc:
+                self._ledger_log.forget()  # it may hold keys of the rolled-back transaction
                 self._abort(driver, cur, exc)
                 raise
         return errors
@@ -291,7 +302,7 @@ class OutboxStore:
             keys: list[bytes] | None = None
             commands: Sequence[NewCommand]
             if isinstance(request, KeyedCommands):
-                commands, keys = request.fresh(cur, taken)
+                commands, keys = request.fresh(self._ledger_log, cur, taken)
             else:
                 commands = request
             need_rows, need_bytes = len(commands), sum(c.size for c in commands)
@@ -308,7 +319,7 @@ class OutboxStore:
                 rows += need_rows
                 size += need_bytes
                 if isinstance(request, KeyedCommands) and keys is not None:
-                    ledger.record(cur, keys, now, again=request.force)
+                    self._ledger_log.record(cur, keys, now)
                     taken.update(keys)
                     request.queued = len(keys)
         if pending:
