@@ -147,10 +147,13 @@ def compact(cur: Any) -> int:
 
 
 def prune_slice(cur: Any, before: float) -> int:
-    """Delete up to PRUNE_SLICE of the oldest keys recorded before `before` (the log's old rows
-    too, at the first slice: the log is small)."""
-    cur.execute("DELETE FROM import_ledger_log WHERE imported_at < ?", (before,))
-    logged = int(cur.rowcount)
+    """Delete up to PRUNE_SLICE of the oldest keys recorded before `before` (and the log's old
+    rows: the log is small); returns how many keys."""
+    old = "FROM import_ledger_log WHERE imported_at < ?"
+    logged = sum(
+        len(list(unpack(blob))) for (blob,) in cur.execute(f"SELECT keys {old}", (before,))
+    )
+    cur.execute(f"DELETE {old}", (before,))
     cur.execute(_PRUNE, (before, PRUNE_SLICE))
     return logged + int(cur.rowcount)
 
