@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tracker_agent import TrackerAgent
+from tracker_agent import TrackerAgent, importing
 from tracker_agent.cli import cli
-from tracker_agent import importing
 from tracker_agent.exceptions import ValidationError
 from tracker_agent.testing import FakeExponea
 
