@@ -273,6 +273,35 @@ def test_a_full_outbox_interrupts_the_import_and_the_run_again_goes_on(
     assert numbers(outbox) == list(range(12))
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("NaN", "NaN and Infinity are not JSON"),
+        ("1e999", "NaN and Infinity are not JSON"),
+        ('"\\udc00"', "contains text that is not valid Unicode"),
+    ],
+)
+def test_values_json_cannot_carry_are_bad_lines(
+    invoke: Invoke, tmp_path: Path, value: str, reason: str
+) -> None:
+    line = '{"customer_ids": {"registered": "a"}, "event_type": "t", "properties": {"x": %s}}'
+    result = invoke("import", write(tmp_path / "in.jsonl", [line % value, event(1)]))
+    assert result.stdout == "queued 1 commands\n"
+    assert f"tracker-agent: line 1['data']['properties']['x']: {reason}\n" in result.stderr
+
+
+def test_an_outbox_of_another_project_is_one_error_not_a_bad_line_each(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "in.jsonl", [event(n) for n in range(3)])
+    invoke("import", path)
+    result = invoke("import", path, TRACKER_AGENT_PROJECT_TOKEN="another-project")
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("tracker-agent: error: database_url: the outbox ")
+    assert "belongs to project" in line
+
+
 # ---------------------------------------------------------------------------- processes
 
 

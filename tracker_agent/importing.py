@@ -205,19 +205,32 @@ class JsonLinesImport:
         where = f"line {number}"
         try:
             command, record = line_to_command(text, where)
-            row = self._sink_now().prepare_row(check_command(command, where), where)
+            checked = check_command(command, where)
             content = _canonical(record).encode("utf-8")
-        except ValidationError as exc:
-            self.report._bad_line(number, str(exc))
+        except (ValueError, RecursionError) as exc:
+            self._refuse(number, exc)
             return
-        except (ValueError, RecursionError) as exc:  # bad JSON; NaN; lone surrogates
-            self.report._bad_line(number, f"{where}: {exc}")
+        sink = self._sink_now()  # outside the try: failing to open the outbox is no line's fault
+        try:
+            row = sink.prepare_row(checked, where)
+        except ValueError as exc:
+            self._refuse(number, exc)
             return
         digest = _digest(JSONL_NAMESPACE, content)
         occurrence = self._seen.get(digest, 0) + 1
         self._seen[digest] = occurrence
         rows.append(row)
         keys.append(_with_occurrence(digest, occurrence))
+
+    def _refuse(self, number: int, exc: BaseException) -> None:
+        """Report line `number` as bad: ValidationError names it; other errors (bad JSON, NaN,
+        text that is not Unicode) get its number here."""
+        if isinstance(exc, ValidationError):
+            self.report._bad_line(number, str(exc))
+        elif isinstance(exc, UnicodeError):
+            self.report._bad_line(number, f"line {number}: contains text that is not valid Unicode")
+        else:
+            self.report._bad_line(number, f"line {number}: {exc}")
 
     def _sink_now(self) -> ImportSink:
         if self._sink is None:
