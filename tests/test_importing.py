@@ -401,8 +401,9 @@ def test_enqueue_once_skips_commands_whose_key_was_queued(
         assert agent.stats()["pending"] == 6
         with pytest.raises(ValidationError, match="one key"):
             agent.enqueue_once(commands, keys[:2])
-        with pytest.raises(ValidationError, match="non-empty bytes"):
-            agent.enqueue_once(commands[:1], ["text"])  # type: ignore[list-item]
+        for bad in ("text", b"", b"k" * 256):
+            with pytest.raises(ValidationError, match="bytes, 1 to 255 long"):
+                agent.enqueue_once(commands[:1], [bad])  # type: ignore[list-item]
 
 
 def test_ledger_keys_of_other_namespaces_never_meet() -> None:

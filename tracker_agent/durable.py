@@ -23,6 +23,7 @@ from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
 from .constants import SYSTEM_TIME_COMMAND
 from .exceptions import ValidationError, ValidationTypeError
+from .outbox.ledger import MAX_KEY_BYTES
 from .outbox.store import NewCommand, OutboxStore
 from .wire import tree_encoder
 
@@ -162,8 +163,8 @@ class DurableTracking:
             raise ValidationTypeError("commands", f"must be a list, not {type(commands).__name__}")
         if not isinstance(keys, list) or len(keys) != len(commands):
             raise ValidationError("keys", "must be a list with one key (bytes) per command")
-        if not all(isinstance(key, bytes) and key for key in keys):
-            raise ValidationTypeError("keys", "every key must be non-empty bytes")
+        if not all(isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_BYTES for key in keys):
+            raise ValidationTypeError("keys", f"every key must be bytes, 1 to {MAX_KEY_BYTES} long")
         rows = [
             self.prepare_row(check_command(command, f"commands[{i}]"), f"commands[{i}]")
             for i, command in enumerate(commands)

@@ -169,7 +169,8 @@ class JsonLinesImport:
         self.chunk_size = chunk_size
         self.reimport = reimport
         self.report = ImportReport(dry_run=dry_run)
-        self._seen: dict[bytes, int] = {}  # content digest -> occurrences so far
+        self._seen: set[int] = set()  # digest prefixes of the lines so far
+        self._repeats: dict[bytes, int] = {}  # digest -> occurrences, for repeated content
 
     def run(self, stream: IO[bytes], progress: Callable[[int], None] | None = None) -> ImportReport:
         """Import every line of `stream`; `progress(bytes)` after each chunk."""
@@ -217,10 +218,23 @@ class JsonLinesImport:
             self._refuse(number, exc)
             return
         digest = _digest(JSONL_NAMESPACE, content)
-        occurrence = self._seen.get(digest, 0) + 1
-        self._seen[digest] = occurrence
         rows.append(row)
-        keys.append(_with_occurrence(digest, occurrence))
+        keys.append(_with_occurrence(digest, self._occurrence(digest)))
+
+    def _occurrence(self, digest: bytes) -> int:
+        """How many lines of this input had this content so far, this one included.
+
+        A set of 64-bit prefixes remembers the lines seen once (70 bytes a line, against
+        90 for a dict of digests); repeated content is counted by its whole digest. Two
+        contents sharing a prefix (odds 3e-6 in 10M lines) only shift an occurrence number,
+        the same way in every run of the same input: their keys stay distinct and stable."""
+        prefix = int.from_bytes(digest[:8], "big")
+        if prefix not in self._seen:
+            self._seen.add(prefix)
+            return 1
+        occurrence = self._repeats.get(digest, 1) + 1
+        self._repeats[digest] = occurrence
+        return occurrence
 
     def _refuse(self, number: int, exc: BaseException) -> None:
         """Report line `number` as bad: ValidationError names it; other errors (bad JSON, NaN,
