@@ -179,7 +179,7 @@ def track_customer(
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Check every line and count what would be queued; write nothing.",
+    help="Check every line and count what would be queued; queue nothing.",
 )
 @pass_cli
 def import_(cli: CliContext, source: str, chunk_size: int, reimport: bool, dry_run: bool) -> None:
