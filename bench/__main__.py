@@ -22,6 +22,7 @@ from bench import (
     coldstart,
     drain,
     enqueue,
+    importing,
     latency,
     memory,
     peers,
@@ -40,6 +41,7 @@ FAMILIES: dict[str, ModuleType] = {
     "coldstart": coldstart,
     "backlog": backlog,
     "receipts": receipts,
+    "importing": importing,
 }
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 #: Third-party loggers that would print a line per dropped event or per skipped drain tick.

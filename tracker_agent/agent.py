@@ -23,10 +23,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from .clock import wall_clock
 from .config import Settings
+from .constants import DAY_SECONDS
 from .drain import Drainer  # imports concurrent.futures.thread first: see _install_exit_hook
 from .durable import DurableTracking
 from .exceptions import (
@@ -52,6 +53,7 @@ from .policy import DrainPolicy
 from .tally import DeliveryTally
 
 if TYPE_CHECKING:
+    from .importing import ImportReport
     from .prometheus import AgentCollector
 
 log = logging.getLogger(__name__)
@@ -298,6 +300,7 @@ class TrackerAgent:
             max_rows=settings.max_rows,
             max_bytes=settings.max_bytes,
             overflow=settings.overflow,
+            ledger_retention=settings.import_ledger_days * DAY_SECONDS,
         )
         try:
             self.store.bind_project(settings.project_token)
@@ -359,6 +362,40 @@ class TrackerAgent:
         """Validate raw {"name", "data"} batch commands and commit them in one transaction."""
         self._check_open()
         return self.tracking.enqueue_commands(commands)
+
+    def enqueue_once(
+        self, commands: list[dict[str, Any]], keys: list[bytes], *, reimport: bool = False
+    ) -> int:
+        """enqueue_many() for commands named by stable keys (bytes; see
+        importing.ledger_key): a command whose key the import ledger holds is skipped, so
+        queueing the same keyed commands again queues nothing twice. Returns how many were
+        queued. Keys are kept import_ledger_days; `reimport` queues them all anyway."""
+        self._check_open()
+        return self.tracking.enqueue_commands_once(commands, keys, reimport=reimport)
+
+    def import_lines(
+        self,
+        stream: IO[bytes],
+        *,
+        reimport: bool = False,
+        dry_run: bool = False,
+        chunk_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Queue the commands of a JSON Lines byte stream (see tracker_agent.importing):
+        lines imported before (the same file run again, or a fixed copy) are skipped, bad
+        lines are reported in the result and the good ones queued. OutboxError (a full
+        outbox, a full disk) may interrupt it: the same import run again goes on."""
+        from .importing import DEFAULT_CHUNK_SIZE, JsonLinesImport
+
+        self._check_open()
+        job = JsonLinesImport(
+            lambda: self.tracking,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+            reimport=reimport,
+            dry_run=dry_run,
+        )
+        return job.run(stream, progress)
 
     def stats(self) -> dict[str, Any]:
         """Queue counts and delivery state (same keys as `tracker-agent status --json`; all

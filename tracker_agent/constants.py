@@ -52,6 +52,18 @@ DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS = 60.0
 FIRST_PAUSE_PROBE_SECONDS = 1.0
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
+#: How long `import` remembers an imported line (its ledger key): running the same import again
+#: within this many days queues nothing twice. Pruned by the next import.
+DEFAULT_IMPORT_LEDGER_DAYS = 30.0
+DAY_SECONDS = 86_400
+#: Lines per transaction in `import`: an fsync per chunk. A bad line no longer fails its chunk,
+#: so chunks need not be small; the write lock is held ~20 ms per chunk.
+DEFAULT_IMPORT_CHUNK_SIZE = 2000
+#: A longer line stops `import` (a command is under 800 KB as JSON, but a line may spell it
+#: with \uXXXX escapes). Without a limit a file with no newline is read to exhaustion.
+MAX_IMPORT_LINE_BYTES = 8 * 1024 * 1024
+#: Bad lines an import reports one by one; the rest are counted.
+MAX_REPORTED_BAD_LINES = 20
 
 # -- the embedded agent's life cycle ---------------------------------------------------------
 

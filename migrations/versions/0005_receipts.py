@@ -1,7 +1,7 @@
 """receipts: a flag on the commands that asked for one, and the delivered ones remembered
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-04
 
 A command queued with a receipt (TrackerAgent.track_event and friends) carries receipt = 1 in
@@ -10,7 +10,6 @@ delivered, its id, time and attempt count go to `receipts` (no payload), kept fo
 retention (receipt_retention seconds, receipt_max_rows rows). The flag columns are added in
 place (ALTER TABLE, no copy of the backlog): existing rows have no receipt.
 
-(down_revision is 0003 on this branch; another branch adds 0004, re-chained at merge.)
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

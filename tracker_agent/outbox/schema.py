@@ -11,6 +11,10 @@ receipts        commands with a receipt that were delivered: id, time, attempts 
                 kept for receipt_retention seconds and receipt_max_rows rows
 agent_state     small key/value facts shared by every process on the file: delivered total,
                 last success and error, pause reason, backoff deadline
+import_ledger   one row per imported line (a key of its content), so that an import run
+                again queues nothing twice; rows older than import_ledger_days are pruned
+import_ledger_log  the keys recorded lately, one row per transaction (appending is cheaper
+                than inserting each key in import_ledger), moved there in bulk now and then
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -125,6 +130,31 @@ agent_state = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=True),
+)
+
+import_ledger = Table(
+    "import_ledger",
+    metadata,
+    # Opaque and chosen by the importer (see tracker_agent/importing.py, ledger_key): a digest
+    # of a line's content and its occurrence number. WITHOUT ROWID: the key is the table's only
+    # B-tree. Filled from import_ledger_log in sorted passes (see outbox/ledger.py).
+    Column("key", LargeBinary, primary_key=True),
+    Column("imported_at", Float, nullable=False),
+    sqlite_with_rowid=False,
+)
+# The retention prune deletes the oldest keys through it, costing what it deletes.
+Index("ix_import_ledger_imported_at", import_ledger.c.imported_at)
+
+import_ledger_log = Table(
+    "import_ledger_log",
+    metadata,
+    # AUTOINCREMENT: ids are never reused, so a process that read the log up to an id reads
+    # exactly the rows appended since.
+    Column("id", Integer, primary_key=True),
+    # The keys a committed enqueue recorded, packed (ledger.pack).
+    Column("keys", LargeBinary, nullable=False),
+    Column("imported_at", Float, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 #: Triggers that keep queue_counters exact; created by the initial migration.

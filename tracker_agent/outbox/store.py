@@ -18,13 +18,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..clock import wall_clock
+from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, owners, receipts
+from . import deadletters, leases, ledger, owners, receipts
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
+from .ledger import KeyedCommands
 from .state import (
     STATE_DROPPED,
     STATE_PAUSE_PROBES,
@@ -100,6 +102,10 @@ class NewCommand:
         return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
 
 
+#: What one caller of the group commit hands in: plain commands, or commands to queue once.
+Request = Sequence[NewCommand] | KeyedCommands
+
+
 class OutboxStore:
     """The durable queue on one SQLite file, shared safely by threads and processes."""
 
@@ -110,6 +116,7 @@ class OutboxStore:
         max_rows: int,
         max_bytes: int,
         overflow: str = OVERFLOW_RAISE,
+        ledger_retention: float = DEFAULT_IMPORT_LEDGER_DAYS * DAY_SECONDS,
         now: Callable[[], float] | None = None,
     ) -> None:
         if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
@@ -119,8 +126,10 @@ class OutboxStore:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.overflow = overflow
+        self.ledger_retention = ledger_retention  # seconds an import_ledger key is kept
+        self._ledger_log = ledger.LedgerLog()  # used by the writer only
         self._now = now or wall_clock
-        self._committer: GroupCommitter[Sequence[NewCommand]] = GroupCommitter(self._write_round)
+        self._committer: GroupCommitter[Request] = GroupCommitter(self._write_round)
         self._writer: Any = None  # raw connection owned by whichever thread leads a commit
         self._writer_cursor: tuple[Any, Any] | None = None  # its sqlite3 connection and cursor
         self._drain_lock = threading.Lock()
@@ -214,6 +223,7 @@ class OutboxStore:
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
+        self._ledger_log.forget()
         self.engine.dispose(close=False)
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -223,15 +233,53 @@ class OutboxStore:
         if commands:
             self._committer.submit(commands)
 
-    def _write_round(self, requests: Sequence[Sequence[NewCommand]]) -> list[BaseException | None]:
+    def enqueue_once(
+        self, commands: Sequence[NewCommand], keys: Sequence[bytes], *, force: bool = False
+    ) -> int:
+        """Commit the commands whose ledger key is not recorded yet, and record their keys, in
+        one transaction (all or none); returns how many were queued. Two processes importing
+        the same keys at once queue each exactly once: the lookup and the insert share the
+        writer's BEGIN IMMEDIATE. `force` queues them all and records their keys anew."""
+        request = KeyedCommands(commands, keys, force=force)
+        if commands:
+            self._committer.submit(request)
+            if self._ledger_log.size >= ledger.COMPACT_KEYS:
+                self.compact_ledger()
+        return request.queued
+
+    def compact_ledger(self) -> int:
+        """Move the keys of the ledger's log into its index (see outbox/ledger.py), in one
+        transaction; returns how many."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return ledger.compact(cur)
+
+    def known_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        """The keys among `keys` already in the ledger (a read: a dry run)."""
+        with self._reading() as conn:
+            return ledger.known(conn.driver_connection.cursor(), keys)
+
+    def prune_ledger(self) -> int:
+        """Forget the ledger entries older than `ledger_retention` seconds, in short
+        transactions; returns how many. Costs what it deletes (an index on the time)."""
+        before = self._now() - self.ledger_retention
+        pruned = 0
+        while True:
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                count = ledger.prune_slice(cur, before)
+            pruned += count
+            if count < ledger.PRUNE_SLICE:
+                return pruned
+
+    def _write_round(self, requests: Sequence[Request]) -> list[BaseException | None]:
         # Runs in the thread leading the group commit, the only one using the writer.
         driver, cur = self._writer_cursor or self._open_writer()
         now = self._now()
         with self._io_lock:
             try:
                 cur.execute("BEGIN IMMEDIATE")
-                if len(requests) == 1 and len(requests[0]) == 1:  # a lone caller, one row
-                    c = requests[0][0]
+                first = requests[0]
+                if len(requests) == 1 and not isinstance(first, KeyedCommands) and len(first) == 1:
+                    c = first[0]  # a lone caller, one row
                     try:
                         _insert_one(cur, c, now)
                     except sqlite3.IntegrityError as exc:
@@ -244,20 +292,29 @@ class OutboxStore:
                     errors = self._insert_round(cur, requests, now)
                 cur.execute("COMMIT")
             except BaseException as exc:
+                self._ledger_log.forget()  # it may hold keys of the rolled-back transaction
                 self._abort(driver, cur, exc)
                 raise
         return errors
 
     def _insert_round(
-        self, cur: Any, requests: Sequence[Sequence[NewCommand]], now: float
+        self, cur: Any, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         """Insert each request's rows that fit (making room if overflow=drop_oldest); one
         INSERT statement per round, the counters tracked here (the triggers add exactly
-        `size` per row) instead of re-read after every request."""
+        `size` per row) instead of re-read after every request. A KeyedCommands request
+        inserts only its commands whose key is not in the ledger, and records their keys."""
         rows, size = cur.execute(_COUNTERS).fetchone()
         errors: list[BaseException | None] = []
         pending: list[NewCommand] = []
-        for commands in requests:
+        taken: set[bytes] = set()  # keys recorded by earlier requests of this round
+        for request in requests:
+            keys: list[bytes] | None = None
+            commands: Sequence[NewCommand]
+            if isinstance(request, KeyedCommands):
+                commands, keys = request.fresh(self._ledger_log, cur, taken)
+            else:
+                commands = request
             need_rows, need_bytes = len(commands), sum(c.size for c in commands)
             error = None
             if rows + need_rows > self.max_rows or size + need_bytes > self.max_bytes:
@@ -270,6 +327,10 @@ class OutboxStore:
                 pending += commands
                 rows += need_rows
                 size += need_bytes
+                if isinstance(request, KeyedCommands) and keys is not None:
+                    self._ledger_log.record(cur, keys, now)
+                    taken.update(keys)
+                    request.queued = len(keys)
         _insert_all(cur, pending, now)
         return errors
 
