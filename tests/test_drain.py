@@ -357,6 +357,21 @@ def test_a_batch_claimed_behind_a_failed_one_is_held_back_and_order_kept(fake, s
     assert fake.duplicate_events == 0
 
 
+def test_resuming_after_failures_is_logged_once_though_two_batches_were_claimed(
+    fake, store, client, caplog
+):
+    enqueue_events(store, "kiosk", 300)  # a backlog: two batches on the way at a time
+    with freeze_time(START) as frozen, caplog.at_level("INFO", logger="tracker_agent.drain"):
+        drainer = drainer_for(store, client, backoff_base=1.0)
+        fake.fail_next(2, status=503)
+        for _ in range(4):
+            drainer.drain()
+            frozen.tick(5)
+    assert delivered_ns(fake, "kiosk") == list(range(300))
+    resumed = [r.getMessage() for r in caplog.records if "delivery resumed" in r.getMessage()]
+    assert resumed == ["delivery resumed: after 2 failed attempts"]
+
+
 def test_a_send_batch_that_raises_unexpectedly_gives_its_rows_back(store):
     def broken(stored):
         raise RuntimeError("a bug in send_batch")

@@ -91,6 +91,7 @@ class Drainer:
             rng=rng,
         )
         self._prune_at = 0.0  # when delivered receipts are next pruned (the `now` clock)
+        self._resumed_from: tuple[Any, ...] | None = None  # the failure last logged as over
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
         self.last_progress = time.monotonic()
@@ -194,6 +195,20 @@ class Drainer:
             return
         if pruned:
             log.debug("forgot %d delivered receipts past their retention", pruned)
+
+    def _log_resumed(self, state: dict[str, Any], report: DrainReport) -> None:
+        """One INFO line when a batch claimed during a pause or backoff was accepted: the two
+        batches of the window were claimed under the same state, and only one says so."""
+        paused = state.get(state_keys.STATE_PAUSED_REASON)
+        failures = int(state.get(state_keys.STATE_FAILURES) or 0)
+        if report.backoff_until is not None or report.paused_reason or not (paused or failures):
+            return
+        episode = (paused, failures, state.get(state_keys.STATE_BACKOFF_UNTIL))
+        if episode == self._resumed_from:
+            return
+        self._resumed_from = episode
+        why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
+        log.info("delivery resumed: %s", why)
 
     def _give_back(self, claim: Claim) -> None:
         if claim.batch is not None:
@@ -377,9 +392,5 @@ class Drainer:
                 outcome.dead[0][1],
             )
         report.retried += len(outcome.retry)
-        paused = state.get(state_keys.STATE_PAUSED_REASON)
-        failures = int(state.get(state_keys.STATE_FAILURES) or 0)
-        if report.backoff_until is None and not report.paused_reason and (paused or failures):
-            why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
-            log.info("delivery resumed: %s", why)
+        self._log_resumed(state, report)
         return report, begun
