@@ -22,10 +22,12 @@ from bench import (
     coldstart,
     drain,
     enqueue,
+    importing,
     latency,
     memory,
     peers,
     postgresql,
+    receipts,
     report,
     sysinfo,
 )
@@ -40,6 +42,8 @@ FAMILIES: dict[str, ModuleType] = {
     "coldstart": coldstart,
     "backlog": backlog,
     "postgresql": postgresql,
+    "receipts": receipts,
+    "importing": importing,
 }
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 #: Third-party loggers that would print a line per dropped event or per skipped drain tick.

@@ -95,7 +95,10 @@ def run(scale: Scale, workdir: str) -> Section:
     bare_seconds = ours_seconds = 0.0
     delivered = remaining = arrived = 0
     with ServerProcess("fake") as server:
-        settings = agent_kwargs(server.url, fresh_outbox(path), rate_limit=UNLIMITED_RATE)
+        # drain=False: flush() is timed alone; a background drain would race it
+        settings = agent_kwargs(
+            server.url, fresh_outbox(path), rate_limit=UNLIMITED_RATE, drain=False
+        )
         for round_ in range(ROUNDS):
             with TrackerAgent(**settings) as agent:
                 fill(agent, count, first=round_ * count)

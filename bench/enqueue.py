@@ -114,7 +114,10 @@ def _command_chunks(per_call: int) -> list[list[dict[str, Any]]]:
 def _make_agent(path: str, synchronous: str) -> Any:
     from tracker_agent import TrackerAgent
 
-    return TrackerAgent(**agent_kwargs(NO_SERVER_URL, "sqlite:///" + path, synchronous=synchronous))
+    # Producer only (no server): a background drain would contend for the file, and
+    # close() would spend close_timeout trying to deliver.
+    settings = agent_kwargs(NO_SERVER_URL, "sqlite:///" + path, synchronous=synchronous)
+    return TrackerAgent(**settings, drain=False)
 
 
 def _loop(op: Op, seconds: float) -> tuple[int, float, float]:

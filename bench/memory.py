@@ -54,7 +54,7 @@ def payload_bytes(path: str) -> int:
 def _child_drain(database_url: str, server_url: str, limit: int) -> None:
     from tracker_agent import TrackerAgent
 
-    settings = agent_kwargs(server_url, database_url, rate_limit=UNLIMITED_RATE)
+    settings = agent_kwargs(server_url, database_url, rate_limit=UNLIMITED_RATE, drain=False)
     with TrackerAgent(**settings) as agent:
         opened = vmhwm_kib()
 
@@ -77,7 +77,7 @@ def _child_drain(database_url: str, server_url: str, limit: int) -> None:
 def _child_idle(database_url: str) -> None:
     from tracker_agent import TrackerAgent
 
-    with TrackerAgent(**agent_kwargs(NO_SERVER_URL, database_url)) as agent:
+    with TrackerAgent(**agent_kwargs(NO_SERVER_URL, database_url, drain=False)) as agent:
         agent.stats()
     print(json.dumps({"vmhwm_kib": vmhwm_kib()}))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -321,6 +322,60 @@ def test_per_customer_order_is_kept_when_an_earlier_batch_is_retried(fake, store
         frozen.tick(2)
         drainer.drain()
     assert delivered_ns(fake, "alice") == list(range(60))
+
+
+def test_one_customers_next_batch_is_claimed_while_its_batch_is_in_flight(fake, store, client):
+    """Pipelining for a single customer (a kiosk's backlog): the drainer's own next batch is
+    leased while the one before it is on the wire, and goes out only after that answer."""
+    enqueue_events(store, "kiosk", 300)
+    seen_next_leased: list[bool] = []
+
+    def send(stored):
+        # Wait (bounded) for the next batch to be claimed behind this one: it can only be if
+        # the drainer's own batch in flight does not block its customer.
+        leased = lambda: store.stats()["in_flight"]  # noqa: E731
+        deadline = time.monotonic() + 2.0
+        while leased() <= len(stored) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen_next_leased.append(leased() > len(stored))
+        return client.tracking.send_stored_batch(stored)
+
+    report = Drainer(store, send, DrainPolicy(rate_limit=10_000.0)).drain()
+    assert report.delivered == 300
+    assert delivered_ns(fake, "kiosk") == list(range(300))
+    assert seen_next_leased[:-1] == [True] * 5  # every batch but the last had one behind it
+    assert seen_next_leased[-1] is False
+
+
+def test_a_batch_claimed_behind_a_failed_one_is_held_back_and_order_kept(fake, store, client):
+    """The batch queued behind a failed request holds the same customer's next commands: it
+    must not go out, and the pass must not keep claiming batches that are held back."""
+    enqueue_events(store, "kiosk", 200)
+    with freeze_time(START) as frozen:
+        drainer = drainer_for(store, client, backoff_base=1.0)
+        fake.fail_next(1, status=503)
+        first = drainer.drain()
+        assert first.delivered == 0 and first.backoff_until is not None
+        assert first.requests == 1  # the batch behind the failure never went out
+        frozen.tick(2)
+        drainer.drain()
+    assert delivered_ns(fake, "kiosk") == list(range(200))
+    assert fake.duplicate_events == 0
+
+
+def test_resuming_after_failures_is_logged_once_though_two_batches_were_claimed(
+    fake, store, client, caplog
+):
+    enqueue_events(store, "kiosk", 300)  # a backlog: two batches on the way at a time
+    with freeze_time(START) as frozen, caplog.at_level("INFO", logger="tracker_agent.drain"):
+        drainer = drainer_for(store, client, backoff_base=1.0)
+        fake.fail_next(2, status=503)
+        for _ in range(4):
+            drainer.drain()
+            frozen.tick(5)
+    assert delivered_ns(fake, "kiosk") == list(range(300))
+    resumed = [r.getMessage() for r in caplog.records if "delivery resumed" in r.getMessage()]
+    assert resumed == ["delivery resumed: after 2 failed attempts"]
 
 
 @both_backends

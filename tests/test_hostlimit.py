@@ -18,7 +18,7 @@ from tracker_agent.hostlimit import HostRateLimiter
 ROOT = Path(__file__).resolve().parent.parent
 PROCESSES = 4
 SMALL_LIMIT = 20.0  # requests per second, for all four processes together
-EVENTS = 2_400  # 48 batches of 50: more than two seconds of budget
+EVENTS = 3_600  # 72 batches of 50: 3.6 s of budget, well over the two-second window
 PROCESS_TIMEOUT_SECONDS = 60
 
 
@@ -84,7 +84,8 @@ import sys
 from tracker_agent import TrackerAgent
 url, db = sys.argv[1], sys.argv[2]
 agent = TrackerAgent("test-project", username="key-id", password="secret", url=url,
-                     database_url="sqlite:///" + db, rate_limit=float(sys.argv[3]))
+                     database_url="sqlite:///" + db, rate_limit=float(sys.argv[3]),
+                     drain=False)  # flush() below is this process's drainer
 result = agent.flush(timeout=50)
 agent.close()
 sys.exit(0 if result.remaining == 0 else 1)
@@ -111,9 +112,10 @@ def test_four_processes_draining_one_outbox_stay_under_the_limit_together(fake, 
     assert codes == [0] * PROCESSES
     batches = sorted(r.received_at for r in fake.requests if r.path.endswith("/batch"))
     assert len(fake.events) == EVENTS
-    # Any two-second window holds at most twice the limit, +2 for arrival jitter at its
-    # edges (four processes at 20/s each would put about 160 there).
+    # Any two-second window holds at most twice the limit, +4 for arrival jitter at its edges
+    # (a request booked in time may reach the server late on a loaded machine, bunched with
+    # the next ones); four processes at 20/s each would put about 160 there, all 72 batches.
     busiest = max(sum(1 for t in batches if start <= t < start + 2.0) for start in batches)
-    assert busiest <= 2 * SMALL_LIMIT + 2, busiest
+    assert busiest <= 2 * SMALL_LIMIT + 4, busiest
     per_second = Counter(int(t - batches[0]) for t in batches)
     assert len(per_second) >= len(batches) // (SMALL_LIMIT + 1)

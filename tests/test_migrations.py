@@ -12,6 +12,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import both_backends
 from sqlalchemy import Engine, Identity, create_engine
 
 from tracker_agent.outbox import schema
@@ -20,8 +21,9 @@ from tracker_agent.outbox.revisions import HEAD_REVISION, OUTBOX_TABLES, alembic
 
 
 @pytest.fixture
-def engine(tmp_path) -> Iterator[Engine]:
-    engine = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+def engine(database_url) -> Iterator[Engine]:
+    """A migrated outbox: an SQLite file, or a PostgreSQL database for @both_backends."""
+    engine = open_outbox(database_url)
     yield engine
     engine.dispose()
 
@@ -69,8 +71,10 @@ def test_outbox_tables_constant_lists_every_schema_table():
     assert OUTBOX_TABLES == set(schema.metadata.tables)
 
 
+@both_backends
 def test_database_at_head_matches_schema_metadata(engine):
-    assert current_revision(engine) == HEAD_REVISION
+    with engine.connect() as conn:  # Alembic's own reading: current_revision is SQLite's
+        assert MigrationContext.configure(conn).get_current_revision() == HEAD_REVISION
     assert _schema_diffs(engine) == []
 
 
@@ -282,6 +286,35 @@ def test_a_0002_file_with_queued_rows_is_migrated_on_open_and_drains_in_order(tm
             store.settle("y", Settlement(delivered=[r.id for r in rows]), now=6000.0)
         assert order == [1, 2, 3, 5, 6, 8]  # id order, so each customer's order
         assert store.stats(now=6000.0)["pending"] == 0
+        store.close()
+    finally:
+        engine.dispose()
+
+
+def test_a_0003_file_with_queued_rows_gets_the_import_ledger_on_open(tmp_path):
+    from tracker_agent.outbox.commands import NewCommand
+    from tracker_agent.outbox.store import OutboxStore
+
+    path = tmp_path / "from-0003.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{path}")
+    command.upgrade(config, "0003")
+    old = sqlite3.connect(path)
+    old.executemany(
+        "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?,?,?,?,?)",
+        [("customers", "a", "{}", 2, 1.0)] * 3,
+    )
+    old.commit()
+    old.close()
+
+    engine = open_outbox(f"sqlite:///{path}")
+    try:
+        assert current_revision(engine) == HEAD_REVISION
+        store = OutboxStore(engine, max_rows=100, max_bytes=10**6)
+        row = NewCommand("customers", "a", "{}")
+        assert store.enqueue_once([row, row], [b"k1", b"k2"]) == 2
+        assert store.enqueue_once([row], [b"k1"]) == 0
+        assert store.stats()["pending"] == 5
         store.close()
     finally:
         engine.dispose()

@@ -185,12 +185,23 @@ def test_database_at_head_matches_schema_metadata_on_postgresql(url):
             assert compare_metadata(context, schema.metadata) == []
             ids = conn.exec_driver_sql(
                 "SELECT table_name, data_type, is_identity FROM information_schema.columns"
-                " WHERE column_name = 'id' AND table_name IN ('outbox', 'dead_letters')"
+                " WHERE column_name = 'id' AND table_name IN"
+                " ('outbox', 'dead_letters', 'receipts', 'import_ledger_log')"
                 " ORDER BY table_name"
             ).all()
+            (key_type,) = conn.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns"
+                " WHERE table_name = 'import_ledger' AND column_name = 'key'"
+            ).one()
     finally:
         engine.dispose()
-    assert ids == [("dead_letters", "bigint", "NO"), ("outbox", "bigint", "YES")]
+    assert ids == [
+        ("dead_letters", "bigint", "NO"),
+        ("import_ledger_log", "bigint", "YES"),
+        ("outbox", "bigint", "YES"),
+        ("receipts", "bigint", "NO"),
+    ]
+    assert key_type == "bytea"
 
 
 def test_counters_are_spread_over_rows_and_summed_exactly(url):

@@ -101,7 +101,8 @@ HTTP_SIDE = tuple(
     )
 )
 HIGH = tuple(
-    f"tracker_agent.{m}" for m in ("drain", "agent", "durable", "scheduler", "cli", "outcomes")
+    f"tracker_agent.{m}"
+    for m in ("drain", "window", "agent", "durable", "importing", "scheduler", "cli", "outcomes")
 )
 RULES = [
     ("tracker_agent.outbox", HTTP_SIDE + HIGH + ("tracker_agent.testing",)),

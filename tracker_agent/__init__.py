@@ -21,6 +21,7 @@ from .exceptions import (
     ConfigError,
     DatabaseUnavailableError,
     InvalidResponseError,
+    MissingDependencyError,
     NotAnOutboxError,
     NotFoundError,
     OutboxError,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .client import Exponea
     from .config import Settings
     from .outbox.deadletters import DeadLetter
+    from .outbox.receipts import Receipt, ReceiptStatus
 
 __all__ = [
     "__version__",
@@ -54,6 +56,8 @@ __all__ = [
     "DeliveryState",
     "DeliveryError",
     "DeadLetter",
+    "Receipt",
+    "ReceiptStatus",
     "Settings",
     "AgentClosedError",
     "APIException",
@@ -63,6 +67,7 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailableError",
     "InvalidResponseError",
+    "MissingDependencyError",
     "NotAnOutboxError",
     "NotFoundError",
     "OutboxError",
@@ -89,6 +94,8 @@ _LAZY = {
     "DeliveryState": "agent",
     "DeliveryError": "agent",
     "DeadLetter": "outbox.deadletters",
+    "Receipt": "outbox.receipts",
+    "ReceiptStatus": "outbox.receipts",
     "Settings": "config",
 }
 

@@ -15,9 +15,12 @@ from typing import Any
 from .exceptions import APIException
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
-from .policy import DrainPolicy, backoff_delay, error_text, pause_probe_delay
+from .policy import Action, DrainPolicy, backoff_delay, classify, error_text, pause_probe_delay
 
 log = logging.getLogger("tracker_agent.drain")
+
+#: human_seconds rounds to whole milliseconds: below this a delay would read "0 ms".
+SUB_MILLISECOND = 0.0005
 
 
 @dataclass
@@ -52,11 +55,26 @@ class DrainReport:
         self.last_error = other.last_error or self.last_error
 
 
+#: The `outcome` of a request that failed as a whole, by what the drain does about it.
+_REQUEST_OUTCOMES = {Action.RETRY: "retry", Action.PAUSE: "pause", Action.SPLIT: "refused"}
+
+
+def request_outcome(answer: list[dict[str, Any]] | APIException) -> str:
+    """One batch request's outcome, as tally.REQUEST_OUTCOMES names it: "ok" (a result per
+    command, accepted or not), "retry", "pause" or "refused" (see policy.classify)."""
+    if isinstance(answer, APIException):
+        return _REQUEST_OUTCOMES[classify(answer)]
+    return "ok"
+
+
 def human_seconds(seconds: float) -> str:
-    """ "2.5 s", or "40 ms" under a second (a full-jitter delay is often tiny: never "0.0s")."""
+    """ "2.5 s", "40 ms" under a second, "under 1 ms" below that (a full-jitter delay is
+    often tiny: never "0.0s" or "0 ms")."""
     if seconds >= 1:
         return f"{seconds:.1f} s"
-    return f"{max(seconds, 0.0) * 1000:.0f} ms"
+    if seconds >= SUB_MILLISECOND:
+        return f"{seconds * 1000:.0f} ms"
+    return "under 1 ms"
 
 
 def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainReport]:
@@ -136,11 +154,17 @@ def pause(
     was_paused = bool(state.get(state_keys.STATE_PAUSED_REASON))
     probes = int(state.get(state_keys.STATE_PAUSE_PROBES) or 0) if was_paused else 0
     delay = pause_probe_delay(probes, interval=policy.pause_probe_interval)
-    if not was_paused:
-        log.error(
-            "delivery paused: %s (probing in %s, then less often, up to every %gs)",
-            reason, human_seconds(delay), policy.pause_probe_interval,
-        )  # fmt: skip
+    # One WARNING when a pause begins; INFO when a probe asked for at once (probe_now: a
+    # daemon start, flush, check, resume) finds the API still refusing (an app that
+    # flushes in a loop must not repeat the warning); failed scheduled probes are DEBUG.
+    log.log(
+        logging.WARNING if not was_paused else logging.INFO if probes == 0 else logging.DEBUG,
+        "delivery %s: %s (probing in %s, then less often, up to every %s)",
+        "still paused" if was_paused else "paused",
+        reason,
+        human_seconds(delay),
+        human_seconds(policy.pause_probe_interval),
+    )
     outcome.state.update(
         {
             state_keys.STATE_PAUSED_REASON: reason,

@@ -109,6 +109,8 @@ class DrainPolicy:
     max_age: float | None = None
     rate_limit: float = c.API_RATE_LIMIT
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+    receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
+    receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
 
     @classmethod
     def from_settings(cls, settings: object) -> DrainPolicy:
@@ -119,7 +121,8 @@ class DrainPolicy:
 class Limiter(Protocol):
     """What the drain needs from a rate limiter (RateLimiter, hostlimit.HostRateLimiter)."""
 
-    def acquire(self) -> object: ...
+    def acquire(self) -> float | None:
+        """Wait for the next send slot; the seconds waited (None: not measured)."""
 
 
 class RateLimiter:
@@ -138,10 +141,12 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
+        """Wait for this caller's turn; returns the seconds waited."""
         with self._lock:
             now = self._clock()
             wait = self._next - now
             self._next = max(now, self._next) + self._interval
         if wait > 0:
             self._sleep(wait)
+        return max(wait, 0.0)

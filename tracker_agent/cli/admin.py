@@ -130,6 +130,23 @@ def check(cli: CliContext) -> None:
     _step("project token and credentials", True, f"tracking accepted ({auth})")
     if settings.username:
         _check_reads(client)
+    _probe_paused_delivery(cli)
+
+
+def _probe_paused_delivery(cli: CliContext) -> None:
+    """The credentials work: a paused outbox (if there is one) is probed on the next pass
+    instead of at its stored probe time. Informational: `check` never fails for the outbox."""
+    from tracker_agent.cli.resume import outbox_exists, probe_paused_outbox
+    from tracker_agent.exceptions import TrackerAgentError
+
+    try:
+        url = cli.database_url()
+        reason = probe_paused_outbox(url) if outbox_exists(url) else None
+    except TrackerAgentError as exc:
+        _step("delivery", None, f"could not look at the outbox: {describe(exc)}")
+        return
+    if reason:
+        _step("delivery", True, f"was paused ({reason}); the next drain pass probes the API now")
 
 
 def _check_time(url: str, client: Any) -> None:

@@ -1,12 +1,13 @@
 """`tracker-agent demo`: the daemon's drain against the bundled fake API, no account needed.
 
-Starts FakeExponea on 127.0.0.1, queues sample events into a demo outbox (never the real
-one, so no demo event can ever reach a real project), makes the fake fail a few requests so
+Starts FakeExponea on 127.0.0.1, queues sample events into a fresh demo outbox (never the
+real one, so no demo event can ever reach a real project), makes the fake fail a few requests so
 the backoff shows, runs the daemon loop until everything is delivered, and prints the status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -43,8 +44,9 @@ def demo_database_url(env: Mapping[str, str]) -> str:
 def demo(cli: CliContext, events: int, failures: int) -> None:
     """Try it without an Exponea account: queue events, deliver them to a fake API, show status.
 
-    Uses its own outbox (demo.db in the state directory), never the configured one. To point
-    `tracker-agent run` itself at a fake API, start one with `python -m tracker_agent.testing`.
+    Uses its own outbox (demo.db in the state directory, made afresh each time), never the
+    configured one. To point `tracker-agent run` itself at a fake API, start one with
+    `python -m tracker_agent.testing`.
     """
     from tracker_agent.agent import TrackerAgent
     from tracker_agent.config import Settings
@@ -53,6 +55,7 @@ def demo(cli: CliContext, events: int, failures: int) -> None:
     if events < 1:
         fail("--events must be at least 1")
     database_url = demo_database_url(cli.env)
+    _start_afresh(database_url)
     with FakeExponea() as fake:
         settings = Settings(
             project_token=fake.project_token,
@@ -63,6 +66,7 @@ def demo(cli: CliContext, events: int, failures: int) -> None:
             drain_interval=0.2,
             backoff_base=0.5,
             backoff_cap=2.0,
+            drain=False,  # agent.run() below is the daemon's loop: it starts the drain
         )
         agent = TrackerAgent.from_settings(settings)
         click.echo(f"fake Exponea API on {fake.url}; outbox {database_url}")
@@ -85,6 +89,18 @@ def demo(cli: CliContext, events: int, failures: int) -> None:
     click.echo(f"the fake API received {received} commands")
     if received < events + 1:
         fail("not everything was delivered within the demo's time limit")
+
+
+def _start_afresh(database_url: str) -> None:
+    """Remove the previous demo's outbox (and its -wal, -shm, -rate): its counters and any
+    commands an interrupted demo left would make this run's report disagree with what the
+    fake received. The file is the demo's own; the configured outbox is never touched."""
+    from tracker_agent.outbox.files import sqlite_path
+
+    path = sqlite_path(database_url)
+    for suffix in ("", "-wal", "-shm", "-rate", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
 
 
 def _stop_when_drained(agent: object, stop: threading.Event) -> None:

@@ -23,7 +23,7 @@ from ..config.settings import hide_password
 from ..exceptions import ConfigError, OutboxError
 
 if TYPE_CHECKING:
-    from .commands import NewCommand
+    from .commands import NewCommand, Request
     from .leases import ClaimedRow
 
 __all__ = [
@@ -67,7 +67,7 @@ class WritesRounds(Protocol):
     max_bytes: int
 
     def insert_round(
-        self, cur: Any, requests: Sequence[Sequence[NewCommand]], now: float
+        self, cur: Any, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]: ...
 
 
@@ -82,8 +82,8 @@ class Backend:
     where: str = ""
     #: clock() reads the database's clock where it has one (False: the caller's `now`).
     db_clock: bool = True
-    #: settle(): add delivered rows to agent_state's counter (params: key, count).
-    add_delivered_sql: str = ""
+    #: settle(): add to an agent_state counter, delivered or dead-lettered (params: key, count).
+    add_to_counter_sql: str = ""
     #: dead-letter filter: reason contains the parameter, case-insensitively.
     contains_sql: str = ""
 
@@ -115,14 +115,24 @@ class Backend:
         return now
 
     def write_round(
-        self, store: WritesRounds, requests: Sequence[Sequence[NewCommand]], now: float
+        self, store: WritesRounds, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         """Commit one group-commit round of enqueues (see OutboxStore._write_round)."""
         raise NotImplementedError
 
-    def insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Insert outbox rows (kind, customer_key, payload, size, created_at)."""
+    def insert(self, cur: Any, commands: Sequence[NewCommand], now: float) -> None:
+        """Insert `commands` as outbox rows created at `now`, in one statement; those with a
+        receipt learn their row's id (NewCommand.id)."""
         raise NotImplementedError
+
+    def insert_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        """Run `sql`, an INSERT of one row into a table with an id column; return the id."""
+        raise NotImplementedError
+
+    def lock_ledger(self, cur: Any) -> None:
+        """Before the import ledger is read or written in a transaction: serialise with every
+        other writer of the ledger (see outbox/ledger.py). Nothing to do on SQLite, where one
+        writer holds the whole file."""
 
     def queued(self, cur: Any) -> tuple[int, int]:
         """Rows and bytes queued, from queue_counters."""

@@ -1,11 +1,12 @@
-"""`tracker-agent status` on PostgreSQL: the queue's figures read in one short read-only
-transaction with psycopg alone (no SQLAlchemy, no migration, nothing written), on the
-database's clock.
+"""`tracker-agent status` (and `receipt`) on PostgreSQL: the queue's figures read in one short
+read-only transaction with psycopg alone (no SQLAlchemy, no migration, nothing written), on
+the database's clock.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..constants import PG_CONNECT_TIMEOUT_SECONDS
 from ..exceptions import NotAnOutboxError
@@ -13,7 +14,9 @@ from .backend import hide_password
 from .pg_errors import translate_pg_error
 from .stats import collect_stats
 
-__all__ = ["hide_password", "read_pg_status"]
+__all__ = ["hide_password", "read_pg", "read_pg_status"]
+
+T = TypeVar("T")
 
 _COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
@@ -22,6 +25,13 @@ _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 def read_pg_status(database_url: str) -> dict[str, Any]:
     """Stats of the outbox in the database at `database_url` (see stats.STATS_KEYS); ages and
     leases on the database's clock, whatever this host's says."""
+    return read_pg(database_url, lambda cur, db_now: collect_stats(cur, db_now, counters=_counters))
+
+
+def read_pg(database_url: str, read: Callable[[Any, float], T]) -> T:
+    """read(cursor, the database's clock) in one read-only transaction on the outbox at
+    `database_url` (a cursor taking `?` placeholders); NotAnOutboxError when nothing was
+    migrated there, errors translated (the password never shown)."""
     import psycopg
 
     from .postgresql import PgCursor
@@ -35,10 +45,9 @@ def read_pg_status(database_url: str) -> dict[str, Any]:
             if not cur.execute("SELECT to_regclass('queue_counters') IS NOT NULL").fetchone()[0]:
                 raise NotAnOutboxError(f"{where}: no outbox in this database (nothing migrated)")
             db_now = float(cur.execute(_NOW).fetchone()[0])
-            stats = collect_stats(cur, db_now, counters=_counters)
+            return read(cur, db_now)
     except psycopg.Error as exc:
         raise translate_pg_error(exc, where) from exc
-    return stats
 
 
 def _counters(cur: Any) -> tuple[int, int]:

@@ -11,6 +11,10 @@
   the same lock (the head-flag triggers rely on it, see migration 0003).
 - The bound (max_rows, max_bytes) is checked against the counters each enqueue reads: hosts
   enqueueing at the same moment may pass it by one round each.
+- The import ledger's readers and writers take one more advisory lock (PG_LEDGER_LOCK, before
+  any customer's), so a lookup and the insert after it see no other importer in between and
+  the ledger log's ids commit in order (see outbox/ledger.py).
+- A receipt's id is the row's identity, read back with RETURNING id.
 - Claims are serialised by an advisory lock (see pg_claim.py). The drain's connection
   commits with synchronous_commit off, like SQLite's drain with synchronous=NORMAL.
 """
@@ -22,15 +26,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..constants import PG_CUSTOMER_LOCK_CLASS
+from ..constants import PG_CUSTOMER_LOCK_CLASS, PG_LEDGER_LOCK
 from ..exceptions import OutboxError
 from .backend import POSTGRESQL, Backend, WritesRounds
+from .commands import commands_of
+from .ledger import KeyedCommands
 from .pg_claim import pick_postgresql
 from .pg_engine import shown_url
 from .pg_errors import translate_pg_error
 
 if TYPE_CHECKING:
-    from .commands import NewCommand
+    from .commands import NewCommand, Request
     from .leases import ClaimedRow
 
 __all__ = ["PgCursor", "PostgresBackend"]
@@ -39,12 +45,13 @@ log = logging.getLogger(__name__)
 
 _NOW_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8"
 _COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
-# One statement for a whole round; ORDER BY n draws the ids in the callers' order.
+# One statement for a whole round; ORDER BY n draws the ids in the callers' order (so the ids
+# RETURNING gives, sorted, are the rows' in that order).
 _INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
-    " SELECT k, c, p, s, extract(epoch FROM statement_timestamp())"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[])"
-    " WITH ORDINALITY AS u(k, c, p, s, n) ORDER BY n"
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
+    " SELECT k, c, p, s, extract(epoch FROM statement_timestamp()), r"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[])"
+    " WITH ORDINALITY AS u(k, c, p, s, r, n) ORDER BY n"
 )
 # An enqueue's first statement: its customers' locks (sorted: two enqueues never deadlock),
 # the database's clock and the counters, in one round trip. The counters are read in the
@@ -63,15 +70,17 @@ _INSERT_ONE = (
     " hashtext(%(key)s))) AS n),"
     " room AS (SELECT coalesce(sum(rows), 0) + 1 <= %(max_rows)s"
     " AND coalesce(sum(bytes), 0) + %(size)s <= %(max_bytes)s AS ok FROM queue_counters)"
-    " INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
-    " SELECT %(kind)s, %(key)s, %(payload)s, %(size)s, extract(epoch FROM statement_timestamp())"
-    " FROM locked, room WHERE room.ok AND locked.n = 1"
+    " INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
+    " SELECT %(kind)s, %(key)s, %(payload)s, %(size)s,"
+    " extract(epoch FROM statement_timestamp()), %(receipt)s"
+    " FROM locked, room WHERE room.ok AND locked.n = 1 RETURNING id"
 )
+_LOCK_LEDGER = f"SELECT pg_advisory_xact_lock({PG_LEDGER_LOCK})"
 _LOCK_SELECTED = (
     f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
     " FROM (SELECT DISTINCT hashtext(customer_key) AS h FROM ({}) AS k ORDER BY h) AS s"
 )
-_ADD_DELIVERED = (
+_ADD_TO_COUNTER = (
     "INSERT INTO agent_state (key, value) VALUES (?, CAST(? AS text)) ON CONFLICT (key)"
     " DO UPDATE SET value = CAST(coalesce(CAST(agent_state.value AS bigint), 0)"
     " + CAST(excluded.value AS bigint) AS text)"
@@ -124,7 +133,7 @@ class PostgresBackend(Backend):
     """A PostgreSQL database shared by hosts; see the module docstring."""
 
     name = POSTGRESQL
-    add_delivered_sql = _ADD_DELIVERED
+    add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "strpos(lower(reason), lower(?)) > 0"
 
     def __init__(self, engine: Any) -> None:
@@ -198,19 +207,23 @@ class PostgresBackend(Backend):
     # -- enqueue -------------------------------------------------------------------------------
 
     def write_round(
-        self, store: WritesRounds, requests: Sequence[Sequence[NewCommand]], now: float
+        self, store: WritesRounds, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         if self._writer is None:
             self._writer = self.engine.raw_connection()
         try:
             with self.transaction(self._writer) as cur:
-                if (
+                first = requests[0]
+                if any(isinstance(r, KeyedCommands) for r in requests):
+                    self.lock_ledger(cur)  # before the customers' locks (see lock_ledger)
+                elif (
                     len(requests) == 1
-                    and len(requests[0]) == 1
-                    and self._insert_one(cur, store, requests[0][0])
+                    and not isinstance(first, KeyedCommands)
+                    and len(first) == 1
+                    and self._insert_one(cur, store, first[0])
                 ):
                     return [None]
-                keys = sorted({c.customer_key for commands in requests for c in commands})
+                keys = sorted({c.customer_key for r in requests for c in commands_of(r)})
                 _, stamped, rows, size = cur.execute(_LOCK_KEYS, (keys,)).fetchone()
                 self._counted = (int(rows), int(size))  # insert_round's first counters()
                 return store.insert_round(cur, requests, float(stamped) if self.db_clock else now)
@@ -227,14 +240,39 @@ class PostgresBackend(Backend):
             "key": c.customer_key,
             "payload": c.payload,
             "size": c.size,
+            "receipt": int(c.receipt),
             "max_rows": store.max_rows,
             "max_bytes": store.max_bytes,
         }
-        return bool(cur.execute(_INSERT_ONE, params).rowcount == 1)
+        row = cur.execute(_INSERT_ONE, params).fetchone()
+        if row is None:
+            return False
+        c.id = int(row[0]) if c.receipt else 0
+        return True
 
-    def insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        kinds, keys, payloads, sizes = ([r[i] for r in rows] for i in range(4))
-        cur.execute(_INSERT, (kinds, keys, payloads, sizes))
+    def insert(self, cur: Any, commands: Sequence[NewCommand], now: float) -> None:
+        receipt = any(c.receipt for c in commands)
+        columns = (
+            [c.kind for c in commands],
+            [c.customer_key for c in commands],
+            [c.payload for c in commands],
+            [c.size for c in commands],
+            [int(c.receipt) for c in commands],
+        )
+        cur.execute(_INSERT + " RETURNING id" if receipt else _INSERT, columns)
+        if receipt:
+            ids = sorted(int(row[0]) for row in cur.fetchall())
+            for command, row_id in zip(commands, ids, strict=True):
+                command.id = row_id
+
+    def insert_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        return int(cur.execute(sql + " RETURNING id", params).fetchone()[0])
+
+    def lock_ledger(self, cur: Any) -> None:
+        """The ledger's lock, taken before any customer's lock in a transaction (enqueues
+        take the customers' locks after it; compaction and pruning take no other), so the
+        locks are always taken in one order and never deadlock."""
+        cur.execute(_LOCK_LEDGER)
 
     def queued(self, cur: Any) -> tuple[int, int]:
         rows, size = cur.execute(_COUNTERS).fetchone()

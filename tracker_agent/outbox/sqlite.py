@@ -21,15 +21,21 @@ from .backend import SQLITE, Backend, WritesRounds
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
+from .ledger import KeyedCommands
 
 if TYPE_CHECKING:
-    from .commands import NewCommand
+    from .commands import NewCommand, Request
     from .leases import ClaimedRow
 
 log = logging.getLogger(__name__)
 
 _INSERT = (
     "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+# A round of several callers' rows, some perhaps with a receipt.
+_INSERT_ROUND = (
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
 # The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
@@ -54,7 +60,7 @@ WAL_DELETED_WHILE_OPEN = (
     "read of it was checkpointed into the main file, but commands committed by other "
     "processes since the last checkpoint may be lost. Restart every process using the outbox"
 )
-_ADD_DELIVERED = (
+_ADD_TO_COUNTER = (
     "INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT(key)"
     " DO UPDATE SET value = coalesce(CAST(value AS INTEGER), 0) + excluded.value"
 )
@@ -64,7 +70,7 @@ class SqliteBackend(Backend):
     """One SQLite file shared by threads and processes (the file's write lock serialises)."""
 
     name = SQLITE
-    add_delivered_sql = _ADD_DELIVERED
+    add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "instr(lower(reason), lower(?)) > 0"
 
     def __init__(self, engine: Any) -> None:
@@ -134,15 +140,16 @@ class SqliteBackend(Backend):
         return self._writer_cursor
 
     def write_round(
-        self, store: WritesRounds, requests: Sequence[Sequence[NewCommand]], now: float
+        self, store: WritesRounds, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         driver, cur = self._writer_cursor or self._open_writer(store)
         try:
             cur.execute("BEGIN IMMEDIATE")
-            if len(requests) == 1 and len(requests[0]) == 1:  # a lone caller, one row
-                c = requests[0][0]
+            first = requests[0]
+            if len(requests) == 1 and not isinstance(first, KeyedCommands) and len(first) == 1:
+                c = first[0]  # a lone caller, one row
                 try:
-                    cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
+                    _insert_one(cur, c, now)
                 except sqlite3.IntegrityError as exc:
                     if str(exc) != _FULL_MESSAGE:
                         raise
@@ -157,8 +164,22 @@ class SqliteBackend(Backend):
             raise
         return errors
 
-    def insert(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
-        cur.executemany(_INSERT, rows)
+    def insert(self, cur: Any, commands: Sequence[NewCommand], now: float) -> None:
+        """The ids of one statement's rows are consecutive (AUTOINCREMENT in a transaction
+        holding the write lock; no trigger inserts into outbox), ending at
+        last_insert_rowid()."""
+        cur.executemany(
+            _INSERT_ROUND,
+            [(c.kind, c.customer_key, c.payload, c.size, now, int(c.receipt)) for c in commands],
+        )
+        if any(c.receipt for c in commands):
+            (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
+            for offset, command in enumerate(commands, start=last - len(commands) + 1):
+                command.id = offset
+
+    def insert_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        cur.execute(sql, params)
+        return int(cur.lastrowid)
 
     def queued(self, cur: Any) -> tuple[int, int]:
         rows, size = cur.execute(_COUNTERS).fetchone()
@@ -200,3 +221,11 @@ class SqliteBackend(Backend):
             self._wal_loss_recorded = True
             record_warning(self.engine, self.where, WAL_DELETED_WHILE_OPEN)
         return True
+
+
+def _insert_one(cur: Any, c: NewCommand, now: float) -> None:
+    if c.receipt:
+        cur.execute(_INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, 1))
+        c.id = int(cur.lastrowid)
+    else:
+        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))

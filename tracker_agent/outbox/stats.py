@@ -10,11 +10,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..exceptions import NotAnOutboxError, OutboxError
 from .state import (
     STATE_BACKOFF_UNTIL,
+    STATE_DEAD_LETTERED,
     STATE_DELIVERED,
     STATE_DROPPED,
     STATE_LAST_ERROR,
@@ -28,6 +29,8 @@ from .state import (
     read_state,
 )
 
+T = TypeVar("T")
+
 STATS_KEYS = (
     "pending",
     "in_flight",
@@ -35,6 +38,7 @@ STATS_KEYS = (
     "bytes",
     "oldest_pending_age_s",
     "delivered",
+    "dead_lettered",
     "dropped",
     "last_success_at",
     "last_error",
@@ -75,6 +79,7 @@ def collect_stats(
         "bytes": size,
         "oldest_pending_age_s": round(max(0.0, now - oldest[0]), 3) if oldest else None,
         "delivered": int(state.get(STATE_DELIVERED) or 0),
+        "dead_lettered": int(state.get(STATE_DEAD_LETTERED) or 0),
         "dropped": int(state.get(STATE_DROPPED) or 0),
         "last_success_at": state.get(STATE_LAST_SUCCESS),
         "last_error": state.get(STATE_LAST_ERROR),
@@ -96,6 +101,18 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
     """Stats of the outbox at `database_path`, opened read-only; never creates or changes it
     (nor any file beside it), and never blocks on a FIFO or reads a device."""
     from .files import wal_was_lost
+
+    stats = read_outbox(
+        database_path, lambda conn: _stats_of_outbox(conn, time.time() if now is None else now)
+    )
+    if wal_was_lost(database_path) and not stats["warning"]:
+        stats["warning"] = WAL_LOST_WARNING
+    return stats
+
+
+def read_outbox(database_path: str, read: Callable[[sqlite3.Connection], T]) -> T:
+    """read(conn) on the outbox at `database_path`, opened read-only (as read_status does);
+    OutboxError or NotAnOutboxError when it is missing, empty or not an outbox."""
     from .preflight import read_header, read_only
 
     if not os.path.exists(database_path):
@@ -107,11 +124,7 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
     if header is None:
         raise NotAnOutboxError(f"{database_path} is empty: not an outbox (yet)")
     try:
-        stats = read_only(
-            database_path,
-            header,
-            lambda conn: _stats_of_outbox(conn, time.time() if now is None else now),
-        )
+        return read_only(database_path, header, read)
     except sqlite3.DatabaseError as exc:
         text = str(exc)
         if "no such table" in text or "not a database" in text or "malformed" in text:
@@ -121,9 +134,6 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
         raise OutboxError(f"cannot read {database_path}: {text}") from exc
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read {database_path}: {exc}") from exc
-    if wal_was_lost(database_path) and not stats["warning"]:
-        stats["warning"] = WAL_LOST_WARNING
-    return stats
 
 
 #: What status says when the -wal file is gone but its -shm is not (see files.wal_was_lost).

@@ -18,13 +18,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..clock import wall_clock
+from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, owners
+from . import deadletters, leases, ledger, owners, receipts
 from .backend import SQLITE
 from .backends import backend_for_engine
-from .commands import NewCommand
+from .commands import NewCommand, Request
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
+from .ledger import KeyedCommands
 from .state import (
     HOST_STATE,
     STATE_DROPPED,
@@ -57,6 +59,7 @@ class OutboxStore:
         max_rows: int,
         max_bytes: int,
         overflow: str = OVERFLOW_RAISE,
+        ledger_retention: float = DEFAULT_IMPORT_LEDGER_DAYS * DAY_SECONDS,
         now: Callable[[], float] | None = None,
         host: str | None = None,
         db_clock: bool = True,
@@ -73,8 +76,10 @@ class OutboxStore:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.overflow = overflow
+        self.ledger_retention = ledger_retention  # seconds an import_ledger key is kept
+        self._ledger_log = ledger.LedgerLog(self.backend.insert_id)  # used by the writer only
         self._now = now or wall_clock
-        self._committer: GroupCommitter[Sequence[NewCommand]] = GroupCommitter(self._write_round)
+        self._committer: GroupCommitter[Request] = GroupCommitter(self._write_round)
         self._drain_lock = threading.Lock()
         self._drain_conn: Any = None
         # Held around every statement this process runs on the file, so that fork() (see
@@ -134,6 +139,7 @@ class OutboxStore:
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
+        self._ledger_log.forget()
         self.engine.dispose(close=False)
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -143,38 +149,94 @@ class OutboxStore:
         if commands:
             self._committer.submit(commands)
 
-    def _write_round(self, requests: Sequence[Sequence[NewCommand]]) -> list[BaseException | None]:
+    def enqueue_once(
+        self, commands: Sequence[NewCommand], keys: Sequence[bytes], *, force: bool = False
+    ) -> int:
+        """Commit the commands whose ledger key is not recorded yet, and record their keys, in
+        one transaction (all or none); returns how many were queued. Two processes (or hosts)
+        importing the same keys at once queue each exactly once: the lookup and the insert
+        share the writer's BEGIN IMMEDIATE on SQLite, the ledger's advisory lock on PostgreSQL
+        (Backend.lock_ledger). `force` queues them all and records their keys anew."""
+        request = KeyedCommands(commands, keys, force=force)
+        if commands:
+            self._committer.submit(request)
+            if self._ledger_log.size >= ledger.COMPACT_KEYS:
+                self.compact_ledger()
+        return request.queued
+
+    def compact_ledger(self) -> int:
+        """Move the keys of the ledger's log into its index (see outbox/ledger.py), in one
+        transaction; returns how many."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            self.backend.lock_ledger(cur)
+            return ledger.compact(cur)
+
+    def known_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        """The keys among `keys` already in the ledger (a read: a dry run)."""
+        with self._reading() as conn:
+            return ledger.known(conn, keys)
+
+    def prune_ledger(self) -> int:
+        """Forget the ledger entries older than `ledger_retention` seconds, in short
+        transactions; returns how many. Costs what it deletes (an index on the time)."""
+        before = self._now() - self.ledger_retention
+        pruned = 0
+        while True:
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                self.backend.lock_ledger(cur)
+                count = ledger.prune_slice(cur, before)
+            pruned += count
+            if count < ledger.PRUNE_SLICE:
+                return pruned
+
+    def _write_round(self, requests: Sequence[Request]) -> list[BaseException | None]:
         # Runs in the thread leading the group commit, the only one using the writer.
         with self._io_lock:
-            return self.backend.write_round(self, requests, self._now())
+            try:
+                return self.backend.write_round(self, requests, self._now())
+            except BaseException:
+                self._ledger_log.forget()  # it may hold keys of the rolled-back transaction
+                raise
 
     def insert_round(
-        self, cur: Any, requests: Sequence[Sequence[NewCommand]], now: float
+        self, cur: Any, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         """Insert each request's rows that fit (making room if overflow=drop_oldest); one
         INSERT statement per round, the counters tracked here (the triggers add exactly
-        `size` per row) instead of re-read after every request. Called by the backend's
-        write_round inside its transaction."""
+        `size` per row) instead of re-read after every request. A KeyedCommands request
+        inserts only its commands whose key is not in the ledger, and records their keys.
+        Called by the backend's write_round inside its transaction."""
         backend = self.backend
         rows, size = backend.counters(cur)
         errors: list[BaseException | None] = []
-        pending: list[tuple[Any, ...]] = []
-        for commands in requests:
+        pending: list[NewCommand] = []
+        taken: set[bytes] = set()  # keys recorded by earlier requests of this round
+        for request in requests:
+            keys: list[bytes] | None = None
+            commands: Sequence[NewCommand]
+            if isinstance(request, KeyedCommands):
+                commands, keys = request.fresh(self._ledger_log, cur, taken)
+            else:
+                commands = request
             need_rows, need_bytes = len(commands), sum(c.size for c in commands)
             error = None
             if rows + need_rows > self.max_rows or size + need_bytes > self.max_bytes:
                 if pending:  # earlier requests' rows go in first (they may be dropped)
-                    backend.insert(cur, pending)
+                    backend.insert(cur, pending, now)
                     pending = []
                 error = self._make_room(cur, rows, size, need_rows, need_bytes, now)
                 rows, size = backend.counters(cur)
             errors.append(error)
             if error is None:
-                pending += [(c.kind, c.customer_key, c.payload, c.size, now) for c in commands]
+                pending += commands
                 rows += need_rows
                 size += need_bytes
+                if isinstance(request, KeyedCommands) and keys is not None:
+                    self._ledger_log.record(cur, keys, now)
+                    taken.update(keys)
+                    request.queued = len(keys)
         if pending:
-            backend.insert(cur, pending)
+            backend.insert(cur, pending, now)
         return errors
 
     def _make_room(
@@ -216,6 +278,30 @@ class OutboxStore:
             "outbox full: dropped the %d oldest commands (overflow=drop_oldest)", len(victims)
         )
         return None
+
+    # -- receipts ------------------------------------------------------------------------------
+
+    def receipts(self, ids: Sequence[int]) -> list[receipts.ReceiptStatus]:
+        """Where each id stands (see outbox.receipts), in the order given."""
+        with self._reading() as conn:  # leases are on the database's clock (PostgreSQL)
+            return receipts.lookup(conn, ids, self.backend.clock(conn, self._now()))
+
+    def prune_receipts(self, now: float, max_age: float, max_rows: int, *, batch: int) -> int:
+        """Forget delivered receipts older than `max_age` seconds at `now` or beyond the newest
+        `max_rows`: found on a read connection, deleted `batch` per transaction (the write
+        lock is never held for a scan). Returns how many. `now` is taken as the database's
+        clock on PostgreSQL, as settle() stamped the deliveries."""
+        pruned = 0
+        while True:
+            with self._reading() as conn:
+                stamped = self.backend.clock(conn, now)
+                ids = receipts.prune_candidates(conn, stamped, max_age, max_rows, batch)
+            if not ids:
+                return pruned
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                pruned += receipts.forget(cur, ids)
+            if len(ids) < batch:
+                return pruned
 
     # -- drain side ----------------------------------------------------------------------------
 
@@ -325,7 +411,7 @@ class OutboxStore:
             owner,
             outcome,
             stamped,
-            add_delivered_sql=backend.add_delivered_sql,
+            add_to_counter_sql=backend.add_to_counter_sql,
             lock_customers=None if backend.name == SQLITE else backend.lock_customers,
         )
 
@@ -426,7 +512,10 @@ class OutboxStore:
     def probe_now(self) -> str | None:
         """If delivery is paused, make the next probe due at once (a daemon start, a flush, a
         successful `check`, `tracker-agent resume`): the pause lifts the moment the API
-        accepts a batch again. Returns the pause reason, None when not paused."""
+        accepts a batch again. Returns the pause reason, None when not paused. Writes only
+        when paused: a flush that finds delivery running costs one read."""
+        if not self.state().get(STATE_PAUSED_REASON):
+            return None
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             reason = read_state(cur).get(STATE_PAUSED_REASON)
             if reason:
