@@ -296,6 +296,7 @@ class TrackerAgent:
             self.client.tracking.send_stored_batch,
             policy,
             limiter=self._limiter,
+            probe=lambda: self.client.tracking.get_system_time(retry=False),
         )
 
     def _make_limiter(self) -> HostRateLimiter:

@@ -50,6 +50,10 @@ DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS = 60.0
 #: The first probe after a pause begins comes this soon; each failed one doubles the wait, up to
 #: pause_probe_interval (a 401 blip costs seconds; a revoked key is still probed politely).
 FIRST_PAUSE_PROBE_SECONDS = 1.0
+#: While delivery backs off because the API could not be reached at all (refused, reset, DNS,
+#: timeout), one GET system/time this often (reach_probe_interval): when it answers, the
+#: backoff ends at once instead of after up to backoff_cap.
+DEFAULT_REACH_PROBE_INTERVAL_SECONDS = 5.0
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 

@@ -57,6 +57,7 @@ BOUNDS: dict[str, Bounds] = {
     "max_age": Bounds(1, 10 * YEAR_SECONDS, "s"),
     "rate_limit": Bounds(1, 10_000, "requests/s"),
     "pause_probe_interval": Bounds(0.1, DAY_SECONDS, "s"),
+    "reach_probe_interval": Bounds(0.1, HOUR_SECONDS, "s"),
     "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
     "close_timeout": Bounds(0, HOUR_SECONDS, "s"),
     "warn_undrained_after": Bounds(0, DAY_SECONDS, "s"),
@@ -113,6 +114,7 @@ class Settings:
     max_age: float | None = None  # seconds; None: forever
     rate_limit: float = c.API_RATE_LIMIT  # requests per second
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+    reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
     shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
     # The embedded agent's life cycle (TrackerAgent; the CLI's one-shot commands never drain).
     enabled: bool = True  # False: test mode: tracking calls are validated, never stored or sent

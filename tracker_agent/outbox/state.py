@@ -21,6 +21,9 @@ STATE_PROBE_AT = "probe_at"
 STATE_PAUSE_PROBES = "pause_probes"
 STATE_BACKOFF_UNTIL = "backoff_until"
 STATE_FAILURES = "consecutive_failures"
+#: True while the backoff in force began with no answer at all (policy.unreachable): a
+#: reachability probe that is answered may end it early (fast resume).
+STATE_BACKOFF_UNREACHABLE = "backoff_unreachable"
 #: The project token this outbox belongs to, recorded by the first agent that opens it.
 STATE_PROJECT = "project_token"
 #: Something an operator must know (e.g. the -wal file was lost), and since when.

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import wall_clock
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, owners
+from . import deadletters, leases, owners, resume
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
@@ -456,6 +456,13 @@ class OutboxStore:
             if reason:
                 set_state(cur, {STATE_PROBE_AT: 0, STATE_PAUSE_PROBES: 0})
         return str(reason) if reason else None
+
+    def end_unreachable_backoff(self, now: float) -> bool:
+        """A reachability probe was answered: if the backoff in force began with no answer at
+        all, end it now (the rows it holds are due at once). A backoff a 429 or 5xx started
+        is left alone. True if a backoff ended."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return resume.end_unreachable_backoff(cur, now)
 
     def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
         """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
