@@ -28,6 +28,9 @@ DEEP_BACKOFF_SECONDS = 3600.0
 PROBE_INTERVAL = 0.3
 #: Far below DEEP_BACKOFF_SECONDS: a probe interval and a drain tick, with room for a slow CI.
 PROMPT_SECONDS = 10.0
+#: These tests are about the backoff: no GET system/time before the first batch (the default;
+#: said here so that a changed default cannot make them test the clock gate instead).
+NO_CLOCK = {"clock_correction": False}
 
 
 def track(agent: Any, n: int) -> None:
@@ -63,7 +66,7 @@ def down(fake: FakeExponea) -> Iterator[FakeExponea]:
 def test_delivery_resumes_within_the_probe_interval_when_the_api_comes_back(down, tmp_path):
     fake, db = down, tmp_path / "outbox.db"
     with make_agent(
-        fake, db, drain=True, reach_probe_interval=PROBE_INTERVAL, backoff_cap=86_400
+        fake, db, drain=True, reach_probe_interval=PROBE_INTERVAL, backoff_cap=86_400, **NO_CLOCK
     ) as agent:
         for n in range(5):
             track(agent, n)
@@ -85,7 +88,7 @@ def test_delivery_resumes_within_the_probe_interval_when_the_api_comes_back(down
 
 def test_a_flush_with_a_timeout_resumes_when_the_api_comes_back(down, tmp_path):
     fake, db = down, tmp_path / "outbox.db"
-    with make_agent(fake, db, reach_probe_interval=PROBE_INTERVAL) as agent:
+    with make_agent(fake, db, reach_probe_interval=PROBE_INTERVAL, **NO_CLOCK) as agent:
         track(agent, 0)
         assert agent.flush().remaining == 1  # refused: backing off
         push_backoff_out(db)
@@ -98,7 +101,7 @@ def test_a_flush_with_a_timeout_resumes_when_the_api_comes_back(down, tmp_path):
 def test_a_429_with_retry_after_is_honoured_and_never_probed(fake, tmp_path):
     db = tmp_path / "outbox.db"
     fake.fail_next(status=429, retry_after=DEEP_BACKOFF_SECONDS, path_contains="/batch")
-    with make_agent(fake, db, reach_probe_interval=0.1) as agent:
+    with make_agent(fake, db, reach_probe_interval=0.1, **NO_CLOCK) as agent:
         track(agent, 0)
         result = agent.flush()
         assert result.remaining == 1 and "RateLimitedError" in (result.last_error or "")
@@ -114,7 +117,7 @@ def test_a_429_after_a_network_error_is_not_shortened_by_a_probe(down, tmp_path)
     """Another process met a 429 after this one lost the network: the probe is answered, but
     the backoff in force is the server's, and it holds."""
     fake, db = down, tmp_path / "outbox.db"
-    with make_agent(fake, db, reach_probe_interval=0.1) as agent:
+    with make_agent(fake, db, reach_probe_interval=0.1, **NO_CLOCK) as agent:
         track(agent, 0)
         agent.flush()
         fake.start()
@@ -132,7 +135,7 @@ def test_a_captive_portal_answer_keeps_its_backoff(fake, tmp_path):
     """An unreadable answer is an answer (see policy.unreachable): no probe shortens it."""
     db = tmp_path / "outbox.db"
     fake.captive_portal_next(path_contains="/batch")
-    with make_agent(fake, db, reach_probe_interval=0.1) as agent:
+    with make_agent(fake, db, reach_probe_interval=0.1, **NO_CLOCK) as agent:
         track(agent, 0)
         assert agent.flush().remaining == 1
         push_backoff_out(db)
@@ -148,7 +151,7 @@ def test_the_probe_sends_no_tracking_data_even_when_the_batch_was_applied(down, 
     fake, db = down, tmp_path / "outbox.db"
     fake.start()
     fake.drop_next(path_contains="/batch")
-    with make_agent(fake, db, reach_probe_interval=0.1) as agent:
+    with make_agent(fake, db, reach_probe_interval=0.1, **NO_CLOCK) as agent:
         track(agent, 0)
         assert agent.flush().remaining == 1
         push_backoff_out(db)

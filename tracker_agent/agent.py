@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from .bootclock import boot_id, boot_seconds
 from .clock import wall_clock
 from .config import Settings
 from .drain import Drainer  # imports concurrent.futures.thread first: see _install_exit_hook
@@ -38,6 +39,7 @@ from .exceptions import (
 )
 from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
 from .outbox import state as state_keys
+from .outbox.clock import BootRef
 from .outbox.deadletters import DeadLetter
 from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outbox.leases import Settlement
@@ -296,8 +298,18 @@ class TrackerAgent:
             self.client.tracking.send_stored_batch,
             policy,
             limiter=self._limiter,
-            probe=lambda: self.client.tracking.get_system_time(retry=False),
+            probe=self._ask_server_time,
         )
+
+    def _ask_server_time(self) -> float:
+        """The drain's probe: one GET system/time (no retries). Its answer, taken at the
+        middle of the round trip, becomes this boot's clock reference in the outbox."""
+        sent_mono, sent_wall = boot_seconds(), time.time()
+        server = float(self.client.tracking.get_system_time(retry=False))
+        half = (boot_seconds() - sent_mono) / 2
+        ref = BootRef(server=server, mono=sent_mono + half, wall=sent_wall + half)
+        self.store.learn_clock(boot_id(), ref, time.time())
+        return server
 
     def _make_limiter(self) -> HostRateLimiter:
         """The host-wide request budget shared by every drainer on this outbox (or on every

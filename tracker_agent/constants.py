@@ -54,6 +54,18 @@ FIRST_PAUSE_PROBE_SECONDS = 1.0
 #: timeout), one GET system/time this often (reach_probe_interval): when it answers, the
 #: backoff ends at once instead of after up to backoff_cap.
 DEFAULT_REACH_PROBE_INTERVAL_SECONDS = 5.0
+
+# -- clock correction (devices whose clock is wrong) -----------------------------------------
+
+#: A learned offset below this never changes a timestamp (network jitter, rounding).
+CLOCK_THRESHOLD_SECONDS = 2.0
+#: A timestamp before this (2026-01-01T00:00:00Z, before this package's first release) is
+#: impossible: the device's clock was wrong (a dead RTC battery boots in 1970 or 2000).
+CLOCK_SANE_FLOOR = 1_767_225_600.0
+#: A timestamp further than this ahead of the server's time is impossible too.
+CLOCK_FUTURE_TOLERANCE_SECONDS = 3600.0
+#: How many boots' learned clock references the outbox keeps (the most recent ones).
+CLOCK_MAX_BOOTS = 16
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import validation
 from .api.tracking import sdk_event_command
+from .bootclock import boot_id, boot_seconds
 from .clock import wall_clock
 from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
@@ -49,6 +50,8 @@ class MonotonicTimestamps:
 
 
 _dumps = tree_encoder()
+#: The timestamp field the agent fixes at enqueue when the caller gave none, per command name.
+_STAMPED = {KIND_EVENT: "timestamp", KIND_CUSTOMER: "update_timestamp"}
 _key_dumps = tree_encoder(sort_keys=True)
 
 
@@ -98,7 +101,7 @@ class DurableTracking:
             return sdk_event_command(data, properties)
         if timestamp is None:  # ours is valid by construction: no second rounding
             data["timestamp"] = self._timestamps.next()
-        return self._commit_one(KIND_EVENT, data)
+        return self._commit_one(KIND_EVENT, data, stamped=timestamp is None)
 
     def update_customer_properties(
         self, customer_ids: dict[str, Any], properties: dict[str, Any], batch: bool = False
@@ -109,7 +112,7 @@ class DurableTracking:
         if batch:
             return {"name": KIND_CUSTOMER, "data": data}
         data["update_timestamp"] = self._timestamps.next()  # valid by construction
-        return self._commit_one(KIND_CUSTOMER, data)
+        return self._commit_one(KIND_CUSTOMER, data, stamped=True)
 
     def batch_commands(self, commands: list[dict[str, Any]]) -> list[bool]:
         """Queue every command in one transaction (all or none); a True per command."""
@@ -139,16 +142,16 @@ class DurableTracking:
                 f"{field}['name']", "system/time cannot be queued; call get_system_time() directly"
             )
         data = normalized["data"]
-        if normalized["name"] == KIND_EVENT and data.get("timestamp") is None:
-            data["timestamp"] = self._timestamps.next()
-        if normalized["name"] == KIND_CUSTOMER and data.get("update_timestamp") is None:
-            data["update_timestamp"] = self._timestamps.next()
-        return {"name": normalized["name"], "data": data}
+        stamp = _STAMPED.get(normalized["name"])
+        stamped = stamp is not None and data.get(stamp) is None
+        if stamp is not None and stamped:
+            data[stamp] = self._timestamps.next()
+        return {"name": normalized["name"], "data": data, "stamped": stamped}
 
-    def _commit_one(self, kind: str, data: dict[str, Any]) -> bool:
+    def _commit_one(self, kind: str, data: dict[str, Any], *, stamped: bool) -> bool:
         """_commit for one validated command: the add_event/update path, kept short."""
         self._check_open()
-        row = _row(0, kind, data)
+        row = _row(0, kind, data, stamped)
         if self._store is not None:
             self._store.enqueue((row,))
             self._on_enqueued(1)
@@ -156,17 +159,28 @@ class DurableTracking:
 
     def _commit(self, commands: list[dict[str, Any]]) -> bool:
         self._check_open()
-        rows = [_row(i, command["name"], command["data"]) for i, command in enumerate(commands)]
+        rows = [
+            _row(i, command["name"], command["data"], command["stamped"])
+            for i, command in enumerate(commands)
+        ]
         if self._store is not None:
             self._store.enqueue(rows)
             self._on_enqueued(len(rows))
         return True
 
 
-def _row(index: int, kind: str, data: dict[str, Any]) -> NewCommand:
-    """The stored form of a validated command: serialised once, its size checked here."""
+def _row(index: int, kind: str, data: dict[str, Any], stamped: bool) -> NewCommand:
+    """The stored form of a validated command: serialised once, its size checked here. When
+    the agent fixed its timestamp (`stamped`), the boot and its clock go with it: a wrong wall
+    clock can then be corrected before the first send (outbox/clock.py)."""
     try:
-        row = NewCommand(kind, _key_dumps(data["customer_ids"]), _dumps(data))
+        row = NewCommand(
+            kind,
+            _key_dumps(data["customer_ids"]),
+            _dumps(data),
+            boot=boot_id() if stamped else None,
+            mono=boot_seconds() if stamped else None,
+        )
     except UnicodeEncodeError as exc:  # lone surrogates: not encodable as UTF-8
         raise ValidationError(
             f"commands[{index}]", "contains text that is not valid Unicode"

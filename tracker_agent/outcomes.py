@@ -91,6 +91,7 @@ def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainR
         "max_bytes": policy.batch_max_bytes,
         "lease_seconds": policy.lease_seconds,
         "may_claim": may_claim,
+        "fix_clock": policy.clock_correction,
     }
     return terms, report
 

@@ -122,6 +122,7 @@ class DrainPolicy:
     rate_limit: float = c.API_RATE_LIMIT
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
+    clock_correction: bool = False
 
     @classmethod
     def from_settings(cls, settings: object) -> DrainPolicy:

@@ -42,21 +42,35 @@ class ReachProbe:
         self._clock = clock
         self._next = 0.0  # clock() of the next probe (a new drainer probes at its first look)
 
+    @property
+    def enabled(self) -> bool:
+        return self._probe is not None
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    def due(self) -> bool:
+        return self._probe is not None and self._clock() >= self._next
+
+    def ask(self) -> APIException | None:
+        """Probe now; None if the API answered, else why not (the next is an interval away)."""
+        assert self._probe is not None
+        self._next = self._clock() + self._interval
+        try:
+            self._probe()
+        except APIException as exc:
+            log.debug("reachability probe: no answer (%s)", exc)
+            return exc
+        return None
+
     def answered(self, report: DrainReport) -> bool:
         """After a pass: if delivery waits on a backoff that began with no answer at all and a
         probe is due, probe; True if the API answered. A request of this pass that just failed
         so counts as a probe: the next one comes an interval later."""
         if self._probe is None or not report.unreachable or report.backoff_until is None:
             return False
-        now = self._clock()
-        if report.requests or now < self._next:
-            if report.requests:
-                self._next = now + self._interval
+        if report.requests:
+            self._next = self._clock() + self._interval
             return False
-        self._next = now + self._interval
-        try:
-            self._probe()
-        except APIException as exc:
-            log.debug("reachability probe: still no answer (%s)", exc)
-            return False
-        return True
+        return self.due() and self.ask() is None

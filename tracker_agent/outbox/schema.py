@@ -49,6 +49,12 @@ outbox = Table(
     # 1 on the oldest row of its customer (QUEUE_TRIGGERS keep exactly one per customer), 0 on
     # the others. Last: migration 0003 added it with ALTER TABLE (no copy of the backlog).
     Column("is_head", Integer, nullable=False, server_default="0"),
+    # The boot the agent fixed the timestamp in and a reading of that boot's clock (bootclock);
+    # NULL once the row was first claimed (its timestamp corrected or not, then frozen: see
+    # outbox/clock.py), and for rows whose timestamp the caller gave. Migration 0006 added
+    # them with ALTER TABLE (no copy of the backlog).
+    Column("boot_id", Text, nullable=True),
+    Column("mono_at", Float, nullable=True),
     sqlite_autoincrement=True,
 )
 # A customer's queue in id order: the claim takes a customer's next rows here, one seek each,

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..clock import wall_clock
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, owners, resume
+from . import clock, deadletters, leases, owners, resume
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
@@ -42,7 +42,8 @@ OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
 
 _INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, boot_id, mono_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
 # The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
@@ -76,10 +77,23 @@ class NewCommand:
     not a dataclass: one is built per tracking call.
     """
 
-    __slots__ = ("kind", "customer_key", "payload", "size")
+    __slots__ = ("kind", "customer_key", "payload", "size", "boot", "mono")
 
-    def __init__(self, kind: str, customer_key: str, payload: str, size: int = -1) -> None:
+    def __init__(
+        self,
+        kind: str,
+        customer_key: str,
+        payload: str,
+        size: int = -1,
+        *,
+        boot: str | None = None,
+        mono: float | None = None,
+    ) -> None:
+        """`boot` and `mono`: the boot in which the agent fixed the command's timestamp and
+        that boot's clock then (bootclock), for clock correction; None for a caller's."""
         self.kind = kind
+        self.boot = boot
+        self.mono = mono
         self.customer_key = customer_key
         self.payload = payload
         if size < 0:
@@ -223,7 +237,10 @@ class OutboxStore:
                 if len(requests) == 1 and len(requests[0]) == 1:  # a lone caller, one row
                     c = requests[0][0]
                     try:
-                        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
+                        cur.execute(
+                            _INSERT,
+                            (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono),
+                        )
                     except sqlite3.IntegrityError as exc:
                         if str(exc) != _FULL_MESSAGE:
                             raise
@@ -258,7 +275,10 @@ class OutboxStore:
                 rows, size = cur.execute(_COUNTERS).fetchone()
             errors.append(error)
             if error is None:
-                pending += [(c.kind, c.customer_key, c.payload, c.size, now) for c in commands]
+                pending += [
+                    (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono)
+                    for c in commands
+                ]
                 rows += need_rows
                 size += need_bytes
         if pending:
@@ -344,14 +364,16 @@ class OutboxStore:
         now: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
+        fix_clock: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             return leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+                cur, owner, limit, max_bytes, lease_seconds, now, gate,
+                follow_own=follow_own, fix_clock=fix_clock,
+            )  # fmt: skip
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -369,6 +391,7 @@ class OutboxStore:
         lease_seconds: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
+        fix_clock: bool = False,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
@@ -376,8 +399,9 @@ class OutboxStore:
             delivered = leases.settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
             state, rows = leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+                cur, owner, limit, max_bytes, lease_seconds, now, gate,
+                follow_own=follow_own, fix_clock=fix_clock,
+            )  # fmt: skip
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
@@ -456,6 +480,16 @@ class OutboxStore:
             if reason:
                 set_state(cur, {STATE_PROBE_AT: 0, STATE_PAUSE_PROBES: 0})
         return str(reason) if reason else None
+
+    def learn_clock(self, boot: str, ref: clock.BootRef, now: float) -> None:
+        """Record an answer of the server's clock as `boot`'s reference (clock.py): commands
+        of that boot not yet claimed are corrected by it at their first claim."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            clock.learn(cur, boot, ref, now)
+
+    def knows_clock(self, boot: str) -> bool:
+        """A reference of `boot`'s clock was learned (by any process on this outbox)."""
+        return boot in clock.refs_of(self.state())
 
     def end_unreachable_backoff(self, now: float) -> bool:
         """A reachability probe was answered: if the backoff in force began with no answer at
