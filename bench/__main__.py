@@ -17,7 +17,19 @@ import traceback
 from collections.abc import Callable
 from types import ModuleType
 
-from bench import backlog, coldstart, drain, enqueue, latency, memory, peers, report, sysinfo
+from bench import (
+    backlog,
+    coldstart,
+    drain,
+    enqueue,
+    importing,
+    latency,
+    memory,
+    peers,
+    receipts,
+    report,
+    sysinfo,
+)
 from bench.common import FULL, QUICK, ROOT, Scale, Section
 
 FAMILIES: dict[str, ModuleType] = {
@@ -28,6 +40,8 @@ FAMILIES: dict[str, ModuleType] = {
     "memory": memory,
     "coldstart": coldstart,
     "backlog": backlog,
+    "receipts": receipts,
+    "importing": importing,
 }
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 #: Third-party loggers that would print a line per dropped event or per skipped drain tick.

@@ -402,23 +402,26 @@ def test_import_reads_stdin(invoke: Invoke) -> None:
     assert status_json(invoke)["pending"] == 4
 
 
-def test_import_bad_json_names_the_line_and_writes_no_part_of_its_chunk(
+def test_import_bad_json_names_the_line_and_queues_every_other_line(
     invoke: Invoke, tmp_path: Path
 ) -> None:
     good = {"customer_ids": {"registered": "a"}, "event_type": "t"}
     path = write_lines(tmp_path / "in.jsonl", [good, good, good, "{broken", good])
-    line = one_error_line(invoke("import", path, "--chunk-size", "2"))
-    assert "line 4:" in line and "the 2 commands before its chunk are queued" in line
-    assert status_json(invoke)["pending"] == 2  # line 3 shared the chunk with line 4
+    result = invoke("import", path, "--chunk-size", "2")
+    assert "1 bad line was not queued" in one_error_line(result)
+    assert "tracker-agent: line 4: Expecting property name" in result.stderr
+    assert result.stdout == "queued 4 commands\n"
+    assert status_json(invoke)["pending"] == 4  # line 3 shared a chunk with line 4
 
 
 def test_import_invalid_command_names_its_line(invoke: Invoke, tmp_path: Path) -> None:
     good = {"customer_ids": {"registered": "a"}, "event_type": "t"}
     bad = {"customer_ids": "not-a-dict", "event_type": "t"}
     path = write_lines(tmp_path / "in.jsonl", [good, good, bad])
-    line = one_error_line(invoke("import", path, "--chunk-size", "10"))
-    assert "line 3:" in line
-    assert status_json(invoke)["pending"] == 0  # one chunk, one transaction: nothing written
+    result = invoke("import", path, "--chunk-size", "10")
+    one_error_line(result)
+    assert "tracker-agent: line 3['data']['customer_ids']: " in result.stderr
+    assert status_json(invoke)["pending"] == 2  # the good lines of its chunk
 
 
 # ---------------------------------------------------------------------------- dead letters

@@ -23,7 +23,7 @@ from freezegun import freeze_time
 
 from tracker_agent import constants as c
 from tracker_agent.bootclock import boot_id
-from tracker_agent.cli.status import clock_row
+from tracker_agent.cli.table import clock_row
 from tracker_agent.outbox.clock import BootRef, correct_time
 from tracker_agent.outbox.store import NewCommand
 from tracker_agent.testing import FakeExponea

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tracker_agent import TrackerAgent
+from tracker_agent import TrackerAgent, importing
 from tracker_agent.cli import cli
-from tracker_agent.cli import queue as cli_queue
 from tracker_agent.exceptions import ValidationError
 from tracker_agent.testing import FakeExponea
 
@@ -97,25 +96,42 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 # ---------------------------------------------------------------------------- deep nesting
 
 
-def test_import_of_json_nested_too_deeply_names_the_line_and_creates_nothing(
-    invoke: Invoke, tmp_path: Path, outbox: Path
+def test_import_of_json_nested_too_deeply_reports_the_line_and_queues_the_others(
+    invoke: Invoke, env: dict[str, str], tmp_path: Path
 ) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps(EVENT) + "\n" + DEEP_JSON + "\n")
-    line = one_error_line(invoke("import", str(path)))
-    assert line == "tracker-agent: error: line 2: nested deeper than 32 levels"
+    result = invoke("import", str(path))
+    assert one_error_line(result) == (
+        "tracker-agent: error: 1 bad line was not queued; fix and run the same import again "
+        "(lines already queued are skipped)"
+    )
+    assert "tracker-agent: line 2: nested deeper than 32 levels\n" in result.stderr
+    assert pending(env) == 1
+
+
+def test_import_of_only_json_nested_too_deeply_creates_nothing(
+    invoke: Invoke, tmp_path: Path, outbox: Path
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(DEEP_JSON + "\n")
+    result = invoke("import", str(path))
+    one_error_line(result)
+    assert "tracker-agent: line 1: nested deeper than 32 levels\n" in result.stderr
     assert not outbox.exists()
 
 
-def test_import_of_json_just_too_deep_names_the_line_and_queues_nothing(
+def test_import_of_json_just_too_deep_reports_the_line_and_queues_the_others(
     invoke: Invoke, env: dict[str, str], tmp_path: Path
 ) -> None:
     record = {**EVENT, "properties": {"deep": json.loads(JUST_TOO_DEEP_JSON)}}
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps(EVENT) + "\n" + json.dumps(record) + "\n")
-    line = one_error_line(invoke("import", str(path)))
-    assert "line 2: " in line and "nested deeper than 32 levels" in line
-    assert pending(env) == 0
+    result = invoke("import", str(path))
+    one_error_line(result)
+    [bad] = [line for line in result.stderr.splitlines() if line.startswith("tracker-agent: line")]
+    assert bad.startswith("tracker-agent: line 2") and "nested deeper than 32 levels" in bad
+    assert pending(env) == 1
 
 
 @pytest.mark.parametrize("nested", [DEEP_JSON, JUST_TOO_DEEP_JSON])
@@ -239,25 +255,37 @@ def test_flush_timeout_that_is_not_a_sane_number_of_seconds_is_a_usage_error(
     assert not outbox.exists()
 
 
-def test_import_of_non_utf8_text_names_the_line_and_queues_nothing_of_its_chunk(
-    invoke: Invoke, tmp_path: Path, outbox: Path
+def test_import_of_non_utf8_text_reports_the_line_and_queues_the_others(
+    invoke: Invoke, env: dict[str, str], tmp_path: Path
 ) -> None:
     path = tmp_path / "in.jsonl"
     good = json.dumps(EVENT).encode()
-    path.write_bytes(good + b"\n" + good + b"\n" + b'{"event_type": "\xff"}\n')
-    line = one_error_line(invoke("import", str(path), "--chunk-size", "10"))
-    assert line == "tracker-agent: error: line 3: not UTF-8 text (byte 17 of the line)"
+    path.write_bytes(good + b"\n" + b'{"event_type": "\xff"}\n' + good + b"\n")
+    result = invoke("import", str(path), "--chunk-size", "10")
+    one_error_line(result)
+    assert "tracker-agent: line 2: not UTF-8 text (byte 17 of the line)\n" in result.stderr
+    assert pending(env) == 2  # lines 1 and 3 (identical lines are two commands)
+
+
+def test_import_of_only_non_utf8_text_creates_nothing(
+    invoke: Invoke, tmp_path: Path, outbox: Path
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xff\xfe{}\n")
+    result = invoke("import", str(path))
+    one_error_line(result)
+    assert "tracker-agent: line 1: not UTF-8 text (byte 1 of the line)\n" in result.stderr
     assert not outbox.exists()
 
 
 def test_import_of_a_line_without_end_is_refused_at_the_line_limit(
     invoke: Invoke, tmp_path: Path, outbox: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_queue, "MAX_IMPORT_LINE_BYTES", 1000)
+    monkeypatch.setattr(importing, "MAX_IMPORT_LINE_BYTES", 1000)
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\0" * 5000)  # /dev/zero's first bytes: no newline ever
     line = one_error_line(invoke("import", str(path)))
-    assert line.endswith("line 1: longer than 1000 bytes; is it JSON Lines?")
+    assert "line 1: longer than 1000 bytes; is it JSON Lines?; the import stopped" in line
     assert not outbox.exists()
 
 
@@ -265,7 +293,9 @@ def test_import_of_dev_zero_ends_with_one_error_line(env: dict[str, str], outbox
     proc = run_cli("import", "/dev/zero", env=env)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "tracker-agent: error: line 1: longer than 8388608 bytes; is it JSON Lines?"
+        "tracker-agent: error: line 1: longer than 8388608 bytes; is it JSON Lines?; the import "
+        "stopped at this line: fix it and run the same import again (lines already queued are "
+        "skipped)"
     ]
     assert not outbox.exists()
 
@@ -297,8 +327,9 @@ def test_import_of_an_unreadable_path_is_one_error_line(
 def test_import_of_a_line_that_is_not_an_object_is_one_error_line(
     invoke: Invoke, outbox: Path, record: str, message: str
 ) -> None:
-    line = one_error_line(invoke("import", "-", input=record + "\n"))
-    assert line.startswith(f"tracker-agent: error: {message}")
+    result = invoke("import", "-", input=record + "\n")
+    assert one_error_line(result).startswith("tracker-agent: error: 1 bad line was not queued")
+    assert f"tracker-agent: {message}" in result.stderr
     assert not outbox.exists()
 
 

@@ -274,3 +274,31 @@ def test_a_0002_file_with_queued_rows_is_migrated_on_open_and_drains_in_order(tm
         store.close()
     finally:
         engine.dispose()
+
+
+def test_a_0003_file_with_queued_rows_gets_the_import_ledger_on_open(tmp_path):
+    from tracker_agent.outbox.store import NewCommand, OutboxStore
+
+    path = tmp_path / "from-0003.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{path}")
+    command.upgrade(config, "0003")
+    old = sqlite3.connect(path)
+    old.executemany(
+        "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?,?,?,?,?)",
+        [("customers", "a", "{}", 2, 1.0)] * 3,
+    )
+    old.commit()
+    old.close()
+
+    engine = open_outbox(f"sqlite:///{path}")
+    try:
+        assert current_revision(engine) == HEAD_REVISION
+        store = OutboxStore(engine, max_rows=100, max_bytes=10**6)
+        row = NewCommand("customers", "a", "{}")
+        assert store.enqueue_once([row, row], [b"k1", b"k2"]) == 2
+        assert store.enqueue_once([row], [b"k1"]) == 0
+        assert store.stats()["pending"] == 5
+        store.close()
+    finally:
+        engine.dispose()

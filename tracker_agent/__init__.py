@@ -20,6 +20,7 @@ from .exceptions import (
     BadRequestError,
     ConfigError,
     InvalidResponseError,
+    MissingDependencyError,
     NotAnOutboxError,
     NotFoundError,
     OutboxError,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .client import Exponea
     from .config import Settings
     from .outbox.deadletters import DeadLetter
+    from .outbox.receipts import Receipt, ReceiptStatus
 
 __all__ = [
     "__version__",
@@ -53,6 +55,8 @@ __all__ = [
     "DeliveryState",
     "DeliveryError",
     "DeadLetter",
+    "Receipt",
+    "ReceiptStatus",
     "Settings",
     "AgentClosedError",
     "APIException",
@@ -61,6 +65,7 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "InvalidResponseError",
+    "MissingDependencyError",
     "NotAnOutboxError",
     "NotFoundError",
     "OutboxError",
@@ -87,6 +92,8 @@ _LAZY = {
     "DeliveryState": "agent",
     "DeliveryError": "agent",
     "DeadLetter": "outbox.deadletters",
+    "Receipt": "outbox.receipts",
+    "ReceiptStatus": "outbox.receipts",
     "Settings": "config",
 }
 

@@ -23,11 +23,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from .bootclock import boot_id, boot_seconds
 from .clock import wall_clock
 from .config import Settings
+from .constants import DAY_SECONDS
 from .drain import Drainer  # imports concurrent.futures.thread first: see _install_exit_hook
 from .durable import DurableTracking
 from .exceptions import (
@@ -36,17 +37,26 @@ from .exceptions import (
     OutboxError,
     StorageReadOnlyError,
     ValidationError,
+    ValidationTypeError,
 )
+from .hookthread import HookThread
 from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
+from .outbox import receipts as receipt_states
 from .outbox import state as state_keys
 from .outbox.clock import BootRef
 from .outbox.deadletters import DeadLetter
 from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outbox.leases import Settlement
+from .outbox.receipts import Receipt, ReceiptStatus
 from .outbox.stats import STATS_KEYS
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, human_seconds
 from .policy import DrainPolicy
+from .tally import DeliveryTally
+
+if TYPE_CHECKING:
+    from .importing import ImportReport
+    from .prometheus import AgentCollector
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +123,10 @@ class DeliveryError:
     exception: BaseException | None = None
 
 
-#: on_error(DeliveryError) and on_dead_letter(DeadLetter).
+#: on_error(DeliveryError), on_dead_letter(DeadLetter) and on_settled(ReceiptStatus).
 ErrorHook = Callable[[DeliveryError], None]
 DeadLetterHook = Callable[[DeadLetter], None]
+SettledHook = Callable[[ReceiptStatus], None]
 
 
 class _DrainerOutbox:
@@ -124,10 +135,13 @@ class _DrainerOutbox:
     agent is closed, a pass that outlived close() writes nothing more: its rows were given
     back, and the outbox belongs to the next agent."""
 
-    def __init__(self, store: OutboxStore) -> None:
+    def __init__(
+        self, store: OutboxStore, settled: HookThread[ReceiptStatus] | None = None
+    ) -> None:
         self._store = store
         self._ids: list[int] = []
         self._lock = threading.Lock()
+        self._settled = settled
         self.closed = False
 
     def __getattr__(self, name: str) -> Any:
@@ -137,23 +151,25 @@ class _DrainerOutbox:
         if self.closed:
             return 0
         delivered = self._store.settle(owner, outcome, now)
-        self._note(outcome)
+        self._note(outcome, now)
         return delivered
 
     def settle_and_claim(self, owner: str, outcome: Settlement, now: float, **terms: Any) -> Any:
         if self.closed:
             return 0, {}, []
         result = self._store.settle_and_claim(owner, outcome, now, **terms)
-        self._note(outcome)
+        self._note(outcome, now)
         return result
 
     def renew_leases(self, owner: str, until: float) -> int:
         return 0 if self.closed else self._store.renew_leases(owner, until)
 
-    def _note(self, outcome: Settlement) -> None:
+    def _note(self, outcome: Settlement, now: float) -> None:
         if outcome.dead:
             with self._lock:
                 self._ids.extend(row_id for row_id, _reason, _status in outcome.dead)
+        if outcome.receipts and self._settled is not None:
+            self._settled.submit(_settled_receipts(outcome, now))
 
     def take(self) -> list[int]:
         """The ids dead-lettered since the last take()."""
@@ -174,6 +190,10 @@ class TrackerAgent:
       (refused by the server, or out of attempts), with its `reason`, after the pass.
     - `on_error(DeliveryError)`: after each pass that failed: a batch not accepted (backing
       off), delivery paused (credentials), or the outbox failed.
+
+    `on_settled(ReceiptStatus)` is different: it is called in a thread of its own (never
+    holding up delivery), once for each command with a receipt (track_event and friends)
+    that this agent's delivery settled: delivered, or dead-lettered with its reason.
     """
 
     def __init__(
@@ -188,6 +208,7 @@ class TrackerAgent:
         session: Any = None,
         on_error: ErrorHook | None = None,
         on_dead_letter: DeadLetterHook | None = None,
+        on_settled: SettledHook | None = None,
         **settings: Any,
     ) -> None:
         known = {f.name for f in dataclasses.fields(Settings)}
@@ -203,7 +224,7 @@ class TrackerAgent:
         ):
             if value is not None:
                 values[name] = value
-        self._setup(Settings(**values), session, on_error, on_dead_letter)
+        self._setup(Settings(**values), session, on_error, on_dead_letter, on_settled)
 
     @classmethod
     def from_settings(
@@ -213,9 +234,10 @@ class TrackerAgent:
         session: Any = None,
         on_error: ErrorHook | None = None,
         on_dead_letter: DeadLetterHook | None = None,
+        on_settled: SettledHook | None = None,
     ) -> TrackerAgent:
         agent = cls.__new__(cls)
-        agent._setup(settings, session, on_error, on_dead_letter)
+        agent._setup(settings, session, on_error, on_dead_letter, on_settled)
         return agent
 
     def _setup(
@@ -224,6 +246,7 @@ class TrackerAgent:
         session: Any,
         on_error: ErrorHook | None,
         on_dead_letter: DeadLetterHook | None,
+        on_settled: SettledHook | None = None,
     ) -> None:
         from .outbox.files import default_database_url
 
@@ -231,6 +254,9 @@ class TrackerAgent:
         self._session = session
         self.on_error = on_error
         self.on_dead_letter = on_dead_letter
+        self._settled = (
+            HookThread(on_settled, "tracker-agent-on_settled") if on_settled is not None else None
+        )
         self.client = self._make_client()
         # The one place the library reads the environment: the default outbox location
         # follows systemd's $STATE_DIRECTORY and XDG's $XDG_STATE_HOME, as documented.
@@ -246,6 +272,7 @@ class TrackerAgent:
             settings.warn_undrained_after, UNDRAINED_CHECK_SECONDS
         )
         self._undrained_lock = threading.Lock()
+        self._tally = DeliveryTally()  # this process's requests, for metrics_collector()
         if settings.enabled:
             self._open_outbox()
         self.tracking = DurableTracking(
@@ -275,6 +302,7 @@ class TrackerAgent:
             max_rows=settings.max_rows,
             max_bytes=settings.max_bytes,
             overflow=settings.overflow,
+            ledger_retention=settings.import_ledger_days * DAY_SECONDS,
         )
         try:
             self.store.bind_project(settings.project_token)
@@ -292,13 +320,14 @@ class TrackerAgent:
     def _make_drainer(self) -> Drainer:
         policy = DrainPolicy.from_settings(self.settings)
         self._limiter = self._make_limiter()
-        self._tap = _DrainerOutbox(self.store)
+        self._tap = _DrainerOutbox(self.store, self._settled)
         return Drainer(
             cast(OutboxStore, self._tap),
             self.client.tracking.send_stored_batch,
             policy,
             limiter=self._limiter,
             probe=self._ask_server_time,
+            tally=self._tally,
         )
 
     def _ask_server_time(self) -> float:
@@ -347,14 +376,92 @@ class TrackerAgent:
         self._check_open()
         return self.tracking.enqueue_commands(commands)
 
+    def enqueue_once(
+        self, commands: list[dict[str, Any]], keys: list[bytes], *, reimport: bool = False
+    ) -> int:
+        """enqueue_many() for commands named by stable keys (bytes; see
+        importing.ledger_key): a command whose key the import ledger holds is skipped, so
+        queueing the same keyed commands again queues nothing twice. Returns how many were
+        queued. Keys are kept import_ledger_days; `reimport` queues them all anyway."""
+        self._check_open()
+        return self.tracking.enqueue_commands_once(commands, keys, reimport=reimport)
+
+    def import_lines(
+        self,
+        stream: IO[bytes],
+        *,
+        reimport: bool = False,
+        dry_run: bool = False,
+        chunk_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Queue the commands of a JSON Lines byte stream (see tracker_agent.importing):
+        lines imported before (the same file run again, or a fixed copy) are skipped, bad
+        lines are reported in the result and the good ones queued. OutboxError (a full
+        outbox, a full disk) may interrupt it: the same import run again goes on."""
+        from .importing import DEFAULT_CHUNK_SIZE, JsonLinesImport
+
+        self._check_open()
+        job = JsonLinesImport(
+            lambda: self.tracking,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+            reimport=reimport,
+            dry_run=dry_run,
+        )
+        return job.run(stream, progress)
+
     def stats(self) -> dict[str, Any]:
         """Queue counts and delivery state (same keys as `tracker-agent status --json`; all
         zero in test mode)."""
         if not self.settings.enabled:
             empty: dict[str, Any] = dict.fromkeys(STATS_KEYS)
             empty.update(dict.fromkeys(("pending", "in_flight", "dead", "bytes"), 0))
-            return {**empty, "delivered": 0, "dropped": 0}
+            return {**empty, "delivered": 0, "dead_lettered": 0, "dropped": 0}
         return self.store.stats()
+
+    # -- receipts ------------------------------------------------------------------------------
+
+    def track_event(
+        self,
+        customer_ids: dict[str, Any],
+        event_type: str,
+        properties: dict[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> Receipt:
+        """tracking.add_event, returning a Receipt (its id) once the event is durable: ask
+        receipt(id) later, from any process on this outbox, whether it was delivered."""
+        return self.tracking.track_event(customer_ids, event_type, properties, timestamp)
+
+    def track_customer_update(
+        self, customer_ids: dict[str, Any], properties: dict[str, Any]
+    ) -> Receipt:
+        """tracking.update_customer_properties, returning a Receipt once it is durable."""
+        return self.tracking.track_customer_update(customer_ids, properties)
+
+    def track_commands(self, commands: list[dict[str, Any]]) -> list[Receipt]:
+        """tracking.batch_commands (one transaction: all or none), a Receipt per command."""
+        return self.tracking.track_commands(commands)
+
+    def receipt(self, receipt: Receipt | int) -> ReceiptStatus:
+        """Where a command queued with a receipt stands: queued, in_flight, delivered (kept
+        for receipt_retention / receipt_max_rows), dead_lettered, or unknown."""
+        return self.receipts([receipt])[0]
+
+    def receipts(self, receipts: Iterable[Receipt | int]) -> list[ReceiptStatus]:
+        """receipt() for each of `receipts`, in the same order, in one read."""
+        ids = [_receipt_id(r) for r in _receipt_list(receipts)]
+        self._check_open()
+        if not self.settings.enabled:
+            return [ReceiptStatus(i, receipt_states.UNKNOWN) for i in ids]
+        return self.store.receipts(ids)
+
+    def metrics_collector(self) -> AgentCollector:
+        """A prometheus_client collector of this agent's outbox (read at each scrape) and of
+        its own delivery requests: `registry.register(agent.metrics_collector())`. Needs the
+        `metrics` extra (MissingDependencyError otherwise)."""
+        from .prometheus import AgentCollector
+
+        return AgentCollector(self.stats, self._tally)
 
     def _on_enqueued(self, count: int) -> None:
         self._since_wake += count
@@ -730,6 +837,8 @@ class TrackerAgent:
             self.stop(grace)
             self.drainer.close(wait=False)  # idle unless a request outlived the grace period
         self._closed = True
+        if self._settled is not None and not self._settled.close(grace):
+            log.warning("on_settled is still busy after %.1fs; not waiting for it", grace)
         if self.settings.enabled:
             self._tap.closed = True
             self.store.close()
@@ -805,6 +914,8 @@ class TrackerAgent:
         self._scheduler = None
         self._undrained_lock = threading.Lock()
         self.client = self._make_client()  # never share the parent's sockets
+        if self._settled is not None:
+            self._settled.reset_after_fork()
         self.tracking.after_fork(self.client)
         if self.settings.enabled:
             self.store.reset_after_fork()
@@ -899,6 +1010,49 @@ def _call_hook(name: str, hook: Callable[[Any], None], arg: object) -> None:
         hook(arg)
     except Exception:
         log.exception("the %s callback raised; delivery goes on", name)
+
+
+def _settled_receipts(outcome: Settlement, now: float) -> list[ReceiptStatus]:
+    """What on_settled hears of one settlement: its receipts delivered or dead-lettered."""
+    attempts = outcome.receipts
+    settled = [
+        ReceiptStatus(i, receipt_states.DELIVERED, attempts[i], delivered_at=now)
+        for i in outcome.delivered
+        if i in attempts
+    ]
+    settled += [
+        ReceiptStatus(
+            i,
+            receipt_states.DEAD_LETTERED,
+            attempts[i],
+            reason,
+            dead_at=now,
+            reason=reason,
+            status_code=status,
+        )  # fmt: skip
+        for i, reason, status in outcome.dead
+        if i in attempts
+    ]
+    return settled
+
+
+def _receipt_list(receipts: Iterable[Receipt | int]) -> list[Receipt | int]:
+    if isinstance(receipts, (str, bytes, Receipt, int)):
+        raise ValidationTypeError("receipts", "must be a list of receipts or ids")
+    return list(receipts)
+
+
+def _receipt_id(receipt: object) -> int:
+    """A receipt's id, checked: a Receipt, or its id (an int >= 0)."""
+    if isinstance(receipt, Receipt):
+        return receipt.id
+    if isinstance(receipt, bool) or not isinstance(receipt, int):
+        raise ValidationTypeError(
+            "receipt", f"must be a Receipt or its id (an int), not {type(receipt).__name__}"
+        )
+    if receipt < 0:
+        raise ValidationError("receipt", f"ids are never negative, got {receipt}")
+    return receipt
 
 
 def _on_wall_clock(deadline: float | None) -> float | None:

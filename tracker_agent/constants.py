@@ -68,6 +68,18 @@ CLOCK_FUTURE_TOLERANCE_SECONDS = 3600.0
 CLOCK_MAX_BOOTS = 16
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
+#: How long `import` remembers an imported line (its ledger key): running the same import again
+#: within this many days queues nothing twice. Pruned by the next import.
+DEFAULT_IMPORT_LEDGER_DAYS = 30.0
+DAY_SECONDS = 86_400
+#: Lines per transaction in `import`: an fsync per chunk. A bad line no longer fails its chunk,
+#: so chunks need not be small; the write lock is held ~20 ms per chunk.
+DEFAULT_IMPORT_CHUNK_SIZE = 2000
+#: A longer line stops `import` (a command is under 800 KB as JSON, but a line may spell it
+#: with \uXXXX escapes). Without a limit a file with no newline is read to exhaustion.
+MAX_IMPORT_LINE_BYTES = 8 * 1024 * 1024
+#: Bad lines an import reports one by one; the rest are counted.
+MAX_REPORTED_BAD_LINES = 20
 
 # -- the embedded agent's life cycle ---------------------------------------------------------
 
@@ -76,3 +88,19 @@ DEFAULT_CLOSE_TIMEOUT_SECONDS = 5.0
 #: A command waiting this long, with no drainer in this process and no sign of one on the
 #: outbox, gets one WARNING; 0: never. Keep it above the daemon's drain_interval.
 DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
+
+# -- receipts --------------------------------------------------------------------------------
+
+#: Delivered receipts are remembered this long (seconds) ...
+DEFAULT_RECEIPT_RETENTION_SECONDS = 7 * 86_400.0
+#: ... and at most this many (the oldest commands, by id, are forgotten first).
+DEFAULT_RECEIPT_MAX_ROWS = 1_000_000
+#: How often (at most) a drainer prunes delivered receipts past the retention.
+RECEIPT_PRUNE_INTERVAL_SECONDS = 60.0
+#: Receipts deleted per transaction while pruning (the write lock is never held long).
+RECEIPT_PRUNE_BATCH_ROWS = 10_000
+
+# -- observability ---------------------------------------------------------------------------
+
+#: Upper bounds (seconds) of the request duration histogram's buckets (+Inf is implied).
+REQUEST_DURATION_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -33,15 +33,17 @@ from typing import Any
 
 from .bootclock import boot_id
 from .clock import wall_clock
-from .exceptions import APIException
+from .constants import RECEIPT_PRUNE_BATCH_ROWS, RECEIPT_PRUNE_INTERVAL_SECONDS
+from .exceptions import APIException, OutboxError
 from .outbox import owners
 from .outbox import state as state_keys
 from .outbox.leases import Settlement
 from .outbox.store import OutboxStore
-from .outcomes import DrainReport, claim_terms
+from .outcomes import DrainReport, claim_terms, request_outcome
 from .policy import DrainPolicy, Limiter, RateLimiter, error_text
 from .reach import Probe, ReachProbe
 from .settle import AnswerHandler
+from .tally import DeliveryTally
 from .window import NOT_SENT, Answer, Batch, Claim, NotSent, answered_in_full, last
 
 __all__ = ["Drainer", "SendBatch"]
@@ -66,9 +68,12 @@ class Drainer:
         rng: Callable[[], float] = random.random,
         limiter: Limiter | None = None,
         owner: str | None = None,
+        tally: DeliveryTally | None = None,
         probe: Probe | None = None,
     ) -> None:
         self.store = store
+        #: Requests by outcome, their durations, rate-limit waits (None: not counted).
+        self.tally = tally
         self.send_batch = send_batch
         self.policy = policy or DrainPolicy()
         self._machine = owners.Machine.here()
@@ -91,6 +96,7 @@ class Drainer:
         #: Fast resume: `probe` (GET system/time) ends a backoff that began with no answer.
         self._reach = ReachProbe(probe, self.policy.reach_probe_interval)
         self._clock_ready = False  # the server's clock is known for this boot
+        self._prune_at = 0.0  # when delivered receipts are next pruned (the `now` clock)
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
         self.last_progress = time.monotonic()
@@ -165,6 +171,7 @@ class Drainer:
         report = DrainReport()
         self._alive()
         self.store.reclaim_dead_owners(self._now(), self._machine)
+        self._prune_receipts()
         window: deque[Batch] = deque()  # [0] in flight; [1] queued behind it
         pending: Claim | None = None  # claimed in the last settlement's transaction
         caught_up = False  # a short batch went out alone: nothing more was due then
@@ -221,6 +228,24 @@ class Drainer:
         while window:
             self._land(window[0])
             window.popleft()
+
+    def _prune_receipts(self) -> None:
+        """Every RECEIPT_PRUNE_INTERVAL_SECONDS (or after the clock went back), forget the
+        delivered receipts past their retention. A failure waits for the next interval."""
+        now = self._now()
+        if self._prune_at - RECEIPT_PRUNE_INTERVAL_SECONDS <= now < self._prune_at:
+            return
+        self._prune_at = now + RECEIPT_PRUNE_INTERVAL_SECONDS
+        p = self.policy
+        try:
+            pruned = self.store.prune_receipts(
+                now, p.receipt_retention, p.receipt_max_rows, batch=RECEIPT_PRUNE_BATCH_ROWS
+            )
+        except OutboxError as exc:
+            log.warning("could not prune delivered receipts: %s", exc)
+            return
+        if pruned:
+            log.debug("forgot %d delivered receipts past their retention", pruned)
 
     def _give_back(self, claim: Claim) -> None:
         if claim.batch is not None:
@@ -317,14 +342,19 @@ class Drainer:
         return self._post(batch)
 
     def _post(self, batch: Batch) -> list[dict[str, Any]] | APIException:
-        self._limiter.acquire()
-        self.last_progress = time.monotonic()  # a request goes out: bounded by its deadline
+        waited = self._limiter.acquire()
+        self.last_progress = started = time.monotonic()  # bounded by the request's deadline
         batch.report.requests += 1
+        answer: list[dict[str, Any]] | APIException
         try:
             # Payloads were validated and serialised at enqueue: they go out as stored.
-            return self.send_batch([(r.kind, r.payload, str(r.id)) for r in batch.rows])
+            answer = self.send_batch([(r.kind, r.payload, str(r.id)) for r in batch.rows])
         except APIException as exc:
-            return exc
+            answer = exc
+        if self.tally is not None:
+            took = time.monotonic() - started
+            self.tally.request_done(request_outcome(answer), took, float(waited or 0.0))
+        return answer
 
     def _abandon(self, batch: Batch | None) -> None:
         """Give a claimed batch's rows back (best effort: leases expire anyway). A batch whose
@@ -371,6 +401,7 @@ class Drainer:
             self.store.settle(self.owner, outcome, self._now())
             raise
         outcome.release_the_rest(r.id for r in rows)
+        outcome.receipts = {r.id: r.attempts + 1 for r in rows if r.receipt}
         begun: Claim | None = None
         now = self._now()
         if claim_next and batch.followed:

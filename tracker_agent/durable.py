@@ -24,6 +24,8 @@ from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
 from .constants import SYSTEM_TIME_COMMAND
 from .exceptions import ValidationError, ValidationTypeError
+from .outbox.ledger import MAX_KEY_BYTES
+from .outbox.receipts import Receipt
 from .outbox.store import NewCommand, OutboxStore
 from .wire import tree_encoder
 
@@ -50,9 +52,9 @@ class MonotonicTimestamps:
 
 
 _dumps = tree_encoder()
+_key_dumps = tree_encoder(sort_keys=True)
 #: The timestamp field the agent fixes at enqueue when the caller gave none, per command name.
 _STAMPED = {KIND_EVENT: "timestamp", KIND_CUSTOMER: "update_timestamp"}
-_key_dumps = tree_encoder(sort_keys=True)
 
 
 def customer_key(customer_ids: dict[str, Any]) -> str:
@@ -135,12 +137,53 @@ class DurableTracking:
         return len(prepared)
 
     def _prepare(self, field: str, command: Any) -> dict[str, Any]:
-        # _row serialises each command once and checks its size
-        normalized = validation.normalize_batch_command(command, field, check_size=False)
-        if normalized["name"] == SYSTEM_TIME_COMMAND:
-            raise ValidationError(
-                f"{field}['name']", "system/time cannot be queued; call get_system_time() directly"
-            )
+        return self._stamp(check_command(command, field))
+
+    def prepare_row(self, command: dict[str, Any], field: str) -> NewCommand:
+        """A command checked by check_command(), its timestamps fixed now, as a stored row
+        (its size checked: ValidationError naming `field`)."""
+        stamped = self._stamp(command)
+        return _row(field, stamped["name"], stamped["data"], stamped=stamped["stamped"])
+
+    def commit_rows(
+        self, rows: list[NewCommand], keys: list[bytes], *, reimport: bool = False
+    ) -> int:
+        """Queue the rows whose import-ledger key is new (all with `reimport`), recording
+        their keys, in one transaction; returns how many were queued (test mode: all)."""
+        self._check_open()
+        if self._store is None:
+            return len(rows)
+        queued = self._store.enqueue_once(rows, keys, force=reimport)
+        if queued:
+            self._on_enqueued(queued)
+        return queued
+
+    def enqueue_commands_once(
+        self, commands: list[dict[str, Any]], keys: list[bytes], *, reimport: bool = False
+    ) -> int:
+        """enqueue_commands() for commands named by import-ledger keys: those whose key is
+        recorded are skipped. Returns how many were queued."""
+        if not isinstance(commands, list):
+            raise ValidationTypeError("commands", f"must be a list, not {type(commands).__name__}")
+        if not isinstance(keys, list) or len(keys) != len(commands):
+            raise ValidationError("keys", "must be a list with one key (bytes) per command")
+        if not all(isinstance(key, bytes) and 0 < len(key) <= MAX_KEY_BYTES for key in keys):
+            raise ValidationTypeError("keys", f"every key must be bytes, 1 to {MAX_KEY_BYTES} long")
+        rows = [
+            self.prepare_row(check_command(command, f"commands[{i}]"), f"commands[{i}]")
+            for i, command in enumerate(commands)
+        ]
+        return self.commit_rows(rows, keys, reimport=reimport)
+
+    def known_keys(self, keys: list[bytes]) -> set[bytes]:
+        """The keys among `keys` the import ledger holds (none in test mode)."""
+        return set() if self._store is None else self._store.known_keys(keys)
+
+    def prune_ledger(self) -> int:
+        """Forget import-ledger keys older than the retention (import_ledger_days)."""
+        return 0 if self._store is None else self._store.prune_ledger()
+
+    def _stamp(self, normalized: dict[str, Any]) -> dict[str, Any]:
         data = normalized["data"]
         stamp = _STAMPED.get(normalized["name"])
         stamped = stamp is not None and data.get(stamp) is None
@@ -148,10 +191,56 @@ class DurableTracking:
             data[stamp] = self._timestamps.next()
         return {"name": normalized["name"], "data": data, "stamped": stamped}
 
+    # -- with a receipt (not in the seed's API: its calls keep returning True) ----------------
+
+    def track_event(
+        self,
+        customer_ids: dict[str, Any],
+        event_type: str,
+        properties: dict[str, Any] | None = None,
+        timestamp: float | None = None,
+    ) -> Receipt:
+        """add_event, returning a Receipt once the event is durable."""
+        data = validation.event_command(
+            customer_ids, event_type, properties, timestamp, check_size=False
+        )
+        if timestamp is None:
+            data["timestamp"] = self._timestamps.next()
+        return self._commit_with_receipts([(KIND_EVENT, data, timestamp is None)])[0]
+
+    def track_customer_update(
+        self, customer_ids: dict[str, Any], properties: dict[str, Any]
+    ) -> Receipt:
+        """update_customer_properties, returning a Receipt once the update is durable."""
+        data = validation.customer_command(customer_ids, properties, check_size=False)
+        data["update_timestamp"] = self._timestamps.next()
+        return self._commit_with_receipts([(KIND_CUSTOMER, data, True)])[0]
+
+    def track_commands(self, commands: list[dict[str, Any]]) -> list[Receipt]:
+        """batch_commands (all or none), returning a Receipt per command."""
+        if not isinstance(commands, list):
+            raise ValidationTypeError("commands", f"must be a list, not {type(commands).__name__}")
+        prepared = [self._prepare(f"commands[{i}]", command) for i, command in enumerate(commands)]
+        return self._commit_with_receipts([(c["name"], c["data"], c["stamped"]) for c in prepared])
+
+    def _commit_with_receipts(
+        self, commands: list[tuple[str, dict[str, Any], bool]]
+    ) -> list[Receipt]:
+        """Commit (name, data, stamped) triples; `stamped`: the agent fixed the timestamp."""
+        self._check_open()
+        rows = [
+            _row(f"commands[{i}]", kind, data, receipt=True, stamped=stamped)
+            for i, (kind, data, stamped) in enumerate(commands)
+        ]
+        if self._store is not None:
+            self._store.enqueue(rows)
+            self._on_enqueued(len(rows))
+        return [Receipt(row.id) for row in rows]  # id 0 in test mode: nothing stored
+
     def _commit_one(self, kind: str, data: dict[str, Any], *, stamped: bool) -> bool:
         """_commit for one validated command: the add_event/update path, kept short."""
         self._check_open()
-        row = _row(0, kind, data, stamped)
+        row = _row("commands[0]", kind, data, stamped=stamped)
         if self._store is not None:
             self._store.enqueue((row,))
             self._on_enqueued(1)
@@ -160,7 +249,7 @@ class DurableTracking:
     def _commit(self, commands: list[dict[str, Any]]) -> bool:
         self._check_open()
         rows = [
-            _row(i, command["name"], command["data"], command["stamped"])
+            _row(f"commands[{i}]", command["name"], command["data"], stamped=command["stamped"])
             for i, command in enumerate(commands)
         ]
         if self._store is not None:
@@ -169,7 +258,21 @@ class DurableTracking:
         return True
 
 
-def _row(index: int, kind: str, data: dict[str, Any], stamped: bool) -> NewCommand:
+def check_command(command: Any, field: str) -> dict[str, Any]:
+    """A raw {"name", "data"} command checked and normalised, timestamps not yet fixed;
+    ValidationError naming `field` when it is wrong. Pure: touches no store."""
+    # _row serialises each command once and checks its size
+    normalized = validation.normalize_batch_command(command, field, check_size=False)
+    if normalized["name"] == SYSTEM_TIME_COMMAND:
+        raise ValidationError(
+            f"{field}['name']", "system/time cannot be queued; call get_system_time() directly"
+        )
+    return normalized
+
+
+def _row(
+    field: str, kind: str, data: dict[str, Any], receipt: bool = False, *, stamped: bool = False
+) -> NewCommand:
     """The stored form of a validated command: serialised once, its size checked here. When
     the agent fixed its timestamp (`stamped`), the boot and its clock go with it: a wrong wall
     clock can then be corrected before the first send (outbox/clock.py)."""
@@ -178,16 +281,15 @@ def _row(index: int, kind: str, data: dict[str, Any], stamped: bool) -> NewComma
             kind,
             _key_dumps(data["customer_ids"]),
             _dumps(data),
+            receipt=receipt,
             boot=boot_id() if stamped else None,
             mono=boot_seconds() if stamped else None,
         )
     except UnicodeEncodeError as exc:  # lone surrogates: not encodable as UTF-8
-        raise ValidationError(
-            f"commands[{index}]", "contains text that is not valid Unicode"
-        ) from exc
+        raise ValidationError(field, "contains text that is not valid Unicode") from exc
     if row.size >= validation.MAX_COMMAND_BYTES:
         raise ValidationError(
-            f"commands[{index}]",
+            field,
             f"is {row.size} bytes; the API limit is {validation.MAX_COMMAND_BYTES}",
         )
     return row

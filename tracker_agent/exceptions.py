@@ -26,7 +26,8 @@
     │   ├── OutboxLockedError         another process held the write lock for too long
     │   ├── OutboxVersionError        the file was migrated by a newer tracker-agent
     │   └── NotAnOutboxError          the file is corrupt or belongs to something else
-    └── AgentClosedError              a call on a TrackerAgent after close()
+    ├── AgentClosedError              a call on a TrackerAgent after close()
+    └── MissingDependencyError (ImportError)  an optional library (an extra) is not installed
 
 Code decides by attributes (`retryable`, `retry_after`, `status_code`), never by message text.
 Messages are for people and never contain credentials. As in exponea-python-sdk, an
@@ -64,6 +65,7 @@ __all__ = [
     "NotAnOutboxError",
     "AgentClosedError",
     "PatchedRequestsError",
+    "MissingDependencyError",
 ]
 
 
@@ -236,6 +238,18 @@ class NotAnOutboxError(OutboxError):
 
 class AgentClosedError(TrackerAgentError):
     """The TrackerAgent was closed; it accepts no more calls."""
+
+
+class MissingDependencyError(TrackerAgentError, ImportError):
+    """A feature needs an optional library that is not installed; `extra` names the
+    tracker-agent extra that installs it (pip install 'tracker-agent[<extra>]')."""
+
+    def __init__(self, feature: str, library: str, extra: str) -> None:
+        super().__init__(
+            f"{feature} needs the {library} library: pip install 'tracker-agent[{extra}]'"
+        )
+        self.library = library
+        self.extra = extra
 
 
 class PatchedRequestsError(TrackerAgentError, RuntimeError):

@@ -15,7 +15,15 @@ from typing import Any
 from .exceptions import APIException
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
-from .policy import DrainPolicy, backoff_delay, error_text, pause_probe_delay, unreachable
+from .policy import (
+    Action,
+    DrainPolicy,
+    backoff_delay,
+    classify,
+    error_text,
+    pause_probe_delay,
+    unreachable,
+)
 
 log = logging.getLogger("tracker_agent.drain")
 
@@ -57,6 +65,18 @@ class DrainReport:
         self.backoff_until = other.backoff_until
         self.unreachable = other.unreachable
         self.last_error = other.last_error or self.last_error
+
+
+#: The `outcome` of a request that failed as a whole, by what the drain does about it.
+_REQUEST_OUTCOMES = {Action.RETRY: "retry", Action.PAUSE: "pause", Action.SPLIT: "refused"}
+
+
+def request_outcome(answer: list[dict[str, Any]] | APIException) -> str:
+    """One batch request's outcome, as tally.REQUEST_OUTCOMES names it: "ok" (a result per
+    command, accepted or not), "retry", "pause" or "refused" (see policy.classify)."""
+    if isinstance(answer, APIException):
+        return _REQUEST_OUTCOMES[classify(answer)]
+    return "ok"
 
 
 def human_seconds(seconds: float) -> str:

@@ -123,6 +123,8 @@ class DrainPolicy:
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
     clock_correction: bool = False
+    receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
+    receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
 
     @classmethod
     def from_settings(cls, settings: object) -> DrainPolicy:
@@ -133,7 +135,8 @@ class DrainPolicy:
 class Limiter(Protocol):
     """What the drain needs from a rate limiter (RateLimiter, hostlimit.HostRateLimiter)."""
 
-    def acquire(self) -> object: ...
+    def acquire(self) -> float | None:
+        """Wait for the next send slot; the seconds waited (None: not measured)."""
 
 
 class RateLimiter:
@@ -152,10 +155,12 @@ class RateLimiter:
         self._next = 0.0
         self._lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> float:
+        """Wait for this caller's turn; returns the seconds waited."""
         with self._lock:
             now = self._clock()
             wait = self._next - now
             self._next = max(now, self._next) + self._interval
         if wait > 0:
             self._sleep(wait)
+        return max(wait, 0.0)

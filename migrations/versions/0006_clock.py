@@ -1,7 +1,7 @@
 """commands record their boot and a boot-clock reading, for clock correction
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-02
 
 A device whose wall clock is wrong stamps every event wrong. Each command whose timestamp the
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

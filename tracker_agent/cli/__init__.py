@@ -21,6 +21,7 @@ from tracker_agent.cli.context import EXIT_ERROR, PROG, CliContext, describe, fa
 from tracker_agent.cli.deadletters import dead_letters
 from tracker_agent.cli.demo import demo
 from tracker_agent.cli.queue import flush, import_, track
+from tracker_agent.cli.receipts import receipt
 from tracker_agent.cli.resume import resume
 from tracker_agent.cli.run import run
 from tracker_agent.cli.status import status
@@ -72,7 +73,7 @@ def cli(ctx: click.Context, /, **given: Any) -> None:
 
 for _command in (
     run, status, flush, track, import_, dead_letters, migrate, clear_warning, check, config_, demo,
-    resume,
+    resume, receipt,
 ):  # fmt: skip
     cli.add_command(_command)
 options.accept_after_commands(cli)

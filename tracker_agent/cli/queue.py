@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from tracker_agent import validation
 from tracker_agent.cli.context import EXIT_ALARM, PROG, CliContext, Seconds, fail, pass_cli
-from tracker_agent.exceptions import ValidationError
+from tracker_agent.constants import DEFAULT_IMPORT_CHUNK_SIZE
+from tracker_agent.exceptions import TrackerAgentError, ValidationError
 
-DEFAULT_CHUNK_SIZE = 500  # commands per transaction in `import`
-#: A longer line in `import` is refused (a command is under 800 KB as JSON, but a line may
-#: spell it with \uXXXX escapes). Without a limit a file with no newline is read to exhaustion.
-MAX_IMPORT_LINE_BYTES = 8 * 1024 * 1024
+if TYPE_CHECKING:
+    from tracker_agent.importing import ImportReport
+
 #: `flush --timeout` at most a week: beyond that it is a typo (ms for s).
 MAX_FLUSH_TIMEOUT_SECONDS = 7 * 86_400
-EVENT_COMMAND = "customers/events"
-CUSTOMER_COMMAND = "customers"
 EVENT_KEYS = frozenset({"customer_ids", "event_type", "properties", "timestamp"})
 CUSTOMER_KEYS = frozenset({"customer_ids", "properties"})
-_COMMAND_INDEX = re.compile(r"^commands\[(\d+)\]")
 
 
 def parse_value(text: str, field: str) -> Any:
@@ -134,8 +130,11 @@ def track_event(
         raise click.UsageError("give the event type with --type or in --json")
     # Checked before the outbox is opened: refused input creates no file.
     validation.event_command(customer_ids, event_type, properties, timestamp)
-    cli.agent().tracking.add_event(customer_ids, event_type, properties, timestamp=timestamp)
-    click.echo(f"queued event {event_type!r} for {json.dumps(customer_ids, sort_keys=True)}")
+    receipt = cli.agent().track_event(customer_ids, event_type, properties, timestamp=timestamp)
+    click.echo(
+        f"queued event {event_type!r} for {json.dumps(customer_ids, sort_keys=True)}"
+        f" (receipt {receipt}: `tracker-agent receipt {receipt}`)"
+    )
 
 
 @track.command("customer")
@@ -159,79 +158,14 @@ def track_customer(
     }
     properties = {**_object(data, "properties"), **parse_pairs(props, "--prop", json_values=True)}
     validation.customer_command(customer_ids, properties)  # before the outbox is opened
-    cli.agent().tracking.update_customer_properties(customer_ids, properties)
-    click.echo(f"queued customer update for {json.dumps(customer_ids, sort_keys=True)}")
+    receipt = cli.agent().track_customer_update(customer_ids, properties)
+    click.echo(
+        f"queued customer update for {json.dumps(customer_ids, sort_keys=True)}"
+        f" (receipt {receipt}: `tracker-agent receipt {receipt}`)"
+    )
 
 
 # ---------------------------------------------------------------------------- import
-
-
-def line_to_command(line: str, field: str = "line") -> dict[str, Any]:
-    """A JSON Lines record: a raw {"name", "data"} command, an event, or a customer update.
-
-    Raises ValidationError naming `field` for JSON nested too deeply, ValueError otherwise."""
-    record = validation.loads(line, field)
-    if not isinstance(record, dict):
-        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-    if "name" in record:
-        return record
-    name = EVENT_COMMAND if "event_type" in record else CUSTOMER_COMMAND
-    return {"name": name, "data": record}
-
-
-Chunk = tuple[list[int], list[dict[str, Any]], int]
-
-
-def read_lines(stream: IO[bytes]) -> Iterator[tuple[int, str, int]]:
-    """(line number, text, bytes read) per line; a line that is too long or not UTF-8 raises
-    ValidationError naming it."""
-    number = 0
-    while True:
-        raw = stream.readline(MAX_IMPORT_LINE_BYTES + 1)
-        if not raw:
-            return
-        number += 1
-        if len(raw) > MAX_IMPORT_LINE_BYTES:
-            raise ValidationError(
-                f"line {number}", f"longer than {MAX_IMPORT_LINE_BYTES} bytes; is it JSON Lines?"
-            )
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValidationError(
-                f"line {number}", f"not UTF-8 text (byte {exc.start + 1} of the line)"
-            ) from None
-        yield number, text, len(raw)
-
-
-def read_chunks(stream: IO[bytes], chunk_size: int) -> Iterator[Chunk]:
-    """(line numbers, commands, bytes read) per chunk; a bad line raises ValueError naming it."""
-    numbers: list[int] = []
-    commands: list[dict[str, Any]] = []
-    consumed = 0
-    for number, line, size in read_lines(stream):
-        consumed += size
-        if not line.strip():
-            continue
-        try:
-            commands.append(line_to_command(line, f"line {number}"))
-        except ValidationError:
-            raise
-        except ValueError as exc:
-            raise ValueError(f"line {number}: {exc}") from None
-        numbers.append(number)
-        if len(commands) >= chunk_size:
-            yield numbers, commands, consumed
-            numbers, commands, consumed = [], [], 0
-    if commands:
-        yield numbers, commands, consumed
-
-
-def _line_of(exc: Exception, numbers: list[int]) -> str:
-    match = _COMMAND_INDEX.match(getattr(exc, "field", "") or "")
-    if match and int(match.group(1)) < len(numbers):
-        return f"line {numbers[int(match.group(1))]}"
-    return f"lines {numbers[0]}-{numbers[-1]}"
 
 
 @click.command("import")
@@ -239,33 +173,66 @@ def _line_of(exc: Exception, numbers: list[int]) -> str:
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    default=DEFAULT_CHUNK_SIZE,
+    default=DEFAULT_IMPORT_CHUNK_SIZE,
     show_default=True,
-    help="Commands per transaction; a failed chunk is not written at all.",
+    help="Lines per transaction.",
+)
+@click.option(
+    "--reimport",
+    is_flag=True,
+    help="Queue every line, even those imported before (the ledger would skip them).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Check every line and count what would be queued; queue nothing.",
 )
 @pass_cli
-def import_(cli: CliContext, source: str, chunk_size: int) -> None:
-    """Queue commands from JSON Lines (FILE, or - for stdin).
+def import_(cli: CliContext, source: str, chunk_size: int, reimport: bool, dry_run: bool) -> None:
+    """Queue commands from JSON Lines (FILE, or - for stdin); safe to run again.
 
     Each line is {"name": "customers/events"|"customers", "data": {...}}, or the data alone
-    (an object with "event_type" is an event, else a customer update). Chunks before a bad
-    line stay queued; nothing from the chunk holding it is written.
+    (an object with "event_type" is an event, else a customer update). Lines imported before
+    (within import_ledger_days) are skipped, so after a failure run the same import again,
+    or a fixed copy of the file: nothing is queued twice. Bad lines are reported (exit 1)
+    and the good ones queued; a line over 8 MiB stops the import.
     """
+    from tracker_agent.importing import JsonLinesImport
+
     cli.settings()  # bad settings are reported before any input is read
-    queued = 0
+    # The outbox is opened at the first good line: input without one creates nothing.
+    job = JsonLinesImport(
+        lambda: cli.agent().tracking, chunk_size=chunk_size, reimport=reimport, dry_run=dry_run
+    )
     with _open_input(source) as stream, _progress(_file_size(stream), "importing") as bar:
         try:
-            # The outbox is opened at the first parsed chunk: unreadable input creates nothing.
-            for numbers, commands, consumed in read_chunks(stream, chunk_size):
-                try:
-                    queued += cli.agent().enqueue_many(commands)
-                except ValidationError as exc:
-                    raise ValueError(f"{_line_of(exc, numbers)}: {exc}") from exc
-                bar.update(consumed)
-        except ValueError as exc:  # ValidationError included
-            before = f"; the {queued} commands before its chunk are queued" if queued else ""
-            fail(f"{exc}{before}")
-    click.echo(f"queued {queued} commands")
+            job.run(stream, bar.update)
+        except TrackerAgentError as exc:  # a full outbox or disk: what was queued stays
+            if not job.report.queued:
+                raise
+            fail(f"{exc}; {job.report.queued} commands were queued before it. {_AGAIN}")
+    _print_report(job.report)
+
+
+_SKIPPED = "lines already queued are skipped"
+_AGAIN = f"Run the same import again to go on: {_SKIPPED}"
+
+
+def _print_report(report: ImportReport) -> None:
+    verb = "would queue" if report.dry_run else "queued"
+    skipped = f", skipped {report.skipped} imported before" if report.skipped else ""
+    click.echo(f"{verb} {report.queued} commands{skipped}")
+    for bad in report.bad:
+        click.echo(f"{PROG}: {bad}", err=True)
+    hidden = report.bad_count - len(report.bad)
+    if hidden:
+        click.echo(f"{PROG}: ... and {hidden} more bad lines", err=True)
+    if report.stopped_at is not None:
+        fail(f"{report.stopped_at}; the import stopped at this line: fix it and run the same "
+             f"import again ({_SKIPPED})")  # fmt: skip
+    if report.bad_count:
+        which = "1 bad line was" if report.bad_count == 1 else f"{report.bad_count} bad lines were"
+        fail(f"{which} not queued; fix and run the same import again ({_SKIPPED})")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ import click
 
 from tracker_agent.cli import logs
 from tracker_agent.cli.context import CliContext, pass_cli
+from tracker_agent.config import ENV_METRICS_LISTEN
 from tracker_agent.sdnotify import Notifier
 
 log = logging.getLogger("tracker_agent.daemon")
@@ -96,8 +97,16 @@ def _state_reporter(notifier: Notifier) -> Any:
 
 
 @click.command()
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    envvar=ENV_METRICS_LISTEN,
+    show_envvar=True,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; needs "
+    "the metrics extra: pip install 'tracker-agent[metrics]').",
+)
 @pass_cli
-def run(cli: CliContext) -> None:
+def run(cli: CliContext, metrics_listen: str | None) -> None:
     """Run the daemon: deliver the outbox until SIGTERM/SIGINT, then exit 0.
 
     On the first signal it stops claiming, lets the request in flight finish within
@@ -106,6 +115,11 @@ def run(cli: CliContext) -> None:
     different one, exits at once with status 1.
     """
     settings = cli.settings()
+    if metrics_listen:  # refuse a bad address or a missing library before opening anything
+        from tracker_agent import prometheus
+
+        prometheus.parse_listen(metrics_listen)
+        prometheus.require_client("--metrics-listen")
     logs.add_secrets([settings.password, settings.public_key])
     notifier = Notifier(cli.env)
     stop = threading.Event()
@@ -114,6 +128,7 @@ def run(cli: CliContext) -> None:
     from tracker_agent import agent as agent_module
 
     agent = cli.agent()  # opens and migrates the outbox before READY
+    metrics = _serve_metrics(agent, metrics_listen) if metrics_listen else None
     log.info(
         "tracker-agent running: %s -> %s (project %s)",
         agent.database_url,
@@ -132,4 +147,18 @@ def run(cli: CliContext) -> None:
         heartbeat=heartbeat if interval is not None else None,
         heartbeat_interval=interval or agent_module.HEARTBEAT_SECONDS,
     )
+    if metrics is not None:
+        metrics.stop()
     log.info("stopped")
+
+
+def _serve_metrics(agent: Any, listen: str) -> Any:
+    """The /metrics endpoint of `agent`; if it cannot start, the agent is closed (nothing
+    delivered) and the error goes up."""
+    from tracker_agent.prometheus import serve
+
+    try:
+        return serve(listen, agent.metrics_collector())
+    except BaseException:
+        agent.close(timeout=0)
+        raise

@@ -7,96 +7,16 @@ no requests, so it starts in well under 0.3 s and never needs credentials.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
 import click
 
 from tracker_agent.cli.context import DURATION, EXIT_ALARM, PROG, CliContext, pass_cli
+from tracker_agent.cli.table import human_bytes, human_duration, human_time, status_rows
 
-SECONDS_PER_MINUTE = 60
-SECONDS_PER_HOUR = 3600
-SECONDS_PER_DAY = 86400
-BYTES_PER_KIB = 1024
-
-
-def human_duration(seconds: float) -> str:
-    """12s, 3m 12s, 5h 3m, 2d 4h."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < SECONDS_PER_MINUTE:
-        return f"{seconds}s"
-    if seconds < SECONDS_PER_HOUR:
-        return f"{seconds // SECONDS_PER_MINUTE}m {seconds % SECONDS_PER_MINUTE}s"
-    if seconds < SECONDS_PER_DAY:
-        hours, rest = divmod(seconds, SECONDS_PER_HOUR)
-        return f"{hours}h {rest // SECONDS_PER_MINUTE}m"
-    days, rest = divmod(seconds, SECONDS_PER_DAY)
-    return f"{days}d {rest // SECONDS_PER_HOUR}h"
-
-
-def human_bytes(size: float) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < BYTES_PER_KIB or unit == "GiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= BYTES_PER_KIB
-    return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
-
-
-def human_time(stamp: Any, now: float) -> str:
-    """A local timestamp with how long ago (or from now) it is; "never" for None."""
-    if stamp is None:
-        return "never"
-    if not isinstance(stamp, (int, float)):
-        return str(stamp)
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
-    delta = now - stamp
-    relative = f"{human_duration(delta)} ago" if delta >= 0 else f"in {human_duration(-delta)}"
-    return f"{when} ({relative})"
-
-
-def status_rows(stats: dict[str, Any], now: float) -> list[tuple[str, str]]:
-    age = stats.get("oldest_pending_age_s")
-    last_error = stats.get("last_error")
-    if last_error and stats.get("last_error_at") is not None:
-        last_error = f"{last_error} [{human_time(stats['last_error_at'], now)}]"
-    paused = stats.get("paused_reason")
-    warning = stats.get("warning")
-    if warning and stats.get("warning_at") is not None:
-        warning = f"{warning} [{human_time(stats['warning_at'], now)}]"
-    rows = [
-        ("database", str(stats.get("database", ""))),
-        ("project", stats.get("project") or "-"),
-        ("pending", f"{stats['pending']:,}"),
-        ("in flight", f"{stats['in_flight']:,}"),
-        ("dead-lettered", f"{stats['dead']:,}"),
-        ("queued size", human_bytes(stats.get("bytes") or 0)),
-        ("oldest pending", "-" if age is None else human_duration(age)),
-        ("delivered", f"{stats['delivered']:,}"),
-        ("dropped", f"{stats.get('dropped') or 0:,}"),
-        ("last success", human_time(stats.get("last_success_at"), now)),
-        ("last error", last_error or "-"),
-        ("paused", f"yes: {paused}" if paused else "no"),
-        ("next attempt", human_time(stats.get("next_attempt_at"), now)
-         if stats.get("next_attempt_at") else "-"),
-        ("clock", clock_row(stats)),
-    ]  # fmt: skip
-    if warning:  # loud, and last: the line an operator's eye lands on
-        rows.append(("WARNING", warning))
-    return rows
-
-
-def clock_row(stats: dict[str, Any]) -> str:
-    """The server's clock minus ours, and what clock correction did (README: "Devices that
-    live offline")."""
-    offset = stats.get("clock_offset_s")
-    if offset is None:
-        return "-"
-    text = f"server {offset:+.1f} s; {stats.get('clock_corrected') or 0:,} corrected"
-    uncorrected = stats.get("clock_uncorrected") or 0
-    if uncorrected:
-        text += f", {uncorrected:,} impossible sent as recorded"
-    return text
+__all__ = ["human_bytes", "human_duration", "human_time", "status", "status_rows"]
 
 
 def alarms(
@@ -114,8 +34,42 @@ def alarms(
     return found
 
 
+FORMATS = ("table", "json", "prometheus")
+
+
+def render(stats: dict[str, Any], output_format: str, now: float) -> str:
+    """The status in `output_format` (FORMATS), ending with a newline."""
+    if output_format == "json":
+        return json.dumps(stats, indent=2, sort_keys=True) + "\n"
+    if output_format == "prometheus":
+        from tracker_agent.prometheus import status_text
+
+        return status_text(stats)
+    rows = status_rows(stats, now)
+    width = max(len(label) for label, _ in rows)
+    return "".join(f"{label:<{width}}  {value}\n" for label, value in rows)
+
+
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for machines).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (--format json).")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="table (default), json, or prometheus: the text exposition format, for "
+    "node_exporter's textfile collector (needs the metrics extra).",
+)
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh the table in place every SECONDS (default 2), with the delivery rate and "
+    "the backlog's ETA; Ctrl-C quits.",
+)
 @click.option(
     "--max-age",
     type=DURATION,
@@ -136,7 +90,13 @@ def alarms(
 )
 @pass_cli
 def status(
-    cli: CliContext, as_json: bool, max_age: float | None, fail_if_paused: bool, fail_if_dead: bool
+    cli: CliContext,
+    as_json: bool,
+    output_format: str | None,
+    watch: float | None,
+    max_age: float | None,
+    fail_if_paused: bool,
+    fail_if_dead: bool,
 ) -> None:
     """Show the queue: pending, in flight, dead-lettered, delivery state.
 
@@ -145,16 +105,20 @@ def status(
     from tracker_agent.outbox.files import sqlite_path
     from tracker_agent.outbox.stats import read_status
 
+    if as_json and output_format not in (None, "json"):
+        raise click.UsageError(f"--json and --format {output_format}: give one of them")
+    chosen = "json" if as_json else output_format or "table"
+    if chosen == "prometheus":  # before reading anything: a missing library is the error
+        from tracker_agent.prometheus import require_client
+
+        require_client("status --format prometheus")
     path = sqlite_path(cli.database_url())
+    if watch is not None:
+        _watch(path, watch, chosen, bool(max_age is not None or fail_if_paused or fail_if_dead))
+        return
     now = time.time()
     stats = {**read_status(path, now=now), "database": path}
-    if as_json:
-        click.echo(json.dumps(stats, indent=2, sort_keys=True))
-    else:
-        rows = status_rows(stats, now)
-        width = max(len(label) for label, _ in rows)
-        for label, value in rows:
-            click.echo(f"{label:<{width}}  {value}")
+    click.echo(render(stats, chosen, now), nl=False)
     if stats.get("warning"):
         click.echo(f"{PROG}: warning: {stats['warning']}", err=True)
     problems = alarms(stats, max_age, fail_if_paused, fail_if_dead)
@@ -162,3 +126,22 @@ def status(
         click.echo(f"{PROG}: alarm: {problem}", err=True)
     if problems:
         raise click.exceptions.Exit(EXIT_ALARM)
+
+
+def _watch(path: str, interval: float, output_format: str, alarms_asked: bool) -> None:
+    from tracker_agent.cli.watch import watch as refresh
+    from tracker_agent.outbox.stats import read_status
+
+    if output_format != "table" or alarms_asked:
+        raise click.UsageError(
+            "--watch shows the table to a person; --json, --format and the monitoring options "
+            "are for scripts: give one or the other"
+        )
+
+    def read(now: float) -> dict[str, Any]:
+        return {**read_status(path, now=now), "database": path}
+
+    try:
+        refresh(read, interval, in_place=sys.stdout.isatty())
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends: quietly, status 0
+        click.echo("")

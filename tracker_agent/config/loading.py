@@ -38,6 +38,8 @@ ENV_CONFIG = "TRACKER_AGENT_CONFIG"
 ENV_LOG_LEVEL = "TRACKER_AGENT_LOG_LEVEL"
 ENV_LOG_FORMAT = "TRACKER_AGENT_LOG_FORMAT"
 ENV_CREDENTIALS_DIRECTORY = "CREDENTIALS_DIRECTORY"  # set by systemd for LoadCredential=
+#: `tracker-agent run --metrics-listen`: where the daemon serves /metrics (HOST:PORT).
+ENV_METRICS_LISTEN = "TRACKER_AGENT_METRICS_LISTEN"
 DEFAULT_CONFIG_FILE = "/etc/tracker-agent/config.toml"  # used only when it exists
 TOML_TABLE = "tracker_agent"
 WORLD_READABLE = 0o004
@@ -59,7 +61,7 @@ def env_name(field_name: str) -> str:
 
 def _known_env_names() -> frozenset[str]:
     names = {env_name(n) for n in FIELD_NAMES} | {env_name(n) + "_FILE" for n in FILE_FIELDS}
-    return frozenset(names | {ENV_CONFIG, ENV_LOG_LEVEL, ENV_LOG_FORMAT})
+    return frozenset(names | {ENV_CONFIG, ENV_LOG_LEVEL, ENV_LOG_FORMAT, ENV_METRICS_LISTEN})
 
 
 def _parse_text(name: str, text: str) -> Any:

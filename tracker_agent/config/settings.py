@@ -18,7 +18,7 @@ MIN_BATCH_MAX_BYTES = 1024 * 1024  # 1 MiB: one event may be up to 800 KB
 
 MINUTE_SECONDS = 60
 HOUR_SECONDS = 3600
-DAY_SECONDS = 86_400
+DAY_SECONDS = c.DAY_SECONDS
 YEAR_SECONDS = 31_557_600  # a Julian year, 365.25 days
 MIB = 1024 * 1024
 MAX_SHOWN_INT_BITS = 64  # an error message shows integers up to this size
@@ -61,6 +61,9 @@ BOUNDS: dict[str, Bounds] = {
     "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
     "close_timeout": Bounds(0, HOUR_SECONDS, "s"),
     "warn_undrained_after": Bounds(0, DAY_SECONDS, "s"),
+    "receipt_retention": Bounds(0, 10 * YEAR_SECONDS, "s"),
+    "receipt_max_rows": Bounds(0, 10**9, "rows"),
+    "import_ledger_days": Bounds(1, 3650, "days"),
 }
 
 
@@ -116,6 +119,9 @@ class Settings:
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
     shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
+    # Delivered receipts are remembered this long and at most this many (0: not at all).
+    receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
+    receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
     # The embedded agent's life cycle (TrackerAgent; the CLI's one-shot commands never drain).
     enabled: bool = True  # False: test mode: tracking calls are validated, never stored or sent
     # Correct the timestamps the agent fixes at enqueue by the server's clock (README: "Devices
@@ -125,6 +131,7 @@ class Settings:
     drain: bool = True  # deliver from a background thread, started when the agent is created
     close_timeout: float = c.DEFAULT_CLOSE_TIMEOUT_SECONDS  # close()/exit deliver this long
     warn_undrained_after: float = c.DEFAULT_WARN_UNDRAINED_AFTER_SECONDS  # 0: never warn
+    import_ledger_days: float = c.DEFAULT_IMPORT_LEDGER_DAYS  # `import` remembers lines this long
 
     def __post_init__(self) -> None:
         values = {name: getattr(self, name) for name in FIELD_NAMES}

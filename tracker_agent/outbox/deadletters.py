@@ -30,17 +30,20 @@ class DeadLetter:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now: float) -> None:
-    """Move one leased outbox row to dead_letters (only while `owner` still holds its lease)."""
+def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now: float) -> bool:
+    """Move one leased outbox row to dead_letters (only while `owner` still holds its lease);
+    True if it was moved."""
     cur.execute(
         "INSERT INTO dead_letters (id, kind, customer_key, payload, size, created_at, attempts,"
-        " dead_at, reason, status_code)"
-        " SELECT id, kind, customer_key, payload, size, created_at, attempts + 1, ?, ?, ?"
+        " dead_at, reason, status_code, receipt)"
+        " SELECT id, kind, customer_key, payload, size, created_at, attempts + 1, ?, ?, ?, receipt"
         " FROM outbox WHERE id = ? AND lease_owner = ?",
         (now, reason, status, row_id, owner),
     )
-    if cur.rowcount:
-        cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+    if not cur.rowcount:
+        return False
+    cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+    return True
 
 
 def _where(
@@ -90,8 +93,9 @@ def resurrect(cur: Any, *, now: float, **filters: Any) -> int:
     """Re-queue matches under their original ids, so FIFO order is their original order."""
     where, params = _where(now, **filters)
     cur.execute(
-        "INSERT INTO outbox (id, kind, customer_key, payload, size, created_at)"
-        f" SELECT id, kind, customer_key, payload, size, created_at FROM dead_letters{where}",
+        "INSERT INTO outbox (id, kind, customer_key, payload, size, created_at, receipt)"
+        " SELECT id, kind, customer_key, payload, size, created_at, receipt"
+        f" FROM dead_letters{where}",
         params,
     )
     moved = int(cur.rowcount)

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import clock, deadletters
-from .state import STATE_DELIVERED, read_state, set_state
+from . import clock, deadletters, receipts
+from .state import STATE_DEAD_LETTERED, STATE_DELIVERED, read_state, set_state
 
-_ADD_DELIVERED = (
+_ADD_TO_COUNTER = (
     "INSERT INTO agent_state (key, value) VALUES (?, ?) ON CONFLICT(key)"
     " DO UPDATE SET value = coalesce(CAST(value AS INTEGER), 0) + excluded.value"
 )
@@ -88,7 +88,7 @@ merged(id, customer_key, stop) AS (
         WHERE x.customer_key = m.customer_key AND x.id > m.id ORDER BY x.id LIMIT 1)
     WHERE n.id < m.stop
     ORDER BY 1 LIMIT :limit)
-SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.boot_id, o.mono_at
+SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt, o.boot_id, o.mono_at
 FROM merged JOIN outbox AS o ON o.id = merged.id
 ORDER BY o.id
 """
@@ -105,6 +105,7 @@ class ClaimedRow(NamedTuple):
     size: int
     attempts: int
     created_at: float
+    receipt: int = 0  # 1: the caller holds a receipt for it
     boot_id: str | None = None  # set until the first claim decides the timestamp (clock.py)
     mono_at: float | None = None
 
@@ -120,6 +121,8 @@ class Settlement:
     retry_at: float = 0.0
     error: str | None = None
     state: dict[str, Any] = field(default_factory=dict)  # agent_state keys to set
+    # The batch's rows that carry a receipt -> requests made for each, this one included.
+    receipts: dict[int, int] = field(default_factory=dict)
 
     def release_the_rest(self, ids: Iterable[int]) -> None:
         """Release every id of `ids` that no other outcome covers (nothing is left leased)."""
@@ -170,14 +173,19 @@ def settle(cur: Any, owner: str, outcome: Settlement, now: float) -> int:
     """Apply `outcome` to the rows `owner` still leases; returns rows delivered."""
     delivered = 0
     if outcome.delivered:  # one statement (at most batch_size ids, 50 by default)
+        if outcome.receipts:
+            wanted = [i for i in outcome.delivered if i in outcome.receipts]
+            receipts.record_delivered(cur, owner, wanted, now)
         marks = ",".join("?" * len(outcome.delivered))
         cur.execute(
             f"DELETE FROM outbox WHERE lease_owner = ? AND id IN ({marks})",
             (owner, *outcome.delivered),
         )
         delivered = cur.rowcount
-    for row_id, reason, status in outcome.dead:
+    buried = sum(
         deadletters.bury(cur, row_id, owner, reason, status, now)
+        for row_id, reason, status in outcome.dead
+    )
     cur.executemany(
         "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?,"
         " lease_owner = NULL, lease_expires_at = 0 WHERE id = ? AND lease_owner = ?",
@@ -189,7 +197,9 @@ def settle(cur: Any, owner: str, outcome: Settlement, now: float) -> int:
         [(row_id, owner) for row_id in outcome.release],
     )
     if delivered:  # counted in SQL: no read of the state
-        cur.execute(_ADD_DELIVERED, (STATE_DELIVERED, delivered))
+        cur.execute(_ADD_TO_COUNTER, (STATE_DELIVERED, delivered))
+    if buried:
+        cur.execute(_ADD_TO_COUNTER, (STATE_DEAD_LETTERED, buried))
     set_state(cur, outcome.state)
     return delivered
 

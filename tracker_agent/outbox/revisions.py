@@ -27,7 +27,17 @@ __all__ = [
 #: The newest migration this code knows; tests check it against the Alembic scripts.
 HEAD_REVISION = "0006"
 #: Tables a database at HEAD_REVISION must have (tests check it against schema.metadata).
-OUTBOX_TABLES = frozenset({"outbox", "dead_letters", "queue_counters", "agent_state"})
+OUTBOX_TABLES = frozenset(
+    {
+        "outbox",
+        "dead_letters",
+        "queue_counters",
+        "agent_state",
+        "import_ledger",
+        "import_ledger_log",
+        "receipts",
+    }
+)
 TABLES_SQL = (
     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
 )

@@ -7,8 +7,14 @@ outbox          one row per accepted tracking command, FIFO by id; delivered row
 dead_letters    commands the server rejected (or that hit max attempts/age), kept with the reason
 queue_counters  one row (id=1): rows and bytes in `outbox`, kept exact by triggers, so that the
                 bound check at enqueue never counts a million rows
+receipts        commands with a receipt that were delivered: id, time, attempts (no payload),
+                kept for receipt_retention seconds and receipt_max_rows rows
 agent_state     small key/value facts shared by every process on the file: delivered total,
                 last success and error, pause reason, backoff deadline
+import_ledger   one row per imported line (a key of its content), so that an import run
+                again queues nothing twice; rows older than import_ledger_days are pruned
+import_ledger_log  the keys recorded lately, one row per transaction (appending is cheaper
+                than inserting each key in import_ledger), moved there in bulk now and then
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -49,10 +56,13 @@ outbox = Table(
     # 1 on the oldest row of its customer (QUEUE_TRIGGERS keep exactly one per customer), 0 on
     # the others. Last: migration 0003 added it with ALTER TABLE (no copy of the backlog).
     Column("is_head", Integer, nullable=False, server_default="0"),
+    # 1 if the caller asked for a receipt (delivery is then remembered in `receipts`). Added
+    # by migration 0005 with ALTER TABLE, hence after is_head.
+    Column("receipt", Integer, nullable=False, server_default="0"),
     # The boot the agent fixed the timestamp in and a reading of that boot's clock (bootclock);
     # NULL once the row was first claimed (its timestamp corrected or not, then frozen: see
     # outbox/clock.py), and for rows whose timestamp the caller gave. Migration 0006 added
-    # them with ALTER TABLE (no copy of the backlog).
+    # them with ALTER TABLE (no copy of the backlog), hence after receipt.
     Column("boot_id", Text, nullable=True),
     Column("mono_at", Float, nullable=True),
     sqlite_autoincrement=True,
@@ -98,8 +108,20 @@ dead_letters = Table(
     Column("dead_at", Float, nullable=False),
     Column("reason", Text, nullable=False),
     Column("status_code", Integer, nullable=True),
+    Column("receipt", Integer, nullable=False, server_default="0"),  # kept when put back
 )
 Index("ix_dead_letters_dead_at", dead_letters.c.dead_at)
+
+receipts = Table(
+    "receipts",
+    metadata,
+    # The outbox id the receipt was given (never reused: outbox ids are AUTOINCREMENT).
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("delivered_at", Float, nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+# No index on delivered_at: a second b-tree per delivered receipt cost 6% of the settling
+# commit; retention scans the table by id once a minute instead, on a read connection.
 
 queue_counters = Table(
     "queue_counters",
@@ -114,6 +136,31 @@ agent_state = Table(
     metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=True),
+)
+
+import_ledger = Table(
+    "import_ledger",
+    metadata,
+    # Opaque and chosen by the importer (see tracker_agent/importing.py, ledger_key): a digest
+    # of a line's content and its occurrence number. WITHOUT ROWID: the key is the table's only
+    # B-tree. Filled from import_ledger_log in sorted passes (see outbox/ledger.py).
+    Column("key", LargeBinary, primary_key=True),
+    Column("imported_at", Float, nullable=False),
+    sqlite_with_rowid=False,
+)
+# The retention prune deletes the oldest keys through it, costing what it deletes.
+Index("ix_import_ledger_imported_at", import_ledger.c.imported_at)
+
+import_ledger_log = Table(
+    "import_ledger_log",
+    metadata,
+    # AUTOINCREMENT: ids are never reused, so a process that read the log up to an id reads
+    # exactly the rows appended since.
+    Column("id", Integer, primary_key=True),
+    # The keys a committed enqueue recorded, packed (ledger.pack).
+    Column("keys", LargeBinary, nullable=False),
+    Column("imported_at", Float, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 #: Triggers that keep queue_counters exact; created by the initial migration.

@@ -11,6 +11,9 @@ from typing import Any
 #: agent_state keys, shared by every process on one outbox file.
 STATE_DELIVERED = "delivered_total"
 STATE_DROPPED = "dropped_total"
+#: Commands moved to dead_letters since this counter was added (never decreases: a retried or
+#: purged dead letter stays counted), for the dead-lettered rate.
+STATE_DEAD_LETTERED = "dead_lettered_total"
 STATE_LAST_SUCCESS = "last_success_at"
 STATE_LAST_ERROR = "last_error"
 STATE_LAST_ERROR_AT = "last_error_at"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..exceptions import NotAnOutboxError, OutboxError
 from .state import (
@@ -17,6 +18,7 @@ from .state import (
     STATE_CLOCK_CORRECTED,
     STATE_CLOCK_OFFSET,
     STATE_CLOCK_UNCORRECTED,
+    STATE_DEAD_LETTERED,
     STATE_DELIVERED,
     STATE_DROPPED,
     STATE_LAST_ERROR,
@@ -30,6 +32,8 @@ from .state import (
     read_state,
 )
 
+T = TypeVar("T")
+
 STATS_KEYS = (
     "pending",
     "in_flight",
@@ -37,6 +41,7 @@ STATS_KEYS = (
     "bytes",
     "oldest_pending_age_s",
     "delivered",
+    "dead_lettered",
     "dropped",
     "last_success_at",
     "last_error",
@@ -78,6 +83,7 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
         "bytes": size,
         "oldest_pending_age_s": round(max(0.0, now - oldest[0]), 3) if oldest else None,
         "delivered": int(state.get(STATE_DELIVERED) or 0),
+        "dead_lettered": int(state.get(STATE_DEAD_LETTERED) or 0),
         "dropped": int(state.get(STATE_DROPPED) or 0),
         "last_success_at": state.get(STATE_LAST_SUCCESS),
         "last_error": state.get(STATE_LAST_ERROR),
@@ -97,6 +103,18 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
     """Stats of the outbox at `database_path`, opened read-only; never creates or changes it
     (nor any file beside it), and never blocks on a FIFO or reads a device."""
     from .files import wal_was_lost
+
+    stats = read_outbox(
+        database_path, lambda conn: _stats_of_outbox(conn, time.time() if now is None else now)
+    )
+    if wal_was_lost(database_path) and not stats["warning"]:
+        stats["warning"] = WAL_LOST_WARNING
+    return stats
+
+
+def read_outbox(database_path: str, read: Callable[[sqlite3.Connection], T]) -> T:
+    """read(conn) on the outbox at `database_path`, opened read-only (as read_status does);
+    OutboxError or NotAnOutboxError when it is missing, empty or not an outbox."""
     from .preflight import read_header, read_only
 
     if not os.path.exists(database_path):
@@ -108,11 +126,7 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
     if header is None:
         raise NotAnOutboxError(f"{database_path} is empty: not an outbox (yet)")
     try:
-        stats = read_only(
-            database_path,
-            header,
-            lambda conn: _stats_of_outbox(conn, time.time() if now is None else now),
-        )
+        return read_only(database_path, header, read)
     except sqlite3.DatabaseError as exc:
         text = str(exc)
         if "no such table" in text or "not a database" in text or "malformed" in text:
@@ -122,9 +136,6 @@ def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:
         raise OutboxError(f"cannot read {database_path}: {text}") from exc
     except sqlite3.Error as exc:
         raise OutboxError(f"cannot read {database_path}: {exc}") from exc
-    if wal_was_lost(database_path) and not stats["warning"]:
-        stats["warning"] = WAL_LOST_WARNING
-    return stats
 
 
 #: What status says when the -wal file is gone but its -shm is not (see files.wal_was_lost).

@@ -18,13 +18,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..clock import wall_clock
+from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import clock, deadletters, leases, owners, resume
+from . import clock, deadletters, leases, ledger, owners, receipts, resume
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
+from .ledger import KeyedCommands
 from .state import (
     STATE_DROPPED,
     STATE_PAUSE_PROBES,
@@ -44,6 +46,12 @@ OVERFLOW_DROP_OLDEST = "drop_oldest"
 _INSERT = (
     "INSERT INTO outbox (kind, customer_key, payload, size, created_at, boot_id, mono_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A round of several callers' rows, some perhaps with a receipt.
+_INSERT_ROUND = (
+    "INSERT INTO outbox"
+    " (kind, customer_key, payload, size, created_at, boot_id, mono_at, receipt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
 # The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
@@ -73,11 +81,12 @@ WAL_DELETED_WHILE_OPEN = (
 class NewCommand:
     """A validated command ready to store: its batch name, ordering key and JSON data.
 
-    `size` is the payload's UTF-8 length (computed when not given). A plain slotted class,
+    `size` is the payload's UTF-8 length (computed when not given). With `receipt`, the
+    enqueue sets `id` (the receipt's id) once the row is committed. A plain slotted class,
     not a dataclass: one is built per tracking call.
     """
 
-    __slots__ = ("kind", "customer_key", "payload", "size", "boot", "mono")
+    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id", "boot", "mono")
 
     def __init__(
         self,
@@ -85,6 +94,7 @@ class NewCommand:
         customer_key: str,
         payload: str,
         size: int = -1,
+        receipt: bool = False,
         *,
         boot: str | None = None,
         mono: float | None = None,
@@ -99,9 +109,15 @@ class NewCommand:
         if size < 0:
             size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
         self.size = size
+        self.receipt = receipt
+        self.id = 0
 
     def __repr__(self) -> str:
         return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
+
+
+#: What one caller of the group commit hands in: plain commands, or commands to queue once.
+Request = Sequence[NewCommand] | KeyedCommands
 
 
 class OutboxStore:
@@ -114,6 +130,7 @@ class OutboxStore:
         max_rows: int,
         max_bytes: int,
         overflow: str = OVERFLOW_RAISE,
+        ledger_retention: float = DEFAULT_IMPORT_LEDGER_DAYS * DAY_SECONDS,
         now: Callable[[], float] | None = None,
     ) -> None:
         if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
@@ -123,8 +140,10 @@ class OutboxStore:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.overflow = overflow
+        self.ledger_retention = ledger_retention  # seconds an import_ledger key is kept
+        self._ledger_log = ledger.LedgerLog()  # used by the writer only
         self._now = now or wall_clock
-        self._committer: GroupCommitter[Sequence[NewCommand]] = GroupCommitter(self._write_round)
+        self._committer: GroupCommitter[Request] = GroupCommitter(self._write_round)
         self._writer: Any = None  # raw connection owned by whichever thread leads a commit
         self._writer_cursor: tuple[Any, Any] | None = None  # its sqlite3 connection and cursor
         self._drain_lock = threading.Lock()
@@ -218,6 +237,7 @@ class OutboxStore:
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
+        self._ledger_log.forget()
         self.engine.dispose(close=False)
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -227,20 +247,55 @@ class OutboxStore:
         if commands:
             self._committer.submit(commands)
 
-    def _write_round(self, requests: Sequence[Sequence[NewCommand]]) -> list[BaseException | None]:
+    def enqueue_once(
+        self, commands: Sequence[NewCommand], keys: Sequence[bytes], *, force: bool = False
+    ) -> int:
+        """Commit the commands whose ledger key is not recorded yet, and record their keys, in
+        one transaction (all or none); returns how many were queued. Two processes importing
+        the same keys at once queue each exactly once: the lookup and the insert share the
+        writer's BEGIN IMMEDIATE. `force` queues them all and records their keys anew."""
+        request = KeyedCommands(commands, keys, force=force)
+        if commands:
+            self._committer.submit(request)
+            if self._ledger_log.size >= ledger.COMPACT_KEYS:
+                self.compact_ledger()
+        return request.queued
+
+    def compact_ledger(self) -> int:
+        """Move the keys of the ledger's log into its index (see outbox/ledger.py), in one
+        transaction; returns how many."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return ledger.compact(cur)
+
+    def known_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        """The keys among `keys` already in the ledger (a read: a dry run)."""
+        with self._reading() as conn:
+            return ledger.known(conn.driver_connection.cursor(), keys)
+
+    def prune_ledger(self) -> int:
+        """Forget the ledger entries older than `ledger_retention` seconds, in short
+        transactions; returns how many. Costs what it deletes (an index on the time)."""
+        before = self._now() - self.ledger_retention
+        pruned = 0
+        while True:
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                count = ledger.prune_slice(cur, before)
+            pruned += count
+            if count < ledger.PRUNE_SLICE:
+                return pruned
+
+    def _write_round(self, requests: Sequence[Request]) -> list[BaseException | None]:
         # Runs in the thread leading the group commit, the only one using the writer.
         driver, cur = self._writer_cursor or self._open_writer()
         now = self._now()
         with self._io_lock:
             try:
                 cur.execute("BEGIN IMMEDIATE")
-                if len(requests) == 1 and len(requests[0]) == 1:  # a lone caller, one row
-                    c = requests[0][0]
+                first = requests[0]
+                if len(requests) == 1 and not isinstance(first, KeyedCommands) and len(first) == 1:
+                    c = first[0]  # a lone caller, one row
                     try:
-                        cur.execute(
-                            _INSERT,
-                            (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono),
-                        )
+                        _insert_one(cur, c, now)
                     except sqlite3.IntegrityError as exc:
                         if str(exc) != _FULL_MESSAGE:
                             raise
@@ -251,38 +306,46 @@ class OutboxStore:
                     errors = self._insert_round(cur, requests, now)
                 cur.execute("COMMIT")
             except BaseException as exc:
+                self._ledger_log.forget()  # it may hold keys of the rolled-back transaction
                 self._abort(driver, cur, exc)
                 raise
         return errors
 
     def _insert_round(
-        self, cur: Any, requests: Sequence[Sequence[NewCommand]], now: float
+        self, cur: Any, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         """Insert each request's rows that fit (making room if overflow=drop_oldest); one
         INSERT statement per round, the counters tracked here (the triggers add exactly
-        `size` per row) instead of re-read after every request."""
+        `size` per row) instead of re-read after every request. A KeyedCommands request
+        inserts only its commands whose key is not in the ledger, and records their keys."""
         rows, size = cur.execute(_COUNTERS).fetchone()
         errors: list[BaseException | None] = []
-        pending: list[tuple[Any, ...]] = []
-        for commands in requests:
+        pending: list[NewCommand] = []
+        taken: set[bytes] = set()  # keys recorded by earlier requests of this round
+        for request in requests:
+            keys: list[bytes] | None = None
+            commands: Sequence[NewCommand]
+            if isinstance(request, KeyedCommands):
+                commands, keys = request.fresh(self._ledger_log, cur, taken)
+            else:
+                commands = request
             need_rows, need_bytes = len(commands), sum(c.size for c in commands)
             error = None
             if rows + need_rows > self.max_rows or size + need_bytes > self.max_bytes:
-                if pending:  # earlier requests' rows go in first (they may be dropped)
-                    cur.executemany(_INSERT, pending)
-                    pending = []
+                _insert_all(cur, pending, now)  # earlier requests' rows first (may be dropped)
+                pending = []
                 error = self._make_room(cur, rows, size, need_rows, need_bytes, now)
                 rows, size = cur.execute(_COUNTERS).fetchone()
             errors.append(error)
             if error is None:
-                pending += [
-                    (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono)
-                    for c in commands
-                ]
+                pending += commands
                 rows += need_rows
                 size += need_bytes
-        if pending:
-            cur.executemany(_INSERT, pending)
+                if isinstance(request, KeyedCommands) and keys is not None:
+                    self._ledger_log.record(cur, keys, now)
+                    taken.update(keys)
+                    request.queued = len(keys)
+        _insert_all(cur, pending, now)
         return errors
 
     def _make_room(
@@ -319,6 +382,28 @@ class OutboxStore:
             "outbox full: dropped the %d oldest commands (overflow=drop_oldest)", len(victims)
         )
         return None
+
+    # -- receipts ------------------------------------------------------------------------------
+
+    def receipts(self, ids: Sequence[int]) -> list[receipts.ReceiptStatus]:
+        """Where each id stands (see outbox.receipts), in the order given."""
+        with self._reading() as conn:
+            return receipts.lookup(conn, ids, self._now())
+
+    def prune_receipts(self, now: float, max_age: float, max_rows: int, *, batch: int) -> int:
+        """Forget delivered receipts older than `max_age` seconds at `now` or beyond the newest
+        `max_rows`: found on a read connection, deleted `batch` per transaction (the write
+        lock is never held for a scan). Returns how many."""
+        pruned = 0
+        while True:
+            with self._reading() as conn:
+                ids = receipts.prune_candidates(conn, now, max_age, max_rows, batch)
+            if not ids:
+                return pruned
+            with self._drain_connection() as conn, self._transaction(conn) as cur:
+                pruned += receipts.forget(cur, ids)
+            if len(ids) < batch:
+                return pruned
 
     # -- drain side ----------------------------------------------------------------------------
 
@@ -549,3 +634,32 @@ class OutboxStore:
     def purge_dead(self, **filters: Any) -> int:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             return deadletters.purge(cur, now=self._now(), **filters)
+
+
+def _insert_one(cur: Any, c: NewCommand, now: float) -> None:
+    if c.receipt:
+        cur.execute(
+            _INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, 1)
+        )
+        c.id = int(cur.lastrowid)
+    else:
+        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono))
+
+
+def _insert_all(cur: Any, commands: Sequence[NewCommand], now: float) -> None:
+    """INSERT `commands` in one statement; those with a receipt learn their ids. The ids of
+    one statement's rows are consecutive (AUTOINCREMENT in a transaction holding the write
+    lock; no trigger inserts into outbox), ending at last_insert_rowid()."""
+    if not commands:
+        return
+    cur.executemany(
+        _INSERT_ROUND,
+        [
+            (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, int(c.receipt))
+            for c in commands
+        ],
+    )
+    if any(c.receipt for c in commands):
+        (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
+        for offset, command in enumerate(commands, start=last - len(commands) + 1):
+            command.id = offset
