@@ -410,6 +410,39 @@ class TrackerAgent:
         )
         return job.run(stream, progress)
 
+    def export_bundle(self, out: str | os.PathLike[str], *, limit: int | None = None) -> Any:
+        """Move up to `limit` pending commands (all by default, oldest first) out of the outbox
+        into a new offline bundle at `out` (tracker_agent.offline): written to a temporary
+        file, fsynced and renamed before the rows are deleted. Returns an ExportReport
+        (`exported`, `path`: None when nothing was pending, `bundle_id`)."""
+        from .offline import export_bundle
+
+        self._check_open()
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ConfigError(f"limit: must be a positive integer, got {limit!r}")
+        return export_bundle(self.store, self.settings.project_token, os.fspath(out), limit=limit)
+
+    def import_bundle(
+        self, path: str | os.PathLike[str], *, dry_run: bool = False, force: bool = False
+    ) -> Any:
+        """Verify an offline bundle and queue its commands with their original timestamps
+        (tracker_agent.offline). Commands imported before (the same bundle again, or another
+        bundle carrying the same command) are skipped. BundleError (one line) for a corrupt or
+        truncated bundle, or one of another project unless `force`. Returns an
+        ImportBundleReport (`queued`, `skipped`, `manifest`; with dry_run, what would be)."""
+        from .offline import import_bundle
+
+        self._check_open()
+        return import_bundle(
+            self.tracking,
+            self.settings.project_token,
+            os.fspath(path),
+            dry_run=dry_run,
+            force=force,
+        )
+
     def stats(self) -> dict[str, Any]:
         """Queue counts and delivery state (same keys as `tracker-agent status --json`; all
         zero in test mode)."""

@@ -20,7 +20,7 @@ from typing import Any
 from ..clock import wall_clock
 from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import clock, deadletters, leases, ledger, owners, receipts, resume
+from . import clock, deadletters, export, leases, ledger, owners, receipts, resume
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
@@ -575,6 +575,28 @@ class OutboxStore:
     def knows_clock(self, boot: str) -> bool:
         """A reference of `boot`'s clock was learned (by any process on this outbox)."""
         return boot in clock.refs_of(self.state())
+
+    # -- offline bundles (agent.export_bundle) ---------------------------------------------------
+
+    def outbox_id(self) -> str:
+        """This outbox's id (made at first use): bundles name commands by it and their id."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.outbox_id(cur)
+
+    def lease_for_export(
+        self, owner: str, after_id: int, limit: int, until: float
+    ) -> list[export.ExportRow]:
+        """Lease the next `limit` rows after `after_id` that no drainer holds to `owner`."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.lease_for_export(cur, owner, after_id, limit, self._now(), until)
+
+    def delete_exported(self, owner: str, ids: list[int]) -> int:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.delete_exported(cur, owner, ids)
+
+    def release_exported(self, owner: str, ids: list[int]) -> None:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            export.release_exported(cur, owner, ids)
 
     def end_unreachable_backoff(self, now: float) -> bool:
         """A reachability probe was answered: if the backoff in force began with no answer at
