@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from conftest import PASSWORD, TOKEN, USERNAME, make_agent
 from freezegun import freeze_time
 
@@ -25,7 +26,9 @@ from tracker_agent import constants as c
 from tracker_agent.bootclock import boot_id
 from tracker_agent.cli.table import clock_row
 from tracker_agent.outbox.clock import BootRef, correct_time
-from tracker_agent.outbox.store import NewCommand
+from tracker_agent.outbox.engine import open_outbox
+from tracker_agent.outbox.revisions import alembic_config
+from tracker_agent.outbox.store import NewCommand, OutboxStore
 from tracker_agent.testing import FakeExponea
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,6 +192,7 @@ def test_nothing_is_claimed_before_the_servers_clock_is_known(fake_ahead, tmp_pa
         result = agent.flush()
         assert result.delivered == 0 and "system/time" in (result.last_error or "")
         assert fake.batches == []
+        assert "system/time" in agent.stats()["last_error"]  # status says why
         assert agent.flush(timeout=10).delivered == 1
     assert abs(fake.events[0]["timestamp"] - (real_time() + HOURS_3)) < 30
 
@@ -240,3 +244,36 @@ def test_a_corrected_timestamp_survives_a_kill_9_unchanged(fake_ahead, tmp_path)
         agent.store.learn_clock(boot_id(), BootRef(real_time() + 4 * 3600, 0.0, real_time()), 0)
         assert agent.flush().delivered == 2
     assert sorted(e["timestamp"] for e in fake.events) == sorted(claimed)
+
+
+def test_a_0005_file_with_queued_rows_gets_the_clock_columns_in_place_and_sends_them_as_is(
+    tmp_path,
+):
+    path = tmp_path / "from-0005.db"
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", f"sqlite:///{path}")
+    command.upgrade(config, "0005")
+    old = sqlite3.connect(path)
+    old.executemany(
+        "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?,?,?,?,?)",
+        [("customers/events", "a", '{"timestamp":86400.0}', 21, 1.0)] * 3,
+    )
+    old.commit()
+    (rootpage,) = old.execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox'").fetchone()
+    old.close()
+    engine = open_outbox(f"sqlite:///{path}")
+    try:
+        store = OutboxStore(engine, max_rows=100, max_bytes=10**6)
+        store.learn_clock("this-boot", BootRef(2_000_000_000.0, 1.0, 1_000_000_000.0), 0.0)
+        _, rows = store.claim_if(
+            "x", limit=10, max_bytes=10**6, lease_seconds=10, now=100.0, fix_clock=True
+        )
+        assert [r.payload for r in rows] == ['{"timestamp":86400.0}'] * 3  # no boot: as is
+        store.close()
+    finally:
+        engine.dispose()
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox'").fetchone() == (
+        rootpage,
+    )  # ALTER TABLE ADD COLUMN: the table was not copied
+    check.close()

@@ -152,6 +152,7 @@ class Drainer:
                 self._clock_ready = True
                 return None
             report.last_error = f"no answer to GET system/time: {error_text(failure)}"
+            self.store.note_error(report.last_error, self._now())
         report.backoff_until = self._now() + self._reach.interval
         return report
 

@@ -29,6 +29,8 @@ from .leases import ClaimedRow, Settlement
 from .ledger import KeyedCommands
 from .state import (
     STATE_DROPPED,
+    STATE_LAST_ERROR,
+    STATE_LAST_ERROR_AT,
     STATE_PAUSE_PROBES,
     STATE_PAUSED_REASON,
     STATE_PROBE_AT,
@@ -571,6 +573,12 @@ class OutboxStore:
         of that boot not yet claimed are corrected by it at their first claim."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             clock.learn(cur, boot, ref, now)
+
+    def note_error(self, reason: str, now: float) -> None:
+        """Record why delivery waits although no batch failed (status shows it): the drain
+        could not learn the server's clock, so nothing was claimed."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            set_state(cur, {STATE_LAST_ERROR: reason, STATE_LAST_ERROR_AT: now})
 
     def knows_clock(self, boot: str) -> bool:
         """A reference of `boot`'s clock was learned (by any process on this outbox)."""
