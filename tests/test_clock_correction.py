@@ -25,10 +25,12 @@ from freezegun import freeze_time
 from tracker_agent import constants as c
 from tracker_agent.bootclock import boot_id
 from tracker_agent.cli.table import clock_row
+from tracker_agent.exceptions import TransportError
 from tracker_agent.outbox.clock import BootRef, correct_time
 from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outbox.revisions import alembic_config
 from tracker_agent.outbox.store import NewCommand, OutboxStore
+from tracker_agent.reach import ClockGate, ReachProbe
 from tracker_agent.testing import FakeExponea
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,3 +279,45 @@ def test_a_0005_file_with_queued_rows_gets_the_clock_columns_in_place_and_sends_
         rootpage,
     )  # ALTER TABLE ADD COLUMN: the table was not copied
     check.close()
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def knows_clock(self, boot: str) -> bool:
+        return False
+
+    def note_error(self, reason: str, now: float) -> None:
+        self.errors.append(reason)
+
+
+def test_the_gate_holds_claims_until_answered_then_refreshes_hourly_at_best_effort():
+    clock, asked, answers = [0.0], [], [False, True, False, True]
+
+    def probe() -> None:
+        asked.append(clock[0])
+        if not answers.pop(0):
+            raise TransportError("refused")
+
+    reach = ReachProbe(probe, 5.0, clock=lambda: clock[0])
+    store = _Store()
+    gate = ClockGate(reach, store, enabled=True, now=lambda: 1e9, clock=lambda: clock[0])
+    waiting = gate.closed()
+    assert waiting is not None and waiting.waits and "system/time" in store.errors[0]
+    clock[0] = 1.0
+    assert gate.closed() is not None and asked == [0.0]  # not due: no request
+    clock[0] = 5.0
+    assert gate.closed() is None  # answered: claims go on
+    clock[0] = 5.0 + c.CLOCK_RELEARN_SECONDS - 1
+    assert gate.closed() is None and asked == [0.0, 5.0]
+    clock[0] = 5.0 + c.CLOCK_RELEARN_SECONDS
+    assert gate.closed() is None  # asked again; its failure holds nothing back
+    clock[0] = 5.0 + 2 * c.CLOCK_RELEARN_SECONDS
+    assert gate.closed() is None
+    assert asked == [0.0, 5.0, 5.0 + c.CLOCK_RELEARN_SECONDS, 5.0 + 2 * c.CLOCK_RELEARN_SECONDS]
+
+
+def test_the_gate_is_open_without_clock_correction():
+    reach = ReachProbe(lambda: 1.0, 5.0)
+    assert ClockGate(reach, _Store(), enabled=False, now=lambda: 0.0).closed() is None

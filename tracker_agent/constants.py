@@ -64,6 +64,9 @@ CLOCK_THRESHOLD_SECONDS = 2.0
 CLOCK_SANE_FLOOR = 1_767_225_600.0
 #: A timestamp further than this ahead of the server's time is impossible too.
 CLOCK_FUTURE_TOLERANCE_SECONDS = 3600.0
+#: With clock correction, the server's clock is asked again this often while delivering (the
+#: reference of a long boot stays fresh; a failure changes nothing).
+CLOCK_RELEARN_SECONDS = 3600.0
 #: How many boots' learned clock references the outbox keeps (the most recent ones).
 CLOCK_MAX_BOOTS = 16
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0

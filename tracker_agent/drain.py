@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .bootclock import boot_id
 from .clock import wall_clock
 from .constants import RECEIPT_PRUNE_BATCH_ROWS, RECEIPT_PRUNE_INTERVAL_SECONDS
 from .exceptions import APIException, OutboxError
@@ -40,8 +39,8 @@ from .outbox import state as state_keys
 from .outbox.leases import Settlement
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, claim_terms, request_outcome
-from .policy import DrainPolicy, Limiter, RateLimiter, error_text
-from .reach import Probe, ReachProbe
+from .policy import DrainPolicy, Limiter, RateLimiter
+from .reach import ClockGate, Probe, ReachProbe
 from .settle import AnswerHandler
 from .tally import DeliveryTally
 from .window import NOT_SENT, Answer, Batch, Claim, NotSent, answered_in_full, last
@@ -95,7 +94,9 @@ class Drainer:
         )
         #: Fast resume: `probe` (GET system/time) ends a backoff that began with no answer.
         self._reach = ReachProbe(probe, self.policy.reach_probe_interval)
-        self._clock_ready = False  # the server's clock is known for this boot
+        self._clock_gate = ClockGate(
+            self._reach, self.store, enabled=self.policy.clock_correction, now=self._now
+        )
         self._prune_at = 0.0  # when delivered receipts are next pruned (the `now` clock)
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
@@ -126,34 +127,13 @@ class Drainer:
         DNS, timeout), a probe (given to the Drainer) is due every reach_probe_interval; if
         the API answers it, the backoff ends and the pass goes on delivering (fast resume).
         """
-        waiting = self._clock_unknown()
+        waiting = self._clock_gate.closed()
         if waiting is not None:
             return waiting
         report = self._pass(deadline, progress, stop_on_partial)
         if self._resumes(report, deadline):
             log.info("the API answers again: the backoff ends, delivery resumes now")
             report.add(self._pass(deadline, progress, stop_on_partial))
-        return report
-
-    def _clock_unknown(self) -> DrainReport | None:
-        """With clock_correction, nothing is claimed (and so frozen) before the server's clock
-        is known for this boot: the probe (GET system/time) learns it, once per boot and
-        outbox. Without an answer delivery waits as after a request that got none (it would
-        not have got one either), and asks again every reach_probe_interval. None: go on."""
-        if self._clock_ready or not self.policy.clock_correction or not self._reach.enabled:
-            return None
-        if self.store.knows_clock(boot_id()):
-            self._clock_ready = True
-            return None
-        report = DrainReport(unreachable=True)
-        if self._reach.due():
-            failure = self._reach.ask()
-            if failure is None:
-                self._clock_ready = True
-                return None
-            report.last_error = f"no answer to GET system/time: {error_text(failure)}"
-            self.store.note_error(report.last_error, self._now())
-        report.backoff_until = self._now() + self._reach.interval
         return report
 
     def _resumes(self, report: DrainReport, deadline: float | None) -> bool:
