@@ -40,6 +40,7 @@ from .outbox.leases import Settlement
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, claim_terms, request_outcome
 from .policy import DrainPolicy, Limiter, RateLimiter
+from .reach import ClockGate, Probe, ReachProbe
 from .settle import AnswerHandler
 from .tally import DeliveryTally
 from .window import NOT_SENT, Answer, Batch, Claim, NotSent, answered_in_full, last
@@ -67,6 +68,7 @@ class Drainer:
         limiter: Limiter | None = None,
         owner: str | None = None,
         tally: DeliveryTally | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.store = store
         #: Requests by outcome, their durations, rate-limit waits (None: not counted).
@@ -89,6 +91,11 @@ class Drainer:
             policy=self.policy,
             now=self._now,
             rng=rng,
+        )
+        #: Fast resume: `probe` (GET system/time) ends a backoff that began with no answer.
+        self._reach = ReachProbe(probe, self.policy.reach_probe_interval)
+        self._clock_gate = ClockGate(
+            self._reach, self.store, enabled=self.policy.clock_correction, now=self._now
         )
         self._prune_at = 0.0  # when delivered receipts are next pruned (the `now` clock)
         self._resumed_from: tuple[Any, ...] | None = None  # the failure last logged as over
@@ -116,7 +123,33 @@ class Drainer:
         transaction. `deadline` is on the `now` clock. With `stop_on_partial` the pass ends
         after a batch smaller than batch_size (the scheduler's ticks). Only one pass runs at a
         time per Drainer.
+
+        When delivery waits on a backoff that began with no answer at all (refused, reset,
+        DNS, timeout), a probe (given to the Drainer) is due every reach_probe_interval; if
+        the API answers it, the backoff ends and the pass goes on delivering (fast resume).
         """
+        waiting = self._clock_gate.closed()
+        if waiting is not None:
+            return waiting
+        report = self._pass(deadline, progress, stop_on_partial)
+        if self._resumes(report, deadline):
+            log.info("the API answers again: the backoff ends, delivery resumes now")
+            report.add(self._pass(deadline, progress, stop_on_partial))
+        return report
+
+    def _resumes(self, report: DrainReport, deadline: float | None) -> bool:
+        """A probe was due and answered, and the backoff in force (still one that began with
+        no answer at all) was ended in the outbox."""
+        if self._should_stop(deadline) or not self._reach.answered(report):
+            return False
+        return self.store.end_unreachable_backoff(self._now())
+
+    def _pass(
+        self,
+        deadline: float | None,
+        progress: Callable[[DrainReport], None] | None,
+        stop_on_partial: bool,
+    ) -> DrainReport:
         report = DrainReport()
         self._alive()
         self.store.reclaim_dead_owners(self._now(), self._machine)

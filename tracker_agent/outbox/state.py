@@ -24,6 +24,16 @@ STATE_PROBE_AT = "probe_at"
 STATE_PAUSE_PROBES = "pause_probes"
 STATE_BACKOFF_UNTIL = "backoff_until"
 STATE_FAILURES = "consecutive_failures"
+#: True while the backoff in force began with no answer at all (policy.unreachable): a
+#: reachability probe that is answered may end it early (fast resume).
+STATE_BACKOFF_UNREACHABLE = "backoff_unreachable"
+#: Clock correction (outbox/clock.py): each boot's reference of the server's clock
+#: ({boot_id: [server, boot_seconds, wall, learned_at]}), the latest learned offset (server
+#: minus wall, s), commands corrected, impossible timestamps sent as recorded.
+STATE_CLOCK_REFS = "clock_refs"
+STATE_CLOCK_OFFSET = "clock_offset"
+STATE_CLOCK_CORRECTED = "clock_corrected"
+STATE_CLOCK_UNCORRECTED = "clock_uncorrected"
 #: The project token this outbox belongs to, recorded by the first agent that opens it.
 STATE_PROJECT = "project_token"
 #: Something an operator must know (e.g. the -wal file was lost), and since when.

@@ -20,7 +20,7 @@ from typing import Any
 from ..clock import wall_clock
 from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, ledger, owners, receipts
+from . import clock, deadletters, export, leases, ledger, owners, receipts, resume
 from .engine import record_warning
 from .errors import translate_sqlite_error
 from .files import wal_was_lost
@@ -29,6 +29,8 @@ from .leases import ClaimedRow, Settlement
 from .ledger import KeyedCommands
 from .state import (
     STATE_DROPPED,
+    STATE_LAST_ERROR,
+    STATE_LAST_ERROR_AT,
     STATE_PAUSE_PROBES,
     STATE_PAUSED_REASON,
     STATE_PROBE_AT,
@@ -44,12 +46,14 @@ OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
 
 _INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, boot_id, mono_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 # A round of several callers' rows, some perhaps with a receipt.
 _INSERT_ROUND = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox"
+    " (kind, customer_key, payload, size, created_at, boot_id, mono_at, receipt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
 # The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
@@ -84,12 +88,24 @@ class NewCommand:
     not a dataclass: one is built per tracking call.
     """
 
-    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id")
+    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id", "boot", "mono")
 
     def __init__(
-        self, kind: str, customer_key: str, payload: str, size: int = -1, receipt: bool = False
+        self,
+        kind: str,
+        customer_key: str,
+        payload: str,
+        size: int = -1,
+        receipt: bool = False,
+        *,
+        boot: str | None = None,
+        mono: float | None = None,
     ) -> None:
+        """`boot` and `mono`: the boot in which the agent fixed the command's timestamp and
+        that boot's clock then (bootclock), for clock correction; None for a caller's."""
         self.kind = kind
+        self.boot = boot
+        self.mono = mono
         self.customer_key = customer_key
         self.payload = payload
         if size < 0:
@@ -435,14 +451,16 @@ class OutboxStore:
         now: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
+        fix_clock: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             return leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+                cur, owner, limit, max_bytes, lease_seconds, now, gate,
+                follow_own=follow_own, fix_clock=fix_clock,
+            )  # fmt: skip
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
@@ -460,6 +478,7 @@ class OutboxStore:
         lease_seconds: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
+        fix_clock: bool = False,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
@@ -467,8 +486,9 @@ class OutboxStore:
             delivered = leases.settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
             state, rows = leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own=follow_own
-            )
+                cur, owner, limit, max_bytes, lease_seconds, now, gate,
+                follow_own=follow_own, fix_clock=fix_clock,
+            )  # fmt: skip
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
@@ -548,6 +568,51 @@ class OutboxStore:
                 set_state(cur, {STATE_PROBE_AT: 0, STATE_PAUSE_PROBES: 0})
         return str(reason) if reason else None
 
+    def learn_clock(self, boot: str, ref: clock.BootRef, now: float) -> None:
+        """Record an answer of the server's clock as `boot`'s reference (clock.py): commands
+        of that boot not yet claimed are corrected by it at their first claim."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            clock.learn(cur, boot, ref, now)
+
+    def note_error(self, reason: str, now: float) -> None:
+        """Record why delivery waits although no batch failed (status shows it): the drain
+        could not learn the server's clock, so nothing was claimed."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            set_state(cur, {STATE_LAST_ERROR: reason, STATE_LAST_ERROR_AT: now})
+
+    def knows_clock(self, boot: str) -> bool:
+        """A reference of `boot`'s clock was learned (by any process on this outbox)."""
+        return boot in clock.refs_of(self.state())
+
+    # -- offline bundles (agent.export_bundle) ---------------------------------------------------
+
+    def outbox_id(self) -> str:
+        """This outbox's id (made at first use): bundles name commands by it and their id."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.outbox_id(cur)
+
+    def lease_for_export(
+        self, owner: str, after_id: int, limit: int, until: float
+    ) -> list[export.ExportRow]:
+        """Lease the next `limit` rows after `after_id` that no drainer holds to `owner`."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.lease_for_export(cur, owner, after_id, limit, self._now(), until)
+
+    def delete_exported(self, owner: str, ids: list[int]) -> int:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.delete_exported(cur, owner, ids)
+
+    def release_exported(self, owner: str, ids: list[int]) -> None:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            export.release_exported(cur, owner, ids)
+
+    def end_unreachable_backoff(self, now: float) -> bool:
+        """A reachability probe was answered: if the backoff in force began with no answer at
+        all, end it now (the rows it holds are due at once). A backoff a 429 or 5xx started
+        is left alone. True if a backoff ended."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return resume.end_unreachable_backoff(cur, now)
+
     def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
         """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
         daemon), so their rows are due at once instead of after lease_seconds. Reads only the
@@ -603,10 +668,12 @@ class OutboxStore:
 
 def _insert_one(cur: Any, c: NewCommand, now: float) -> None:
     if c.receipt:
-        cur.execute(_INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, 1))
+        cur.execute(
+            _INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, 1)
+        )
         c.id = int(cur.lastrowid)
     else:
-        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
+        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono))
 
 
 def _insert_all(cur: Any, commands: Sequence[NewCommand], now: float) -> None:
@@ -617,7 +684,10 @@ def _insert_all(cur: Any, commands: Sequence[NewCommand], now: float) -> None:
         return
     cur.executemany(
         _INSERT_ROUND,
-        [(c.kind, c.customer_key, c.payload, c.size, now, int(c.receipt)) for c in commands],
+        [
+            (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, int(c.receipt))
+            for c in commands
+        ],
     )
     if any(c.receipt for c in commands):
         (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
