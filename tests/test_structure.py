@@ -102,7 +102,18 @@ HTTP_SIDE = tuple(
 )
 HIGH = tuple(
     f"tracker_agent.{m}"
-    for m in ("drain", "window", "agent", "durable", "importing", "scheduler", "cli", "outcomes")
+    for m in (
+        "drain",
+        "window",
+        "landing",
+        "pruning",
+        "agent",
+        "durable",
+        "importing",
+        "scheduler",
+        "cli",
+        "outcomes",
+    )
 )
 RULES = [
     ("tracker_agent.outbox", HTTP_SIDE + HIGH + ("tracker_agent.testing",)),

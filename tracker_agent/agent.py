@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from .bootclock import boot_id, boot_seconds
 from .clock import wall_clock
 from .config import Settings
 from .constants import DAY_SECONDS
@@ -44,6 +45,7 @@ from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
 from .outbox import receipts as receipt_states
 from .outbox import state as state_keys
 from .outbox.backend import hide_password
+from .outbox.clock import BootRef
 from .outbox.deadletters import DeadLetter
 from .outbox.files import FILE_MODE, GROUP_FILE_MODE
 from .outbox.leases import Settlement
@@ -330,8 +332,19 @@ class TrackerAgent:
             self.client.tracking.send_stored_batch,
             policy,
             limiter=self._limiter,
+            probe=self._ask_server_time,
             tally=self._tally,
         )
+
+    def _ask_server_time(self) -> float:
+        """The drain's probe: one GET system/time (no retries). Its answer, taken at the
+        middle of the round trip, becomes this boot's clock reference in the outbox."""
+        sent_mono, sent_wall = boot_seconds(), time.time()
+        server = float(self.client.tracking.get_system_time(retry=False))
+        half = (boot_seconds() - sent_mono) / 2
+        ref = BootRef(server=server, mono=sent_mono + half, wall=sent_wall + half)
+        self.store.learn_clock(boot_id(), ref, time.time())
+        return server
 
     def _make_limiter(self) -> HostRateLimiter:
         """The host-wide request budget shared by every drainer on this outbox (or on every
@@ -401,6 +414,39 @@ class TrackerAgent:
             dry_run=dry_run,
         )
         return job.run(stream, progress)
+
+    def export_bundle(self, out: str | os.PathLike[str], *, limit: int | None = None) -> Any:
+        """Move up to `limit` pending commands (all by default, oldest first) out of the outbox
+        into a new offline bundle at `out` (tracker_agent.offline): written to a temporary
+        file, fsynced and renamed before the rows are deleted. Returns an ExportReport
+        (`exported`, `path`: None when nothing was pending, `bundle_id`)."""
+        from .offline import export_bundle
+
+        self._check_open()
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ConfigError(f"limit: must be a positive integer, got {limit!r}")
+        return export_bundle(self.store, self.settings.project_token, os.fspath(out), limit=limit)
+
+    def import_bundle(
+        self, path: str | os.PathLike[str], *, dry_run: bool = False, force: bool = False
+    ) -> Any:
+        """Verify an offline bundle and queue its commands with their original timestamps
+        (tracker_agent.offline). Commands imported before (the same bundle again, or another
+        bundle carrying the same command) are skipped. BundleError (one line) for a corrupt or
+        truncated bundle, or one of another project unless `force`. Returns an
+        ImportBundleReport (`queued`, `skipped`, `manifest`; with dry_run, what would be)."""
+        from .offline import import_bundle
+
+        self._check_open()
+        return import_bundle(
+            self.tracking,
+            self.settings.project_token,
+            os.fspath(path),
+            dry_run=dry_run,
+            force=force,
+        )
 
     def stats(self) -> dict[str, Any]:
         """Queue counts and delivery state (same keys as `tracker-agent status --json`; all

@@ -50,6 +50,25 @@ DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS = 60.0
 #: The first probe after a pause begins comes this soon; each failed one doubles the wait, up to
 #: pause_probe_interval (a 401 blip costs seconds; a revoked key is still probed politely).
 FIRST_PAUSE_PROBE_SECONDS = 1.0
+#: While delivery backs off because the API could not be reached at all (refused, reset, DNS,
+#: timeout), one GET system/time this often (reach_probe_interval): when it answers, the
+#: backoff ends at once instead of after up to backoff_cap.
+DEFAULT_REACH_PROBE_INTERVAL_SECONDS = 5.0
+
+# -- clock correction (devices whose clock is wrong) -----------------------------------------
+
+#: A learned offset below this never changes a timestamp (network jitter, rounding).
+CLOCK_THRESHOLD_SECONDS = 2.0
+#: A timestamp before this (2026-01-01T00:00:00Z, before this package's first release) is
+#: impossible: the device's clock was wrong (a dead RTC battery boots in 1970 or 2000).
+CLOCK_SANE_FLOOR = 1_767_225_600.0
+#: A timestamp further than this ahead of the server's time is impossible too.
+CLOCK_FUTURE_TOLERANCE_SECONDS = 3600.0
+#: With clock correction, the server's clock is asked again this often while delivering (the
+#: reference of a long boot stays fresh; a failure changes nothing).
+CLOCK_RELEARN_SECONDS = 3600.0
+#: How many boots' learned clock references the outbox keeps (the most recent ones).
+CLOCK_MAX_BOOTS = 16
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_BUSY_TIMEOUT_SECONDS = 30.0
 #: How long `import` remembers an imported line (its ledger key): running the same import again

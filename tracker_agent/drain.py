@@ -32,17 +32,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .clock import wall_clock
-from .constants import RECEIPT_PRUNE_BATCH_ROWS, RECEIPT_PRUNE_INTERVAL_SECONDS
-from .exceptions import APIException, OutboxError
+from .exceptions import APIException
+from .landing import Lander
 from .outbox import owners
-from .outbox import state as state_keys
-from .outbox.leases import Settlement
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, claim_terms, request_outcome
 from .policy import DrainPolicy, Limiter, RateLimiter
+from .pruning import ReceiptPruner
+from .reach import ClockGate, Probe, ReachProbe
 from .settle import AnswerHandler
 from .tally import DeliveryTally
-from .window import NOT_SENT, Answer, Batch, Claim, NotSent, answered_in_full, last
+from .window import NOT_SENT, Answer, Batch, Claim, answered_in_full, last
 
 __all__ = ["Drainer", "SendBatch"]
 
@@ -67,6 +67,7 @@ class Drainer:
         limiter: Limiter | None = None,
         owner: str | None = None,
         tally: DeliveryTally | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.store = store
         #: Requests by outcome, their durations, rate-limit waits (None: not counted).
@@ -90,8 +91,15 @@ class Drainer:
             now=self._now,
             rng=rng,
         )
-        self._prune_at = 0.0  # when delivered receipts are next pruned (the `now` clock)
-        self._resumed_from: tuple[Any, ...] | None = None  # the failure last logged as over
+        #: Fast resume: `probe` (GET system/time) ends a backoff that began with no answer.
+        self._reach = ReachProbe(probe, self.policy.reach_probe_interval)
+        self._clock_gate = ClockGate(
+            self._reach, self.store, enabled=self.policy.clock_correction, now=self._now
+        )
+        self._prune_receipts = ReceiptPruner(self.store, self.policy, self._now)
+        self._lander = Lander(
+            self.store, self.owner, self.policy, self._answers, now=self._now, claim=self._claim
+        )
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
         self.last_progress = time.monotonic()
@@ -116,7 +124,33 @@ class Drainer:
         transaction. `deadline` is on the `now` clock. With `stop_on_partial` the pass ends
         after a batch smaller than batch_size (the scheduler's ticks). Only one pass runs at a
         time per Drainer.
+
+        When delivery waits on a backoff that began with no answer at all (refused, reset,
+        DNS, timeout), a probe (given to the Drainer) is due every reach_probe_interval; if
+        the API answers it, the backoff ends and the pass goes on delivering (fast resume).
         """
+        waiting = self._clock_gate.closed()
+        if waiting is not None:
+            return waiting
+        report = self._pass(deadline, progress, stop_on_partial)
+        if self._resumes(report, deadline):
+            log.info("the API answers again: the backoff ends, delivery resumes now")
+            report.add(self._pass(deadline, progress, stop_on_partial))
+        return report
+
+    def _resumes(self, report: DrainReport, deadline: float | None) -> bool:
+        """A probe was due and answered, and the backoff in force (still one that began with
+        no answer at all) was ended in the outbox."""
+        if self._should_stop(deadline) or not self._reach.answered(report):
+            return False
+        return self.store.end_unreachable_backoff(self._now())
+
+    def _pass(
+        self,
+        deadline: float | None,
+        progress: Callable[[DrainReport], None] | None,
+        stop_on_partial: bool,
+    ) -> DrainReport:
         report = DrainReport()
         self._alive()
         self.store.reclaim_dead_owners(self._now(), self._machine)
@@ -178,47 +212,15 @@ class Drainer:
             self._land(window[0])
             window.popleft()
 
-    def _prune_receipts(self) -> None:
-        """Every RECEIPT_PRUNE_INTERVAL_SECONDS (or after the clock went back), forget the
-        delivered receipts past their retention. A failure waits for the next interval."""
-        now = self._now()
-        if self._prune_at - RECEIPT_PRUNE_INTERVAL_SECONDS <= now < self._prune_at:
-            return
-        self._prune_at = now + RECEIPT_PRUNE_INTERVAL_SECONDS
-        p = self.policy
-        try:
-            pruned = self.store.prune_receipts(
-                now, p.receipt_retention, p.receipt_max_rows, batch=RECEIPT_PRUNE_BATCH_ROWS
-            )
-        except OutboxError as exc:
-            log.warning("could not prune delivered receipts: %s", exc)
-            return
-        if pruned:
-            log.debug("forgot %d delivered receipts past their retention", pruned)
-
-    def _log_resumed(self, state: dict[str, Any], report: DrainReport) -> None:
-        """One INFO line when a batch claimed during a pause or backoff was accepted: the two
-        batches of the window were claimed under the same state, and only one says so."""
-        paused = state.get(state_keys.STATE_PAUSED_REASON)
-        failures = int(state.get(state_keys.STATE_FAILURES) or 0)
-        if report.backoff_until is not None or report.paused_reason or not (paused or failures):
-            return
-        episode = (paused, failures, state.get(state_keys.STATE_BACKOFF_UNTIL))
-        if episode == self._resumed_from:
-            return
-        self._resumed_from = episode
-        why = "a probe batch was accepted" if paused else f"after {failures} failed attempts"
-        log.info("delivery resumed: %s", why)
-
     def _give_back(self, claim: Claim) -> None:
         if claim.batch is not None:
-            self._release(claim.batch)
+            self._lander.release(claim.batch)
 
     def _abandon_all(self, pending: Claim | None, window: deque[Batch]) -> None:
         if pending is not None and pending.batch is not None:
-            self._abandon(pending.batch)
+            self._lander.abandon(pending.batch)
         for batch in window:
-            self._abandon(batch)
+            self._lander.abandon(batch)
 
     def _has_room(self, window: Sequence[Batch]) -> bool:
         """Another batch may join the window: nothing is in flight, or one full batch is."""
@@ -253,9 +255,9 @@ class Drainer:
         try:
             answer = batch.answer.result()
             if answer is NOT_SENT:
-                self._release(batch)
+                self._lander.release(batch)
                 return None, None
-            finished = self._finish(batch, claim_next)
+            finished = self._lander.finish(batch, claim_next)
             cleared = answered_in_full(answer)
             return finished
         finally:
@@ -318,79 +320,3 @@ class Drainer:
             took = time.monotonic() - started
             self.tally.request_done(request_outcome(answer), took, float(waited or 0.0))
         return answer
-
-    def _abandon(self, batch: Batch | None) -> None:
-        """Give a claimed batch's rows back (best effort: leases expire anyway). A batch whose
-        request was answered is settled from its answer instead, so that an error elsewhere
-        never re-sends what the server already took."""
-        if batch is None:
-            return
-        try:
-            self._settle_or_release(batch)
-        finally:
-            batch.clear_the_way(False)  # whatever waits behind it is given back unsent
-
-    def _settle_or_release(self, batch: Batch) -> None:
-        answer = batch.answer  # a send_batch that raised: its error is on its way up already
-        if answer is not None and answer.exception() is None and isinstance(answer.result(), list):
-            try:
-                self._finish(batch)
-                return
-            except Exception:
-                log.warning("could not settle an answered batch", exc_info=True)
-        self._release(batch)
-
-    def _release(self, batch: Batch) -> None:
-        """Drop the leases of `batch` (best effort: leases expire anyway)."""
-        try:
-            released = Settlement(release=[r.id for r in batch.rows])
-            self.store.settle(self.owner, released, self._now())
-        except Exception:
-            log.warning("could not release %d leased rows", len(batch.rows), exc_info=True)
-
-    def _finish(self, batch: Batch, claim_next: bool = False) -> tuple[DrainReport, Claim | None]:
-        """Settle `batch` from its answer; with `claim_next`, claim the next batch (returned
-        second): in the same transaction, unless a batch waits for this settle to go out."""
-        rows, state, report = batch.rows, batch.state, batch.report
-        assert batch.answer is not None
-        answer = batch.answer.result()
-        assert not isinstance(answer, NotSent)  # _land and _abandon never finish those
-        outcome = Settlement()
-        try:
-            self._answers.handle(rows, answer, outcome, report, state)
-        except BaseException:
-            # Unexpected: let the rows go back to the queue untouched before propagating.
-            outcome.release_the_rest(r.id for r in rows)
-            self.store.settle(self.owner, outcome, self._now())
-            raise
-        outcome.release_the_rest(r.id for r in rows)
-        outcome.receipts = {r.id: r.attempts + 1 for r in rows if r.receipt}
-        begun: Claim | None = None
-        now = self._now()
-        if claim_next and batch.followed:
-            # A batch waits in the sending thread for this settle: commit it, let that batch
-            # go, and claim while it is on the wire (15% more events/s for one customer at a
-            # raised limit than one transaction for both, at the cost of a second commit).
-            delivered = self.store.settle(self.owner, outcome, now)
-            batch.clear_the_way(answered_in_full(answer))
-            begun = self._claim(follow_own=True)
-        elif claim_next:
-            terms, why_not = claim_terms(self.policy, now)
-            delivered, next_state, next_rows = self.store.settle_and_claim(
-                self.owner, outcome, now, follow_own=True, **terms
-            )
-            begun = Claim(Batch(next_rows, next_state, why_not) if next_rows else None, why_not)
-        else:
-            delivered = self.store.settle(self.owner, outcome, now)
-        report.delivered += delivered
-        report.dead_lettered += len(outcome.dead)
-        if outcome.dead:
-            log.warning(
-                "dead-lettered %d command(s), e.g. %d: %s",
-                len(outcome.dead),
-                outcome.dead[0][0],
-                outcome.dead[0][1],
-            )
-        report.retried += len(outcome.retry)
-        self._log_resumed(state, report)
-        return report, begun

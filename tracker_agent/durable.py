@@ -18,6 +18,7 @@ from typing import Any
 
 from . import validation
 from .api.tracking import sdk_event_command
+from .bootclock import boot_id, boot_seconds
 from .clock import wall_clock
 from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
@@ -53,6 +54,8 @@ class MonotonicTimestamps:
 
 _dumps = tree_encoder()
 _key_dumps = tree_encoder(sort_keys=True)
+#: The timestamp field the agent fixes at enqueue when the caller gave none, per command name.
+_STAMPED = {KIND_EVENT: "timestamp", KIND_CUSTOMER: "update_timestamp"}
 
 
 def customer_key(customer_ids: dict[str, Any]) -> str:
@@ -101,7 +104,7 @@ class DurableTracking:
             return sdk_event_command(data, properties)
         if timestamp is None:  # ours is valid by construction: no second rounding
             data["timestamp"] = self._timestamps.next()
-        return self._commit_one(KIND_EVENT, data)
+        return self._commit_one(KIND_EVENT, data, stamped=timestamp is None)
 
     def update_customer_properties(
         self, customer_ids: dict[str, Any], properties: dict[str, Any], batch: bool = False
@@ -112,7 +115,7 @@ class DurableTracking:
         if batch:
             return {"name": KIND_CUSTOMER, "data": data}
         data["update_timestamp"] = self._timestamps.next()  # valid by construction
-        return self._commit_one(KIND_CUSTOMER, data)
+        return self._commit_one(KIND_CUSTOMER, data, stamped=True)
 
     def batch_commands(self, commands: list[dict[str, Any]]) -> list[bool]:
         """Queue every command in one transaction (all or none); a True per command."""
@@ -141,7 +144,7 @@ class DurableTracking:
         """A command checked by check_command(), its timestamps fixed now, as a stored row
         (its size checked: ValidationError naming `field`)."""
         stamped = self._stamp(command)
-        return _row(field, stamped["name"], stamped["data"])
+        return _row(field, stamped["name"], stamped["data"], stamped=stamped["stamped"])
 
     def commit_rows(
         self, rows: list[NewCommand], keys: list[bytes], *, reimport: bool = False
@@ -183,11 +186,11 @@ class DurableTracking:
 
     def _stamp(self, normalized: dict[str, Any]) -> dict[str, Any]:
         data = normalized["data"]
-        if normalized["name"] == KIND_EVENT and data.get("timestamp") is None:
-            data["timestamp"] = self._timestamps.next()
-        if normalized["name"] == KIND_CUSTOMER and data.get("update_timestamp") is None:
-            data["update_timestamp"] = self._timestamps.next()
-        return {"name": normalized["name"], "data": data}
+        stamp = _STAMPED.get(normalized["name"])
+        stamped = stamp is not None and data.get(stamp) is None
+        if stamp is not None and stamped:
+            data[stamp] = self._timestamps.next()
+        return {"name": normalized["name"], "data": data, "stamped": stamped}
 
     # -- with a receipt (not in the seed's API: its calls keep returning True) ----------------
 
@@ -204,7 +207,7 @@ class DurableTracking:
         )
         if timestamp is None:
             data["timestamp"] = self._timestamps.next()
-        return self._commit_with_receipts([(KIND_EVENT, data)])[0]
+        return self._commit_with_receipts([(KIND_EVENT, data, timestamp is None)])[0]
 
     def track_customer_update(
         self, customer_ids: dict[str, Any], properties: dict[str, Any]
@@ -212,30 +215,33 @@ class DurableTracking:
         """update_customer_properties, returning a Receipt once the update is durable."""
         data = validation.customer_command(customer_ids, properties, check_size=False)
         data["update_timestamp"] = self._timestamps.next()
-        return self._commit_with_receipts([(KIND_CUSTOMER, data)])[0]
+        return self._commit_with_receipts([(KIND_CUSTOMER, data, True)])[0]
 
     def track_commands(self, commands: list[dict[str, Any]]) -> list[Receipt]:
         """batch_commands (all or none), returning a Receipt per command."""
         if not isinstance(commands, list):
             raise ValidationTypeError("commands", f"must be a list, not {type(commands).__name__}")
         prepared = [self._prepare(f"commands[{i}]", command) for i, command in enumerate(commands)]
-        return self._commit_with_receipts([(c["name"], c["data"]) for c in prepared])
+        return self._commit_with_receipts([(c["name"], c["data"], c["stamped"]) for c in prepared])
 
-    def _commit_with_receipts(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Receipt]:
+    def _commit_with_receipts(
+        self, commands: list[tuple[str, dict[str, Any], bool]]
+    ) -> list[Receipt]:
+        """Commit (name, data, stamped) triples; `stamped`: the agent fixed the timestamp."""
         self._check_open()
         rows = [
-            _row(f"commands[{i}]", kind, data, receipt=True)
-            for i, (kind, data) in enumerate(commands)
+            _row(f"commands[{i}]", kind, data, receipt=True, stamped=stamped)
+            for i, (kind, data, stamped) in enumerate(commands)
         ]
         if self._store is not None:
             self._store.enqueue(rows)
             self._on_enqueued(len(rows))
         return [Receipt(row.id) for row in rows]  # id 0 in test mode: nothing stored
 
-    def _commit_one(self, kind: str, data: dict[str, Any]) -> bool:
+    def _commit_one(self, kind: str, data: dict[str, Any], *, stamped: bool) -> bool:
         """_commit for one validated command: the add_event/update path, kept short."""
         self._check_open()
-        row = _row("commands[0]", kind, data)
+        row = _row("commands[0]", kind, data, stamped=stamped)
         if self._store is not None:
             self._store.enqueue((row,))
             self._on_enqueued(1)
@@ -244,7 +250,7 @@ class DurableTracking:
     def _commit(self, commands: list[dict[str, Any]]) -> bool:
         self._check_open()
         rows = [
-            _row(f"commands[{i}]", command["name"], command["data"])
+            _row(f"commands[{i}]", command["name"], command["data"], stamped=command["stamped"])
             for i, command in enumerate(commands)
         ]
         if self._store is not None:
@@ -265,10 +271,21 @@ def check_command(command: Any, field: str) -> dict[str, Any]:
     return normalized
 
 
-def _row(field: str, kind: str, data: dict[str, Any], receipt: bool = False) -> NewCommand:
-    """The stored form of a validated command: serialised once, its size checked here."""
+def _row(
+    field: str, kind: str, data: dict[str, Any], receipt: bool = False, *, stamped: bool = False
+) -> NewCommand:
+    """The stored form of a validated command: serialised once, its size checked here. When
+    the agent fixed its timestamp (`stamped`), the boot and its clock go with it: a wrong wall
+    clock can then be corrected before the first send (outbox/clock.py)."""
     try:
-        row = NewCommand(kind, _key_dumps(data["customer_ids"]), _dumps(data), receipt=receipt)
+        row = NewCommand(
+            kind,
+            _key_dumps(data["customer_ids"]),
+            _dumps(data),
+            receipt=receipt,
+            boot=boot_id() if stamped else None,
+            mono=boot_seconds() if stamped else None,
+        )
     except UnicodeEncodeError as exc:  # lone surrogates: not encodable as UTF-8
         raise ValidationError(field, "contains text that is not valid Unicode") from exc
     if row.size >= validation.MAX_COMMAND_BYTES:

@@ -27,6 +27,8 @@
     │   ├── DatabaseUnavailableError  the database server cannot be reached (PostgreSQL)
     │   ├── OutboxVersionError        the file was migrated by a newer tracker-agent
     │   └── NotAnOutboxError          the file is corrupt or belongs to something else
+    ├── BundleError (ValueError)      an offline bundle that is corrupt, truncated, of another
+    │                                 format or another project (tracker-agent import --bundle)
     ├── AgentClosedError              a call on a TrackerAgent after close()
     └── MissingDependencyError (ImportError)  an optional library (an extra) is not installed
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BundleError",
     "TrackerAgentError",
     "APIException",
     "TransportError",
@@ -241,6 +244,11 @@ class OutboxVersionError(OutboxError):
 
 class NotAnOutboxError(OutboxError):
     """The file is corrupt, or is a database that belongs to something else."""
+
+
+class BundleError(TrackerAgentError, ValueError):
+    """An offline bundle refused: corrupt, truncated, another format or another project.
+    Its message is one line that names the file."""
 
 
 class AgentClosedError(TrackerAgentError):

@@ -15,7 +15,15 @@ from typing import Any
 from .exceptions import APIException
 from .outbox import state as state_keys
 from .outbox.leases import ClaimedRow, Settlement
-from .policy import Action, DrainPolicy, backoff_delay, classify, error_text, pause_probe_delay
+from .policy import (
+    Action,
+    DrainPolicy,
+    backoff_delay,
+    classify,
+    error_text,
+    pause_probe_delay,
+    unreachable,
+)
 
 log = logging.getLogger("tracker_agent.drain")
 
@@ -33,6 +41,9 @@ class DrainReport:
     retried: int = 0
     paused_reason: str | None = None
     backoff_until: float | None = None
+    #: The backoff in force began with no answer at all (policy.unreachable): a reachability
+    #: probe may end it early.
+    unreachable: bool = False
     last_error: str | None = None
 
     @property
@@ -52,6 +63,7 @@ class DrainReport:
         self.retried += other.retried
         self.paused_reason = other.paused_reason
         self.backoff_until = other.backoff_until
+        self.unreachable = other.unreachable
         self.last_error = other.last_error or self.last_error
 
 
@@ -90,6 +102,7 @@ def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainR
         backoff_until = float(state.get(state_keys.STATE_BACKOFF_UNTIL) or 0)
         if backoff_until > now:
             report.backoff_until = backoff_until
+            report.unreachable = bool(state.get(state_keys.STATE_BACKOFF_UNREACHABLE))
             return False
         return True
 
@@ -98,6 +111,7 @@ def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainR
         "max_bytes": policy.batch_max_bytes,
         "lease_seconds": policy.lease_seconds,
         "may_claim": may_claim,
+        "fix_clock": policy.clock_correction,
     }
     return terms, report
 
@@ -131,6 +145,7 @@ def settle_results(
             state_keys.STATE_LAST_SUCCESS: now,
             state_keys.STATE_FAILURES: 0,
             state_keys.STATE_BACKOFF_UNTIL: 0,
+            state_keys.STATE_BACKOFF_UNREACHABLE: None,
             state_keys.STATE_PAUSED_REASON: None,
             state_keys.STATE_PROBE_AT: None,
             state_keys.STATE_PAUSE_PROBES: None,
@@ -214,6 +229,7 @@ def back_off(
         {
             state_keys.STATE_FAILURES: failures,
             state_keys.STATE_BACKOFF_UNTIL: retry_at,
+            state_keys.STATE_BACKOFF_UNREACHABLE: unreachable(exc),
             state_keys.STATE_LAST_ERROR: reason,
             state_keys.STATE_LAST_ERROR_AT: now,
         }
@@ -227,6 +243,7 @@ def back_off(
         reason,
     )
     report.backoff_until = retry_at
+    report.unreachable = unreachable(exc)
     report.last_error = reason
 
 

@@ -6,6 +6,7 @@ how fast to send. drain.py applies it.
   server refused the request itself: isolate the bad command)
 - backoff_delay(failures, ...): capped exponential backoff with full jitter; a server's
   Retry-After is a floor
+- unreachable(exc): the backoff began with no answer at all: a reachability probe may end it
 - RateLimiter: at most `rate` requests per second (the API's per-IP limit is 100/s)
 """
 
@@ -90,6 +91,17 @@ def pause_probe_delay(failed_probes: int, *, interval: float) -> float:
     return min(interval, c.FIRST_PAUSE_PROBE_SECONDS * 2.0**exponent)
 
 
+def unreachable(exc: APIException) -> bool:
+    """`exc` means the API could not be reached at all (connection refused or reset, DNS,
+    TLS, a timeout: no HTTP status): the backoff it starts may end early, as soon as a
+    reachability probe is answered. Anything with a status is an answer and keeps its
+    backoff: 429 and 5xx are the server asking for time (Retry-After honoured), and an
+    unreadable answer (a captive portal's login page, a truncated body) came from something
+    that answered; system/time would be answered by it too, or not read, so probing
+    proves nothing there."""
+    return exc.retryable and exc.status_code is None
+
+
 def error_text(exc: APIException) -> str:
     messages = "; ".join(exc.errors) if exc.errors else exc.message
     status = f"HTTP {exc.status_code}: " if exc.status_code is not None else ""
@@ -109,6 +121,8 @@ class DrainPolicy:
     max_age: float | None = None
     rate_limit: float = c.API_RATE_LIMIT
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+    reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
+    clock_correction: bool = False
     receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
     receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
 

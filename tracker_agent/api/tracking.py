@@ -149,11 +149,12 @@ class Tracking(Namespace):
     path_prefix = "/track/v2/projects/{token}"
     public_key_ok = True
 
-    def get_system_time(self, batch: bool = False) -> float | dict[str, Any]:
-        """The server's time in POSIX seconds, or the batch command asking for it."""
+    def get_system_time(self, batch: bool = False, *, retry: bool = True) -> float | dict[str, Any]:
+        """The server's time in POSIX seconds, or the batch command asking for it. With
+        retry=False, one request only (the drain's reachability probe: no read retries)."""
         if batch:
             return {"name": SYSTEM_TIME_COMMAND}
-        response = self._call("GET", "/system/time", read=True, require={"time": (int, float)})
+        response = self._call("GET", "/system/time", read=retry, require={"time": (int, float)})
         return float(response["time"])
 
     def update_customer_properties(

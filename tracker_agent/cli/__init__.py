@@ -17,6 +17,7 @@ from click.core import ParameterSource
 from tracker_agent._version import __version__
 from tracker_agent.cli import options, output
 from tracker_agent.cli.admin import check, clear_warning, config_, migrate
+from tracker_agent.cli.bundles import export
 from tracker_agent.cli.context import EXIT_ERROR, PROG, CliContext, describe, fail
 from tracker_agent.cli.deadletters import dead_letters
 from tracker_agent.cli.demo import demo
@@ -73,7 +74,7 @@ def cli(ctx: click.Context, /, **given: Any) -> None:
 
 for _command in (
     run, status, flush, track, import_, dead_letters, migrate, clear_warning, check, config_, demo,
-    resume, receipt,
+    resume, receipt, export,
 ):  # fmt: skip
     cli.add_command(_command)
 options.accept_after_commands(cli)

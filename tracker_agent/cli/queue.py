@@ -11,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from tracker_agent import validation
+from tracker_agent.cli.bundles import import_bundle
 from tracker_agent.cli.context import EXIT_ALARM, PROG, CliContext, Seconds, fail, pass_cli
 from tracker_agent.constants import DEFAULT_IMPORT_CHUNK_SIZE
 from tracker_agent.exceptions import TrackerAgentError, ValidationError
@@ -169,7 +170,16 @@ def track_customer(
 
 
 @click.command("import")
-@click.argument("source", metavar="FILE|-")
+@click.argument("source", metavar="FILE|-", required=False)
+@click.option(
+    "--bundle",
+    "bundle_path",
+    metavar="FILE",
+    help="Import an offline bundle made by `tracker-agent export` instead of JSON Lines.",
+)
+@click.option(
+    "--force", is_flag=True, help="With --bundle: import a bundle made for another project."
+)
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
@@ -188,7 +198,15 @@ def track_customer(
     help="Check every line and count what would be queued; queue nothing.",
 )
 @pass_cli
-def import_(cli: CliContext, source: str, chunk_size: int, reimport: bool, dry_run: bool) -> None:
+def import_(
+    cli: CliContext,
+    source: str | None,
+    bundle_path: str | None,
+    force: bool,
+    chunk_size: int,
+    reimport: bool,
+    dry_run: bool,
+) -> None:
     """Queue commands from JSON Lines (FILE, or - for stdin); safe to run again.
 
     Each line is {"name": "customers/events"|"customers", "data": {...}}, or the data alone
@@ -196,9 +214,18 @@ def import_(cli: CliContext, source: str, chunk_size: int, reimport: bool, dry_r
     (within import_ledger_days) are skipped, so after a failure run the same import again,
     or a fixed copy of the file: nothing is queued twice. Bad lines are reported (exit 1)
     and the good ones queued; a line over 8 MiB stops the import.
+
+    With --bundle FILE: verify an offline bundle (tracker-agent export) and queue its
+    commands with their original timestamps; a bundle imported before adds nothing.
     """
     from tracker_agent.importing import JsonLinesImport
 
+    if (source is None) == (bundle_path is None):
+        raise click.UsageError("give either FILE|- (JSON Lines) or --bundle FILE")
+    if bundle_path is not None:
+        import_bundle(cli, bundle_path, dry_run=dry_run, force=force)
+        return
+    assert source is not None
     cli.settings()  # bad settings are reported before any input is read
     # The outbox is opened at the first good line: input without one creates nothing.
     job = JsonLinesImport(

@@ -72,7 +72,21 @@ def status_rows(stats: dict[str, Any], now: float) -> list[tuple[str, str]]:
         ("paused", f"yes: {paused}" if paused else "no"),
         ("next attempt", human_time(stats.get("next_attempt_at"), now)
          if stats.get("next_attempt_at") else "-"),
+        ("clock", clock_row(stats)),
     ]  # fmt: skip
     if warning:  # loud, and last: the line an operator's eye lands on
         rows.append(("WARNING", warning))
     return rows
+
+
+def clock_row(stats: dict[str, Any]) -> str:
+    """The server's clock minus ours, and what clock correction did (README: "Devices that
+    live offline")."""
+    offset = stats.get("clock_offset_s")
+    if offset is None:
+        return "-"
+    text = f"server {offset:+.1f} s; {stats.get('clock_corrected') or 0:,} corrected"
+    uncorrected = stats.get("clock_uncorrected") or 0
+    if uncorrected:
+        text += f", {uncorrected:,} impossible sent as recorded"
+    return text

@@ -58,6 +58,7 @@ BOUNDS: dict[str, Bounds] = {
     "max_age": Bounds(1, 10 * YEAR_SECONDS, "s"),
     "rate_limit": Bounds(1, 10_000, "requests/s"),
     "pause_probe_interval": Bounds(0.1, DAY_SECONDS, "s"),
+    "reach_probe_interval": Bounds(0.1, HOUR_SECONDS, "s"),
     "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
     "close_timeout": Bounds(0, HOUR_SECONDS, "s"),
     "warn_undrained_after": Bounds(0, DAY_SECONDS, "s"),
@@ -132,12 +133,17 @@ class Settings:
     max_age: float | None = None  # seconds; None: forever
     rate_limit: float = c.API_RATE_LIMIT  # requests per second
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
+    reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
     shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
     # Delivered receipts are remembered this long and at most this many (0: not at all).
     receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
     receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
     # The embedded agent's life cycle (TrackerAgent; the CLI's one-shot commands never drain).
     enabled: bool = True  # False: test mode: tracking calls are validated, never stored or sent
+    # Correct the timestamps the agent fixes at enqueue by the server's clock (README: "Devices
+    # that live offline"). Opt-in: the drain then waits for one GET system/time per boot and
+    # outbox before its first batch; hosts kept right by NTP gain nothing from it.
+    clock_correction: bool = False
     drain: bool = True  # deliver from a background thread, started when the agent is created
     close_timeout: float = c.DEFAULT_CLOSE_TIMEOUT_SECONDS  # close()/exit deliver this long
     warn_undrained_after: float = c.DEFAULT_WARN_UNDRAINED_AFTER_SECONDS  # 0: never warn

@@ -18,12 +18,24 @@ class NewCommand:
     not a dataclass: one is built per tracking call.
     """
 
-    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id")
+    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id", "boot", "mono")
 
     def __init__(
-        self, kind: str, customer_key: str, payload: str, size: int = -1, receipt: bool = False
+        self,
+        kind: str,
+        customer_key: str,
+        payload: str,
+        size: int = -1,
+        receipt: bool = False,
+        *,
+        boot: str | None = None,
+        mono: float | None = None,
     ) -> None:
+        """`boot` and `mono`: the boot in which the agent fixed the command's timestamp and
+        that boot's clock then (bootclock), for clock correction; None for a caller's."""
         self.kind = kind
+        self.boot = boot
+        self.mono = mono
         self.customer_key = customer_key
         self.payload = payload
         if size < 0:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import deadletters, receipts
+from . import clock, deadletters, receipts
 from .state import STATE_DEAD_LETTERED, STATE_DELIVERED, read_state, set_state
 
 _ADD_TO_COUNTER = (
@@ -88,7 +88,7 @@ merged(id, customer_key, stop) AS (
         WHERE x.customer_key = m.customer_key AND x.id > m.id ORDER BY x.id LIMIT 1)
     WHERE n.id < m.stop
     ORDER BY 1 LIMIT :limit)
-SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt
+SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt, o.boot_id, o.mono_at
 FROM merged JOIN outbox AS o ON o.id = merged.id
 ORDER BY o.id
 """
@@ -112,6 +112,8 @@ class ClaimedRow(NamedTuple):
     attempts: int
     created_at: float
     receipt: int = 0  # 1: the caller holds a receipt for it
+    boot_id: str | None = None  # set until the first claim decides the timestamp (clock.py)
+    mono_at: float | None = None
 
 
 @dataclass
@@ -145,21 +147,31 @@ def claim(
     *,
     follow_own: bool = False,
     pick: PickFn | None = None,
+    fix_clock: bool = False,
+    add_to_counter_sql: str = _ADD_TO_COUNTER,
 ) -> tuple[dict[str, Any], list[ClaimedRow]]:
     """The agent state and, unless may_claim(state) says no, the next rows leased to owner.
 
     With `follow_own`, rows leased to `owner` itself do not block it: a customer whose oldest
     rows are all leased to `owner` yields the rows that follow them (never those rows again).
     The caller must then send such rows only after the earlier ones came back accepted (and
-    give them back otherwise): that is what keeps the customer's order."""
+    give them back otherwise): that is what keeps the customer's order.
+
+    Each row's timestamp is decided at its first claim (with `fix_clock`, corrected by the
+    server's clock, see clock.py) and frozen by the lease UPDATE (boot_id cleared)."""
     state = read_state(cur)
     if may_claim is not None and not may_claim(state):
         return state, []
     picked = (pick or pick_sqlite)(cur, now, limit, max_bytes, owner if follow_own else None)
     if picked:  # one statement (at most batch_size ids): a fifth cheaper than 50
+        if fix_clock:
+            fixed = dict(clock.decide(cur, picked, state, now, add_to_counter_sql))
+            if fixed:
+                picked = [r._replace(payload=fixed.get(r.id, r.payload)) for r in picked]
         marks = ",".join("?" * len(picked))
         cur.execute(
-            f"UPDATE outbox SET lease_owner = ?, lease_expires_at = ? WHERE id IN ({marks})",
+            "UPDATE outbox SET lease_owner = ?, lease_expires_at = ?, boot_id = NULL"
+            f" WHERE id IN ({marks})",
             (owner, now + lease_seconds, *(r.id for r in picked)),
         )
     return state, picked

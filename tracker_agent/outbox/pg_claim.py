@@ -79,7 +79,7 @@ picked AS MATERIALIZED (
         WHERE x.customer_key = c.customer_key AND x.id >= c.start AND x.id < c.stop
         ORDER BY x.id LIMIT %(limit)s) AS r
     ORDER BY r.id LIMIT %(limit)s)
-SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt
+SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt, o.boot_id, o.mono_at
 FROM picked JOIN outbox AS o ON o.id = picked.id
 ORDER BY o.id
 """

@@ -48,10 +48,10 @@ _COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_c
 # One statement for a whole round; ORDER BY n draws the ids in the callers' order (so the ids
 # RETURNING gives, sorted, are the rows' in that order).
 _INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
-    " SELECT k, c, p, s, extract(epoch FROM statement_timestamp()), r"
-    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[])"
-    " WITH ORDINALITY AS u(k, c, p, s, r, n) ORDER BY n"
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt, boot_id, mono_at)"
+    " SELECT k, c, p, s, extract(epoch FROM statement_timestamp()), r, b, m"
+    " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[],"
+    " %s::float8[]) WITH ORDINALITY AS u(k, c, p, s, r, b, m, n) ORDER BY n"
 )
 # An enqueue's first statement: its customers' locks (sorted: two enqueues never deadlock),
 # the database's clock and the counters, in one round trip. The counters are read in the
@@ -70,9 +70,10 @@ _INSERT_ONE = (
     " hashtext(%(key)s))) AS n),"
     " room AS (SELECT coalesce(sum(rows), 0) + 1 <= %(max_rows)s"
     " AND coalesce(sum(bytes), 0) + %(size)s <= %(max_bytes)s AS ok FROM queue_counters)"
-    " INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
+    " INSERT INTO outbox"
+    " (kind, customer_key, payload, size, created_at, receipt, boot_id, mono_at)"
     " SELECT %(kind)s, %(key)s, %(payload)s, %(size)s,"
-    " extract(epoch FROM statement_timestamp()), %(receipt)s"
+    " extract(epoch FROM statement_timestamp()), %(receipt)s, %(boot)s::text, %(mono)s::float8"
     " FROM locked, room WHERE room.ok AND locked.n = 1 RETURNING id"
 )
 _LOCK_LEDGER = f"SELECT pg_advisory_xact_lock({PG_LEDGER_LOCK})"
@@ -241,6 +242,8 @@ class PostgresBackend(Backend):
             "payload": c.payload,
             "size": c.size,
             "receipt": int(c.receipt),
+            "boot": c.boot,
+            "mono": c.mono,
             "max_rows": store.max_rows,
             "max_bytes": store.max_bytes,
         }
@@ -258,6 +261,8 @@ class PostgresBackend(Backend):
             [c.payload for c in commands],
             [c.size for c in commands],
             [int(c.receipt) for c in commands],
+            [c.boot for c in commands],
+            [c.mono for c in commands],
         )
         cur.execute(_INSERT + " RETURNING id" if receipt else _INSERT, columns)
         if receipt:

@@ -66,6 +66,12 @@ outbox = Table(
     # 1 if the caller asked for a receipt (delivery is then remembered in `receipts`). Added
     # by migration 0005 with ALTER TABLE, hence after is_head.
     Column("receipt", Integer, nullable=False, server_default="0"),
+    # The boot the agent fixed the timestamp in and a reading of that boot's clock (bootclock);
+    # NULL once the row was first claimed (its timestamp corrected or not, then frozen: see
+    # outbox/clock.py), and for rows whose timestamp the caller gave. Migration 0006 added
+    # them with ALTER TABLE (no copy of the backlog), hence after receipt.
+    Column("boot_id", Text, nullable=True),
+    Column("mono_at", Float, nullable=True),
     sqlite_autoincrement=True,
 )
 # A customer's queue in id order: the claim takes a customer's next rows here, one seek each,

@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, boot_id, mono_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 # A round of several callers' rows, some perhaps with a receipt.
 _INSERT_ROUND = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, receipt)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO outbox"
+    " (kind, customer_key, payload, size, created_at, boot_id, mono_at, receipt)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
 # The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
@@ -170,7 +172,10 @@ class SqliteBackend(Backend):
         last_insert_rowid()."""
         cur.executemany(
             _INSERT_ROUND,
-            [(c.kind, c.customer_key, c.payload, c.size, now, int(c.receipt)) for c in commands],
+            [
+                (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, int(c.receipt))
+                for c in commands
+            ],
         )
         if any(c.receipt for c in commands):
             (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
@@ -225,7 +230,9 @@ class SqliteBackend(Backend):
 
 def _insert_one(cur: Any, c: NewCommand, now: float) -> None:
     if c.receipt:
-        cur.execute(_INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, 1))
+        cur.execute(
+            _INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, 1)
+        )
         c.id = int(cur.lastrowid)
     else:
-        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now))
+        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono))

@@ -24,6 +24,16 @@ STATE_PROBE_AT = "probe_at"
 STATE_PAUSE_PROBES = "pause_probes"
 STATE_BACKOFF_UNTIL = "backoff_until"
 STATE_FAILURES = "consecutive_failures"
+#: True while the backoff in force began with no answer at all (policy.unreachable): a
+#: reachability probe that is answered may end it early (fast resume).
+STATE_BACKOFF_UNREACHABLE = "backoff_unreachable"
+#: Clock correction (outbox/clock.py): each boot's reference of the server's clock
+#: ({boot_id: [server, boot_seconds, wall, learned_at]}), the latest learned offset (server
+#: minus wall, s), commands corrected, impossible timestamps sent as recorded.
+STATE_CLOCK_REFS = "clock_refs"
+STATE_CLOCK_OFFSET = "clock_offset"
+STATE_CLOCK_CORRECTED = "clock_corrected"
+STATE_CLOCK_UNCORRECTED = "clock_uncorrected"
 #: The project token this outbox belongs to, recorded by the first agent that opens it.
 STATE_PROJECT = "project_token"
 #: Something an operator must know (e.g. the -wal file was lost), and since when.
@@ -34,8 +44,9 @@ STATE_WARNING_AT = "warning_at"
 #: agent_state keys that are per host when hosts share the database: a 429 or a network fault
 #: one host meets backs off that host, not all (the API limits per source IP). The store reads
 #: and writes them as "key@host"; the plain key keeps the latest value of any host, for status.
-#: A pause (credentials) stays global.
-HOST_STATE = frozenset({STATE_BACKOFF_UNTIL, STATE_FAILURES})
+#: A pause (credentials) stays global. Whether a host's backoff began with no answer at all
+#: (fast resume) is that host's too.
+HOST_STATE = frozenset({STATE_BACKOFF_UNTIL, STATE_FAILURES, STATE_BACKOFF_UNREACHABLE})
 
 
 def host_view(state: dict[str, Any], host: str) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 from ..exceptions import NotAnOutboxError, OutboxError
 from .state import (
     STATE_BACKOFF_UNTIL,
+    STATE_CLOCK_CORRECTED,
+    STATE_CLOCK_OFFSET,
+    STATE_CLOCK_UNCORRECTED,
     STATE_DEAD_LETTERED,
     STATE_DELIVERED,
     STATE_DROPPED,
@@ -48,6 +51,9 @@ STATS_KEYS = (
     "project",
     "warning",
     "warning_at",
+    "clock_offset_s",
+    "clock_corrected",
+    "clock_uncorrected",
 )
 
 
@@ -89,6 +95,9 @@ def collect_stats(
         "project": state.get(STATE_PROJECT),
         "warning": state.get(STATE_WARNING),
         "warning_at": state.get(STATE_WARNING_AT),
+        "clock_offset_s": state.get(STATE_CLOCK_OFFSET),
+        "clock_corrected": int(state.get(STATE_CLOCK_CORRECTED) or 0),
+        "clock_uncorrected": int(state.get(STATE_CLOCK_UNCORRECTED) or 0),
     }
 
 

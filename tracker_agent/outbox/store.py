@@ -20,7 +20,7 @@ from typing import Any
 from ..clock import wall_clock
 from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import deadletters, leases, ledger, owners, receipts
+from . import clock, deadletters, export, leases, ledger, owners, receipts, resume
 from .backend import SQLITE
 from .backends import backend_for_engine
 from .commands import NewCommand, Request
@@ -30,6 +30,8 @@ from .ledger import KeyedCommands
 from .state import (
     HOST_STATE,
     STATE_DROPPED,
+    STATE_LAST_ERROR,
+    STATE_LAST_ERROR_AT,
     STATE_PAUSE_PROBES,
     STATE_PAUSED_REASON,
     STATE_PROBE_AT,
@@ -356,12 +358,15 @@ class OutboxStore:
         now: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
+        fix_clock: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return self._claim(cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own)
+            return self._claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock
+            )
 
     def _claim(
         self,
@@ -373,6 +378,7 @@ class OutboxStore:
         now: float,
         gate: Callable[[dict[str, Any]], bool] | None,
         follow_own: bool,
+        fix_clock: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         host = self._host
         if host is not None:  # a backoff is this host's: see HOST_STATE
@@ -391,6 +397,8 @@ class OutboxStore:
             gate,
             follow_own=follow_own,
             pick=self.backend.pick,
+            fix_clock=fix_clock,
+            add_to_counter_sql=self.backend.add_to_counter_sql,
         )
         return (state if host is None else host_view(state, host)), rows
 
@@ -426,6 +434,7 @@ class OutboxStore:
         lease_seconds: float,
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
+        fix_clock: bool = False,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
@@ -433,7 +442,7 @@ class OutboxStore:
             delivered = self._settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
             state, rows = self._claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock
             )
             return delivered, state, rows
 
@@ -521,6 +530,59 @@ class OutboxStore:
             if reason:
                 set_state(cur, {STATE_PROBE_AT: 0, STATE_PAUSE_PROBES: 0})
         return str(reason) if reason else None
+
+    def learn_clock(self, boot: str, ref: clock.BootRef, now: float) -> None:
+        """Record an answer of the server's clock as `boot`'s reference (clock.py): commands
+        of that boot not yet claimed are corrected by it at their first claim."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            clock.learn(cur, boot, ref, now)
+
+    def note_error(self, reason: str, now: float) -> None:
+        """Record why delivery waits although no batch failed (status shows it): the drain
+        could not learn the server's clock, so nothing was claimed."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            set_state(cur, {STATE_LAST_ERROR: reason, STATE_LAST_ERROR_AT: now})
+
+    def knows_clock(self, boot: str) -> bool:
+        """A reference of `boot`'s clock was learned (by any process on this outbox)."""
+        return boot in clock.refs_of(self.state())
+
+    # -- offline bundles (agent.export_bundle) ---------------------------------------------------
+
+    def outbox_id(self) -> str:
+        """This outbox's id (made at first use): bundles name commands by it and their id."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return export.outbox_id(cur)
+
+    def lease_for_export(
+        self, owner: str, after_id: int, limit: int, until: float
+    ) -> list[export.ExportRow]:
+        """Lease the next `limit` rows after `after_id` that no drainer holds to `owner`."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            local = self._now()
+            stamped = self.backend.clock(cur, local)  # the lease on the database's clock
+            return export.lease_for_export(
+                cur, owner, after_id, limit, stamped, until - local + stamped
+            )
+
+    def delete_exported(self, owner: str, ids: list[int]) -> int:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            if ids:  # PostgreSQL: the customers' locks first (see Backend.lock_customers)
+                marks = ",".join("?" * len(ids))
+                keys = f"SELECT customer_key FROM outbox WHERE id IN ({marks})"
+                self.backend.lock_customers(cur, keys, ids)
+            return export.delete_exported(cur, owner, ids)
+
+    def release_exported(self, owner: str, ids: list[int]) -> None:
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            export.release_exported(cur, owner, ids)
+
+    def end_unreachable_backoff(self, now: float) -> bool:
+        """A reachability probe was answered: if the backoff in force began with no answer at
+        all, end it now (the rows it holds are due at once). A backoff a 429 or 5xx started
+        is left alone. True if a backoff ended."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return resume.end_unreachable_backoff(cur, self.backend.clock(cur, now), self._host)
 
     def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
         """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
