@@ -26,6 +26,7 @@ from bench import (
     latency,
     memory,
     peers,
+    postgresql,
     receipts,
     report,
     sysinfo,
@@ -40,6 +41,7 @@ FAMILIES: dict[str, ModuleType] = {
     "memory": memory,
     "coldstart": coldstart,
     "backlog": backlog,
+    "postgresql": postgresql,
     "receipts": receipts,
     "importing": importing,
 }

@@ -94,6 +94,9 @@ def _fake_answer(fake: Any, cmd: str) -> Any:
     if cmd == "reset":
         fake.reset()
         return True
+    if cmd.startswith("latency:"):  # seconds every answer waits from now on
+        fake.latency = float(cmd.partition(":")[2])
+        return True
     raise ValueError(f"unknown command {cmd!r}")
 
 

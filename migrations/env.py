@@ -1,8 +1,10 @@
 """Alembic environment for the outbox: runs on the connection open_outbox hands over.
 
 tracker_agent.outbox.engine.migrate() passes its connection (already inside a BEGIN IMMEDIATE
-transaction) in config.attributes["connection"]. Run by hand (developers writing a revision),
-the database comes from `sqlalchemy.url` in the config or `-x url=sqlite:///path`.
+transaction; on PostgreSQL pg_engine.migrate_pg(), inside a transaction holding the migration's
+advisory lock) in config.attributes["connection"]. Dialect differences: outbox/ddl.py. Run by
+hand (developers writing a revision), the database comes from `sqlalchemy.url` in the config or
+`-x url=sqlite:///path` (or a PostgreSQL URL).
 """
 
 from __future__ import annotations

@@ -143,3 +143,64 @@ def make_read_only() -> Iterator[Callable[[Path], None]]:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         else:
             path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# -- PostgreSQL: one throwaway server per session, a fresh database per test --------------------
+
+#: The backends the contract suites run against (tests ask for `database_url`).
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A PostgreSQL server on 127.0.0.1 for the whole session (started on first use). Without
+    the server binaries or psycopg the PostgreSQL tests skip, saying why; under CI=true they
+    fail instead (CI installs both)."""
+    import shutil
+    import tempfile
+
+    from tracker_agent.testing.postgres import PostgresUnavailable, TemporaryPostgres
+
+    # Not under tmp_path_factory: its base folder is 0700 root's, which the server's own user
+    # could not enter when the tests run as root.
+    folder = tempfile.mkdtemp(prefix="tracker-agent-pg-")
+    try:
+        import psycopg  # noqa: F401
+
+        server = TemporaryPostgres(folder).start()
+    except (ImportError, PostgresUnavailable) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        reason = f"PostgreSQL tests need a server and psycopg 3: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+def fresh_postgres_url(server: Any) -> str:
+    """A new empty database on the session's server."""
+    return str(server.create_database(f"t{next(_databases)}"))
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The outbox URL of a fresh outbox: an SQLite file in tmp_path (the default), or a new
+    database on the session's PostgreSQL server for tests marked @both_backends."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return sqlite_url(tmp_path / "outbox.db")
+    return fresh_postgres_url(request.getfixturevalue("postgres_server"))
+
+
+#: Runs a test (that uses `database_url`, directly or through another fixture) on both.
+both_backends = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+
+
+def is_postgresql(url: str) -> bool:
+    return url.startswith("postgresql")

@@ -227,7 +227,7 @@ def test_oversized_command_is_refused_at_the_call_and_nothing_is_written(agent):
 def test_enqueues_stay_synchronous_full_while_drain_bookkeeping_skips_its_fsync(agent):
     agent.tracking.add_event({"registered": "a"}, "e")
     agent.flush()
-    writer = agent.store._writer.driver_connection
+    writer = agent.store.backend._writer.driver_connection
     drain = agent.store._drain_conn.driver_connection
     assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert drain.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

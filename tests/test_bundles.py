@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_agent, sqlite_url
+from conftest import both_backends, make_agent, sqlite_url
 
 from tracker_agent import bundle
 from tracker_agent.cli import cli
@@ -64,6 +64,19 @@ def test_a_round_trip_moves_every_command_with_its_original_timestamp(fake, tmp_
         assert payloads(b) == before  # same commands, same order, same timestamps
         assert target.flush().delivered == 6
     assert [e["timestamp"] for e in fake.events] == [p["timestamp"] for p in before[:5]]
+
+
+@both_backends
+def test_a_bundle_exported_from_either_database_arrives_whole(fake, database_url, tmp_path):
+    out = tmp_path / "queue.tab"
+    with make_agent(fake, database_url) as source:
+        fill(source, 5)
+        assert source.export_bundle(out).exported == 5
+        assert source.stats()["pending"] == 0 and source.stats()["in_flight"] == 0
+    with make_agent(fake, tmp_path / "b.db") as target:
+        assert target.import_bundle(out).queued == 5
+        assert target.flush().delivered == 5
+    assert sorted(e["properties"]["n"] for e in fake.events) == list(range(5))
 
 
 def test_importing_the_same_bundle_twice_adds_nothing(fake, tmp_path):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import wait_for
+from conftest import both_backends, wait_for
 
 from tracker_agent.cli import cli, logs
 from tracker_agent.cli.run import REPEAT_WINDOW_SECONDS, is_repeat
@@ -39,13 +39,13 @@ def _isolated(isolated_cli: None) -> None:
 
 
 @pytest.fixture
-def env(fake: FakeExponea, tmp_path: Path) -> dict[str, str]:
+def env(fake: FakeExponea, database_url: str) -> dict[str, str]:
     return {
         "TRACKER_AGENT_PROJECT_TOKEN": TOKEN,
         "TRACKER_AGENT_USERNAME": USERNAME,
         "TRACKER_AGENT_PASSWORD": PASSWORD,
         "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
+        "TRACKER_AGENT_DATABASE_URL": database_url,
         "TRACKER_AGENT_BACKOFF_BASE": "0.05",
         "TRACKER_AGENT_BACKOFF_CAP": "0.2",
         "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
@@ -137,6 +137,7 @@ def test_command_line_option_beats_environment_and_is_named_as_source(invoke: In
 # ---------------------------------------------------------------------------- track, flush
 
 
+@both_backends
 def test_track_event_then_flush_delivers_it_with_parsed_values(
     invoke: Invoke, fake: FakeExponea
 ) -> None:
@@ -218,6 +219,7 @@ def test_track_invalid_command_is_one_error_line(invoke: Invoke) -> None:
     assert "customer_ids" in line
 
 
+@both_backends
 def test_flush_with_the_api_down_exits_1_and_leaves_the_queue(
     invoke: Invoke, fake: FakeExponea
 ) -> None:
@@ -244,6 +246,7 @@ def test_status_on_a_corrupt_file_is_one_error_line(invoke: Invoke, tmp_path: Pa
     )
 
 
+@both_backends
 def test_status_table_and_json_agree(invoke: Invoke) -> None:
     for _ in range(3):
         invoke("track", "event", "--customer", "registered=a", "--type", "t")
@@ -265,6 +268,7 @@ def test_status_table_and_json_agree(invoke: Invoke) -> None:
     assert "last success    never" in table
 
 
+@both_backends
 def test_status_needs_no_credentials(invoke: Invoke, env: dict[str, str]) -> None:
     invoke("migrate")
     result = CliRunner().invoke(
@@ -276,6 +280,7 @@ def test_status_needs_no_credentials(invoke: Invoke, env: dict[str, str]) -> Non
     assert json.loads(result.stdout)["pending"] == 0
 
 
+@both_backends
 def test_status_max_age_alarm_exits_2(invoke: Invoke) -> None:
     invoke("track", "event", "--customer", "registered=a", "--type", "t")
     time.sleep(0.05)
@@ -286,6 +291,7 @@ def test_status_max_age_alarm_exits_2(invoke: Invoke) -> None:
     assert "pending" in result.stdout  # the report is still printed
 
 
+@both_backends
 def test_status_fail_if_paused_exits_2_when_credentials_are_refused(
     invoke: Invoke, fake: FakeExponea
 ) -> None:
@@ -299,6 +305,7 @@ def test_status_fail_if_paused_exits_2_when_credentials_are_refused(
     assert status_json(invoke)["pending"] == 1  # paused, never dead-lettered
 
 
+@both_backends
 def test_status_does_not_import_sqlalchemy_or_requests(invoke: Invoke, env: dict[str, str]) -> None:
     invoke("migrate")
     code = (
@@ -330,6 +337,7 @@ def write_lines(path: Path, records: list[Any]) -> str:
     return str(path)
 
 
+@both_backends
 def test_import_queues_every_line_in_chunks(
     invoke: Invoke, fake: FakeExponea, tmp_path: Path
 ) -> None:
@@ -440,6 +448,7 @@ def dead_letters(invoke: Invoke, fake: FakeExponea) -> None:
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_list_shows_reason_and_filters(invoke: Invoke) -> None:
     result = invoke("dead-letters", "list")
     assert result.exit_code == 0, result.output
@@ -453,6 +462,7 @@ def test_dead_letters_list_shows_reason_and_filters(invoke: Invoke) -> None:
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_retry_requeues_and_delivers(invoke: Invoke, fake: FakeExponea) -> None:
     rows = [json.loads(x) for x in invoke("dead-letters", "list", "--json").stdout.splitlines()]
     result = invoke("dead-letters", "retry", "--id", str(rows[1]["id"]))
@@ -463,6 +473,7 @@ def test_dead_letters_retry_requeues_and_delivers(invoke: Invoke, fake: FakeExpo
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_retry_and_purge_need_a_selection(invoke: Invoke) -> None:
     assert invoke("dead-letters", "retry").exit_code == 2
     assert invoke("dead-letters", "purge", "--yes").exit_code == 2
@@ -470,6 +481,7 @@ def test_dead_letters_retry_and_purge_need_a_selection(invoke: Invoke) -> None:
 
 
 @pytest.mark.usefixtures("dead_letters")
+@both_backends
 def test_dead_letters_purge_asks_unless_yes(invoke: Invoke) -> None:
     result = invoke("dead-letters", "purge", "--all", input="n\n")
     assert result.exit_code == 1 and status_json(invoke)["dead"] == 2
@@ -486,6 +498,19 @@ def test_migrate_creates_then_reports_head(invoke: Invoke, tmp_path: Path) -> No
     assert first.exit_code == 0 and "migrated from nothing to" in first.stdout
     assert (tmp_path / "outbox.db").exists()
     assert "already at revision" in invoke("migrate").stdout
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_migrate_on_postgresql_names_the_database_without_its_password(
+    invoke: Invoke, database_url: str
+) -> None:
+    with_password = database_url.replace("postgres@", "postgres:hunter2@")  # trust auth
+    first = invoke("migrate", TRACKER_AGENT_DATABASE_URL=with_password)
+    assert first.exit_code == 0, first.output
+    assert "migrated from nothing to" in first.stdout and "postgres:***@" in first.stdout
+    again = invoke("migrate", TRACKER_AGENT_DATABASE_URL=with_password)
+    assert "already at revision" in again.stdout
+    assert "hunter2" not in first.output + again.output
 
 
 def test_check_passes_against_the_api_and_prints_clock_skew(invoke: Invoke) -> None:
@@ -688,6 +713,7 @@ def test_run_delivers_notifies_systemd_and_exits_0_on_sigterm(
     assert "SIGTERM: stopping" in err and PASSWORD not in err
 
 
+@both_backends
 def test_run_sigterm_mid_drain_exits_0_and_loses_nothing(
     invoke: Invoke, fake: FakeExponea, daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
@@ -853,6 +879,7 @@ def test_demo_delivers_to_the_bundled_fake_through_a_separate_outbox(
     assert "delivered       31" in result.stdout
 
 
+@both_backends
 def test_resume_makes_the_next_pass_probe_a_paused_outbox_at_once(
     invoke: Invoke, fake: FakeExponea
 ) -> None:

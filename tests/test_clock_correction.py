@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from conftest import PASSWORD, TOKEN, USERNAME, make_agent
+from conftest import PASSWORD, TOKEN, USERNAME, both_backends, make_agent
 from freezegun import freeze_time
 
 from tracker_agent import constants as c
@@ -72,11 +72,12 @@ def stored_stamps(db: Path) -> list[float]:
     return [json.loads(p).get("timestamp") or json.loads(p)["update_timestamp"] for (p,) in rows]
 
 
+@both_backends
 @pytest.mark.parametrize("fake_ahead", [HOURS_3], indirect=True)
-def test_a_device_three_hours_slow_delivers_true_timestamps(fake_ahead, tmp_path):
+def test_a_device_three_hours_slow_delivers_true_timestamps(fake_ahead, database_url):
     fake = fake_ahead
     truth: list[float] = []
-    with make_agent(fake, tmp_path / "outbox.db", **CLOCK) as agent:
+    with make_agent(fake, database_url, **CLOCK) as agent:
         for n in range(3):
             truth.append(real_time() + HOURS_3)
             agent.tracking.add_event({"registered": "ann"}, "view", {"n": n})

@@ -517,3 +517,18 @@ def test_only_cli_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigError, match="project_token"):
         load_settings()
     assert os.environ["TRACKER_AGENT_PROJECT_TOKEN"] == "from-os-environ"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://u:hunter2@db:5432/t?sslmode=require",
+            "postgresql://u:***@db:5432/t?sslmode=require",
+        ),
+        ("postgresql+psycopg://u@db/t", "postgresql+psycopg://u@db/t"),
+        ("sqlite:////var/lib/a:b@c/outbox.db", "sqlite:////var/lib/a:b@c/outbox.db"),
+    ],
+)
+def test_redacted_settings_hide_a_database_password(url, shown):
+    assert Settings(project_token="t", database_url=url).redacted()["database_url"] == shown

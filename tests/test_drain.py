@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import make_agent
+from conftest import both_backends, make_agent
 from freezegun import freeze_time
 
 from tracker_agent.client import Exponea
@@ -23,8 +23,8 @@ START = "2030-01-01 00:00:00"
 
 
 @pytest.fixture
-def store(tmp_path):
-    engine = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+def store(database_url):
+    engine = open_outbox(database_url)
     store = OutboxStore(engine, max_rows=100_000, max_bytes=10**9)
     yield store
     store.close()
@@ -72,6 +72,7 @@ def delivered_ns(fake, customer: str | None = None) -> list[int]:
     ]
 
 
+@both_backends
 def test_delivers_in_batches_of_at_most_fifty_with_row_ids_as_command_ids(fake, store, client):
     enqueue_events(store, "alice", 120)
     report = drainer_for(store, client).drain()
@@ -85,6 +86,7 @@ def test_delivers_in_batches_of_at_most_fifty_with_row_ids_as_command_ids(fake, 
     assert stats["last_success_at"] is not None
 
 
+@both_backends
 def test_byte_cap_splits_requests(fake, store, client):
     enqueue_events(store, "alice", 10)
     drainer_for(store, client, batch_max_bytes=400).drain()
@@ -92,6 +94,7 @@ def test_byte_cap_splits_requests(fake, store, client):
     assert delivered_ns(fake) == list(range(10))
 
 
+@both_backends
 def test_command_rejected_inside_a_batch_is_dead_lettered_alone(fake, store, client):
     fake.reject_commands(lambda c: c["data"]["properties"]["n"] == 3, error="bad price")
     enqueue_events(store, "alice", 6)
@@ -103,6 +106,7 @@ def test_command_rejected_inside_a_batch_is_dead_lettered_alone(fake, store, cli
     assert "bad price" in dead.reason
 
 
+@both_backends
 def test_whole_batch_400_is_split_until_the_poison_command_is_isolated(fake, store, client):
     fake.reject_batches_containing(lambda c: c["data"]["properties"]["n"] == 13, status=400)
     enqueue_events(store, "alice", 20)
@@ -203,6 +207,7 @@ def test_a_wrong_result_count_resends_the_whole_batch_and_dedup_absorbs_it(fake,
     assert fake.duplicate_events == 4  # each command applied twice, stored once
 
 
+@both_backends
 def test_a_request_that_cannot_be_sent_pauses_delivery_and_dead_letters_nothing(fake, store):
     enqueue_events(store, "alice", 5)
     with Exponea(
@@ -297,6 +302,7 @@ def test_a_brief_401_blip_costs_seconds_not_the_probe_interval(fake, store, clie
     assert store.stats()["paused_reason"] is None
 
 
+@both_backends
 def test_invalid_project_token_pauses_too(fake, store, client):
     enqueue_events(store, "alice", 1)
     with Exponea(
@@ -372,6 +378,7 @@ def test_resuming_after_failures_is_logged_once_though_two_batches_were_claimed(
     assert resumed == ["delivery resumed: after 2 failed attempts"]
 
 
+@both_backends
 def test_a_send_batch_that_raises_unexpectedly_gives_its_rows_back(store):
     def broken(stored):
         raise RuntimeError("a bug in send_batch")
@@ -385,10 +392,11 @@ def test_a_send_batch_that_raises_unexpectedly_gives_its_rows_back(store):
     drainer.close()
 
 
-def test_two_drainers_a_slow_server_short_leases_and_a_poison_command(fake, tmp_path):
+@both_backends
+def test_two_drainers_a_slow_server_short_leases_and_a_poison_command(fake, database_url):
     """Bisecting a batch takes one request per half, one after another: longer than one
     lease. Renewed leases keep the other drainer off the rows being worked on."""
-    db = tmp_path / "outbox.db"
+    db = database_url
     timing = {"lease_seconds": 2.0, "request_timeout": 0.6, "connect_timeout": 0.3}
     poison = 17
     first, second = make_agent(fake, db, **timing), make_agent(fake, db, **timing)

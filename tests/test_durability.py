@@ -1,4 +1,5 @@
-"""The delivery contract under process death: real processes, SIGKILL, one outbox file."""
+"""The delivery contract under process death: real processes, SIGKILL, one outbox (an SQLite
+file, or a PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from conftest import both_backends
 
 from tracker_agent import TrackerAgent
 
@@ -50,8 +52,9 @@ def open_agent(fake, db_url, **settings) -> TrackerAgent:
     )
 
 
-def test_event_accepted_right_before_sigkill_is_delivered_later(fake, tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'outbox.db'}"
+@both_backends
+def test_event_accepted_right_before_sigkill_is_delivered_later(fake, database_url):
+    db_url = database_url
     body = """
         assert agent.tracking.add_event({"registered": "k"}, "purchase", {"price": 10})
         os.kill(os.getpid(), signal.SIGKILL)
@@ -66,8 +69,9 @@ def test_event_accepted_right_before_sigkill_is_delivered_later(fake, tmp_path):
     ]
 
 
-def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(fake, tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'outbox.db'}"
+@both_backends
+def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(fake, database_url):
+    db_url = database_url
     with open_agent(fake, db_url) as agent:
         for n in range(120):
             agent.tracking.add_event({"registered": "m"}, "view", {"n": n})
@@ -94,8 +98,11 @@ def test_drainer_killed_mid_batch_loses_nothing_and_resends_at_most_that_batch(f
     assert [e["properties"]["n"] for e in fake.events] == list(range(120))
 
 
-def test_four_producers_and_a_drainer_deliver_every_event_once_in_customer_order(fake, tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'outbox.db'}"
+@both_backends
+def test_four_producers_and_a_drainer_deliver_every_event_once_in_customer_order(
+    fake, tmp_path, database_url
+):
+    db_url = database_url
     per_process = 150
     producer = f"""
         me = sys.argv[1]

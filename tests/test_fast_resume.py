@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_agent, wait_for
+from conftest import both_backends, make_agent, sqlite_url, wait_for
+from sqlalchemy import text
 
 from tracker_agent.exceptions import APITimeoutError, RateLimitedError, TransportError
+from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outcomes import DrainReport
 from tracker_agent.policy import unreachable
 from tracker_agent.reach import ReachProbe
@@ -37,16 +39,26 @@ def track(agent: Any, n: int) -> None:
     agent.tracking.add_event({"registered": f"c{n % 3}"}, "view", {"n": n})
 
 
-def push_backoff_out(db: Path) -> None:
-    """As after many failures with a large backoff_cap: the stored backoff and the retry time
-    of every waiting row an hour away."""
+def push_backoff_out(db: Path | str) -> None:
+    """As after many failures with a large backoff_cap: the stored backoff (each host's too,
+    on PostgreSQL) and the retry time of every waiting row an hour away."""
     until = time.time() + DEEP_BACKOFF_SECONDS
-    with sqlite3.connect(db) as conn:
-        conn.execute(
-            "UPDATE agent_state SET value = ? WHERE key = 'backoff_until'", (json.dumps(until),)
-        )
-        conn.execute("UPDATE outbox SET next_attempt_at = ? WHERE next_attempt_at > 0", (until,))
-    conn.close()
+    engine = open_outbox(sqlite_url(db))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE agent_state SET value = :value WHERE key = 'backoff_until'"
+                    " OR substr(key, 1, 14) = 'backoff_until@'"
+                ),
+                {"value": json.dumps(until)},
+            )
+            conn.execute(
+                text("UPDATE outbox SET next_attempt_at = :until WHERE next_attempt_at > 0"),
+                {"until": until},
+            )
+    finally:
+        engine.dispose()
 
 
 def probes(fake: FakeExponea) -> list[Any]:
@@ -63,8 +75,9 @@ def down(fake: FakeExponea) -> Iterator[FakeExponea]:
         fake.start()
 
 
-def test_delivery_resumes_within_the_probe_interval_when_the_api_comes_back(down, tmp_path):
-    fake, db = down, tmp_path / "outbox.db"
+@both_backends
+def test_delivery_resumes_within_the_probe_interval_when_the_api_comes_back(down, database_url):
+    fake, db = down, database_url
     with make_agent(
         fake, db, drain=True, reach_probe_interval=PROBE_INTERVAL, backoff_cap=86_400, **NO_CLOCK
     ) as agent:

@@ -1,7 +1,8 @@
 """Imports that can be run again: the ledger of imported lines (`tracker-agent import`,
 TrackerAgent.import_lines and enqueue_once), bad lines reported, hostile input and processes.
 
-Real SQLite outboxes in tmp_path; delivery checked against FakeExponea on 127.0.0.1.
+Real SQLite outboxes in tmp_path; the store's ledger contract also on PostgreSQL
+(@both_backends); delivery checked against FakeExponea on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import make_agent, wait_for
+from conftest import both_backends, is_postgresql, make_agent, wait_for
 
 from tracker_agent import importing
 from tracker_agent.cli import cli
@@ -428,14 +430,49 @@ class Clock:
         return self.now
 
 
-def make_store(path: Path, clock: Clock | None = None, **options: Any) -> OutboxStore:
+def make_store(url: str, clock: Clock | None = None, **options: Any) -> OutboxStore:
+    # On PostgreSQL too, the tests' clock stamps the ledger (db_clock=False).
     return OutboxStore(
-        open_outbox(f"sqlite:///{path}"),
-        max_rows=1000,
-        max_bytes=10**9,
-        now=clock,
-        **options,
+        open_outbox(url), max_rows=1000, max_bytes=10**9, now=clock, db_clock=False, **options
     )
+
+
+def shut(*stores: OutboxStore) -> None:
+    for store in stores:
+        store.close()
+        store.engine.dispose()
+
+
+def count_rows(store: OutboxStore, table: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+
+
+@contextmanager
+def failing_outbox_inserts(store: OutboxStore) -> Iterator[None]:
+    """Every INSERT into outbox fails ("disk on fire") while inside: on SQLite a TEMP trigger
+    on the store's enqueue connection, on PostgreSQL a trigger of the database's."""
+    if is_postgresql(str(store.engine.url)):
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION fail() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$BEGIN RAISE EXCEPTION 'disk on fire'; END$$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER fail BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION fail()"
+            )
+        yield
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER fail ON outbox")
+            conn.exec_driver_sql("DROP FUNCTION fail()")
+        return
+    driver, _cursor = store.backend._open_writer(store)  # type: ignore[attr-defined]
+    driver.execute(
+        "CREATE TEMP TRIGGER fail BEFORE INSERT ON main.outbox"
+        " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+    yield
+    driver.execute("DROP TRIGGER temp.fail")
 
 
 def rows(count: int) -> list[NewCommand]:
@@ -446,9 +483,10 @@ def keys(*names: str) -> list[bytes]:
     return [name.encode() for name in names]
 
 
-def test_keys_older_than_the_retention_are_pruned_and_queue_again(tmp_path: Path) -> None:
+@both_backends
+def test_keys_older_than_the_retention_are_pruned_and_queue_again(database_url: str) -> None:
     clock = Clock()
-    store = make_store(tmp_path / "o.db", clock, ledger_retention=86_400)
+    store = make_store(database_url, clock, ledger_retention=86_400)
     try:
         assert store.enqueue_once(rows(2), keys("a", "b")) == 2
         clock.now += 86_000
@@ -458,22 +496,20 @@ def test_keys_older_than_the_retention_are_pruned_and_queue_again(tmp_path: Path
         assert store.prune_ledger() == 2
         assert store.enqueue_once(rows(2), keys("a", "b")) == 2
     finally:
-        store.close()
+        shut(store)
 
 
+@both_backends
 def test_keys_moved_into_the_index_are_still_skipped_by_every_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ledger, "COMPACT_KEYS", 3)
-    one, two = make_store(tmp_path / "o.db"), make_store(tmp_path / "o.db")
+    one, two = make_store(database_url), make_store(database_url)
     try:
         assert one.enqueue_once(rows(2), keys("a", "b")) == 2
         # two reads one's log row, logs "c": 3 keys in the log, moved into the index
         assert two.enqueue_once(rows(2), keys("b", "c")) == 1
-        conn = sqlite3.connect(tmp_path / "o.db")
-        count = "SELECT count(*) FROM import_ledger{}"
-        assert [conn.execute(count.format(t)).fetchone()[0] for t in ("", "_log")] == [3, 0]
-        conn.close()
+        assert [count_rows(one, t) for t in ("import_ledger", "import_ledger_log")] == [3, 0]
         assert one.enqueue_once(rows(2), keys("c", "d")) == 1  # its log copy is gone
         assert two.enqueue_once(rows(4), keys("a", "b", "c", "d")) == 0  # its log copy is gone
         assert two.enqueue_once(rows(2), keys("d", "e")) == 1
@@ -481,34 +517,58 @@ def test_keys_moved_into_the_index_are_still_skipped_by_every_process(
         assert one.known_keys(keys("a", "e", "z")) == set(keys("a", "e"))
         assert one.stats()["pending"] == 5
     finally:
-        one.close()
-        two.close()
+        shut(one, two)
 
 
-def test_a_rolled_back_enqueue_leaves_no_key_behind(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "o.db")
+@both_backends
+def test_a_rolled_back_enqueue_leaves_no_key_behind(database_url: str) -> None:
+    store = make_store(database_url)
     try:
         assert store.enqueue_once(rows(1), keys("a")) == 1
-        driver, _cursor = store._open_writer()
         # The outbox insert comes after the keys are logged: it fails the whole transaction.
-        driver.execute(
-            "CREATE TEMP TRIGGER fail BEFORE INSERT ON main.outbox"
-            " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-        )
-        with pytest.raises(OutboxError):
+        with failing_outbox_inserts(store), pytest.raises(OutboxError):
             store.enqueue_once(rows(2), keys("b", "c"))
-        driver.execute("DROP TRIGGER temp.fail")
         assert store.enqueue_once(rows(3), keys("a", "b", "c")) == 2
         assert store.stats()["pending"] == 3
     finally:
-        store.close()
+        shut(store)
 
 
-def test_duplicate_keys_in_one_request_queue_one_command(tmp_path: Path) -> None:
-    store = make_store(tmp_path / "o.db")
+@both_backends
+def test_stores_importing_the_same_keys_at_once_queue_each_key_once(database_url: str) -> None:
+    """Two processes (two stores, on PostgreSQL two hosts) racing over the same keys: the
+    lookup and the insert after it see no other importer in between."""
+    stores = [make_store(database_url) for _ in range(4)]
+    queued: list[int] = []
+    names = [f"k{n}" for n in range(200)]
+
+    def run(store: OutboxStore, order: list[str]) -> None:
+        for start in range(0, len(order), 20):
+            part = order[start : start + 20]
+            queued.append(store.enqueue_once(rows(len(part)), keys(*part)))
+
+    threads = [
+        threading.Thread(target=run, args=(store, names if n % 2 else names[::-1]))
+        for n, store in enumerate(stores)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=PROCESS_TIMEOUT_SECONDS)
+        assert sum(queued) == len(names) == stores[0].stats()["pending"]
+        assert stores[0].known_keys(keys(*names)) == set(keys(*names))
+    finally:
+        for store in stores:
+            shut(store)
+
+
+@both_backends
+def test_duplicate_keys_in_one_request_queue_one_command(database_url: str) -> None:
+    store = make_store(database_url)
     try:
         assert store.enqueue_once(rows(3), keys("a", "a", "b")) == 2
         with pytest.raises(ValueError, match="1 to 255 bytes"):
             store.enqueue_once(rows(1), [b""])
     finally:
-        store.close()
+        shut(store)

@@ -7,6 +7,7 @@ import random
 import threading
 
 import pytest
+from conftest import both_backends
 
 from tracker_agent.exceptions import OutboxFullError
 from tracker_agent.outbox.engine import open_outbox
@@ -25,14 +26,15 @@ def cmd(customer: str, n: int = 0, pad: int = 0) -> NewCommand:
 
 
 @pytest.fixture
-def make_store(tmp_path):
+def make_store(database_url):
     made: list[OutboxStore] = []
 
     def make(**kwargs) -> OutboxStore:
-        engine = open_outbox(f"sqlite:///{tmp_path / 'outbox.db'}")
+        engine = open_outbox(database_url)
         kwargs.setdefault("max_rows", 1000)
         kwargs.setdefault("max_bytes", 10**7)
-        store = OutboxStore(engine, now=lambda: NOW, **kwargs)
+        # On PostgreSQL too, the tests' clock (NOW, moved by hand) stamps leases and retries.
+        store = OutboxStore(engine, now=lambda: NOW, db_clock=False, **kwargs)
         made.append(store)
         return store
 
@@ -106,6 +108,7 @@ def test_the_bound_stays_with_the_enqueue_connection(make_store):
     assert store.stats()["pending"] == 2
 
 
+@both_backends
 def test_drop_oldest_makes_room_and_counts_what_it_dropped(make_store):
     store = make_store(max_rows=3, overflow="drop_oldest")
     for n in range(5):
@@ -116,6 +119,7 @@ def test_drop_oldest_makes_room_and_counts_what_it_dropped(make_store):
     assert store.stats()["dropped"] == 2
 
 
+@both_backends
 def test_drop_oldest_never_drops_rows_in_flight(make_store):
     store = make_store(max_rows=2, overflow="drop_oldest")
     store.enqueue([cmd("a", 0), cmd("b", 1)])
@@ -124,6 +128,7 @@ def test_drop_oldest_never_drops_rows_in_flight(make_store):
         store.enqueue([cmd("c", 2)])
 
 
+@both_backends
 def test_two_drainers_never_hold_the_same_row(make_store):
     store = make_store()
     store.enqueue([cmd(f"c{i}", i) for i in range(10)])
@@ -134,6 +139,7 @@ def test_two_drainers_never_hold_the_same_row(make_store):
     assert not {r.id for r in first} & {r.id for r in second}
 
 
+@both_backends
 def test_expired_lease_returns_rows_to_the_queue(make_store):
     store = make_store()
     store.enqueue([cmd("a")])
@@ -143,6 +149,7 @@ def test_expired_lease_returns_rows_to_the_queue(make_store):
     assert len(again) == 1
 
 
+@both_backends
 def test_later_command_of_a_customer_waits_for_an_earlier_one_in_flight_or_backoff(make_store):
     store = make_store()
     store.enqueue([cmd("a", 1)])
@@ -161,6 +168,7 @@ def test_later_command_of_a_customer_waits_for_an_earlier_one_in_flight_or_backo
     ]
 
 
+@both_backends
 def test_claim_respects_the_byte_cap_but_always_takes_one(make_store):
     store = make_store()
     big = cmd("a", pad=1000)
@@ -169,6 +177,7 @@ def test_claim_respects_the_byte_cap_but_always_takes_one(make_store):
     assert len(claim(store, "b", max_bytes=10)) == 1
 
 
+@both_backends
 def test_settle_applies_each_outcome_only_to_rows_still_leased_by_the_owner(make_store):
     store = make_store()
     store.enqueue([cmd(f"c{i}", i) for i in range(4)])
@@ -198,6 +207,7 @@ def test_settle_applies_each_outcome_only_to_rows_still_leased_by_the_owner(make
     assert {r.id: r.attempts for r in due} == {rows[2].id: 1, rows[3].id: 0}
 
 
+@both_backends
 def test_dead_letters_retry_in_original_order_and_purge_by_filter(make_store):
     store = make_store()
     store.enqueue([cmd(f"c{i}", i) for i in range(4)])
@@ -250,6 +260,7 @@ def heads_and_oldest(store: OutboxStore) -> tuple[list[int], list[int]]:
         return [r[0] for r in flagged], [r[0] for r in oldest]
 
 
+@both_backends
 def test_a_blocked_customer_with_a_long_queue_does_not_hold_back_the_others(make_store):
     store = make_store()
     store.enqueue([cmd("busy", n) for n in range(300)])
@@ -267,6 +278,7 @@ def test_a_blocked_customer_with_a_long_queue_does_not_hold_back_the_others(make
     assert [r.id for r in claim(store, "z", now=NOW + 101)] == list(range(1, 51))
 
 
+@both_backends
 def test_claims_merge_the_customers_queues_in_id_order(make_store):
     store = make_store()
     store.enqueue([cmd("ann" if n % 3 else "bob", n) for n in range(30)])
@@ -274,6 +286,7 @@ def test_claims_merge_the_customers_queues_in_id_order(make_store):
     assert [r.id for r in claim(store, "b", limit=7)] == []  # both customers are in flight
 
 
+@both_backends
 def test_rows_before_a_customers_first_blocked_row_still_go(make_store):
     store = make_store()
     store.enqueue([cmd("a", n) for n in range(3)])
@@ -288,6 +301,7 @@ def test_rows_before_a_customers_first_blocked_row_still_go(make_store):
     assert [r.id for r in claim(store, "y", now=NOW + 31)] == [second.id, third.id + 1]
 
 
+@both_backends
 def test_a_dead_letter_put_back_goes_ahead_of_its_customers_queue(make_store):
     store = make_store()
     store.enqueue([cmd("a", 0)])
@@ -301,6 +315,7 @@ def test_a_dead_letter_put_back_goes_ahead_of_its_customers_queue(make_store):
     assert [r.id for r in claim(store, "z")] == [3]  # b's; a's 4 waits behind its 1 in flight
 
 
+@both_backends
 @pytest.mark.parametrize("seed", range(5))
 def test_each_customer_keeps_exactly_one_head_whatever_writes_the_table(make_store, seed):
     # Enqueues, claims, every outcome of a settlement, dead letters put back and drop_oldest,
@@ -335,6 +350,7 @@ def follow(store, owner, limit=50, now=NOW):
     )
 
 
+@both_backends
 def test_with_follow_own_a_drainers_own_batch_in_flight_does_not_block_it(make_store):
     store = make_store()
     store.enqueue([cmd("a", n) for n in range(120)])
@@ -401,6 +417,7 @@ def expected_claim(store, owner, limit, max_bytes, now, follow_own):
     return picked
 
 
+@both_backends
 @pytest.mark.parametrize("seed", range(8))
 def test_claims_take_what_the_contract_says_in_any_state(make_store, seed):
     rnd = random.Random(seed)

@@ -14,7 +14,12 @@ The rules (README.md's "Development" section states them too):
   install or change the system are skipped by SKIPPED (each with its reason); the servers in
   SERVERS start in the background, must say they are ready, and must exit 0 on SIGTERM;
   every other command must start with `tracker-agent` and exit 0. A command that fits no
-  rule fails the test: give it one.
+  rule fails the test: give it one. `export NAME=VALUE` sets NAME for the block's later
+  commands (each command runs in a bash of its own).
+- PostgreSQL: the README's example database URL (POSTGRES_PLACEHOLDER) becomes a fresh
+  database on the server the PostgreSQL tests start (conftest's postgres_server). Without a
+  server a block that names it is skipped, saying so, except under CI=true, where the
+  missing server fails the test (as it fails every PostgreSQL test).
 - A block preceded by `<!-- not-run: reason -->` is not run; EXPECTED_NOT_RUN counts them so
   that the set cannot grow silently.
 """
@@ -28,12 +33,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import sqlite_url, wait_for
+from conftest import fresh_postgres_url, sqlite_url, wait_for
 
 from tracker_agent.testing import FakeExponea
 
@@ -59,6 +64,8 @@ PLACEHOLDERS = {
     "api-secret": "password",
     "sqlite:////var/lib/tracker-agent/outbox.db": "outbox",
 }
+#: The README's example PostgreSQL URL -> a fresh database on the tests' server.
+POSTGRES_PLACEHOLDER = "postgresql+psycopg://tracker@db.internal/tracker"
 #: Shell commands not run, by their first words, and why.
 SKIPPED = {
     "pip": "installs packages (the test runs in an installed environment)",
@@ -121,10 +128,12 @@ def shell_commands(block: Block) -> Iterator[str]:
 
 
 def rule_for(command: str) -> str:
-    """ "skip", "server" or "run"; "none" when no rule covers the command."""
+    """ "skip", "server", "env" or "run"; "none" when no rule covers the command."""
     words = _words(command)
     if any(_starts_with(words, prefix) for prefix in SKIPPED):
         return "skip"
+    if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+        return "env"
     if any(_starts_with(words, prefix) for prefix in SERVERS):
         return "server"
     return "run" if words[:1] == ["tracker-agent"] else "none"
@@ -178,6 +187,8 @@ def test_every_shell_command_in_the_readme_has_a_rule():
         ("tracker-agent run                      # drains", "server"),
         ("python -m tracker_agent.testing    # on a free port", "server"),
         ("tracker-agent status --json", "run"),
+        ("export TRACKER_AGENT_DATABASE_URL='postgresql://h/db'", "env"),
+        ("export PATH", "none"),
         ("rm -rf /", "none"),
         ("installer.sh", "none"),
     ],
@@ -230,6 +241,8 @@ class Session:
     workdir: Path
     env: dict[str, str]
     table: dict[str, str]
+    postgres: Callable[[], str | None]  # a fresh database's URL; None: no server here
+    skipped: list[str]
 
     def run_python(self, block: Block) -> str | None:
         code = rewrite(block.code, self.table)
@@ -244,25 +257,37 @@ class Session:
         return self._check(str(block), [sys.executable, *args])
 
     def run_shell(self, block: Block) -> list[str]:
+        table = self.table
+        if POSTGRES_PLACEHOLDER in block.code:
+            url = self.postgres()
+            if url is None:
+                self.skipped.append(f"{block}: no PostgreSQL server here")
+                return []
+            table = {**table, POSTGRES_PLACEHOLDER: url}
+        env = dict(self.env)  # `export` lines last until the block's end
         failures = []
         for command in shell_commands(block):
             rule = rule_for(command)
             if rule == "skip":
                 continue
-            text = rewrite(command, self.table)
+            text = rewrite(command, table)
+            if rule == "env":
+                name, _, value = _words(text)[1].partition("=")
+                env[name] = value
+                continue
             if rule == "server":
-                failure = self._serve(str(block), text)
+                failure = self._serve(str(block), text, env)
             else:
-                failure = self._check(f"{block}: {command}", ["bash", "-c", text])
+                failure = self._check(f"{block}: {command}", ["bash", "-c", text], env)
             if failure:
                 failures.append(failure)
         return failures
 
-    def _check(self, what: str, argv: list[str]) -> str | None:
+    def _check(self, what: str, argv: list[str], env: dict[str, str] | None = None) -> str | None:
         done = subprocess.run(
             argv,
             cwd=self.workdir,
-            env=self.env,
+            env=self.env if env is None else env,
             capture_output=True,
             text=True,
             timeout=COMMAND_TIMEOUT_SECONDS,
@@ -272,14 +297,14 @@ class Session:
             return None
         return f"{what}: exit {done.returncode}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
 
-    def _serve(self, what: str, command: str) -> str | None:
+    def _serve(self, what: str, command: str, env: dict[str, str]) -> str | None:
         ready = next(text for prefix, text in SERVERS.items() if command.startswith(prefix))
         log = self.workdir / "server.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
                 ["bash", "-c", f"exec {command}"],
                 cwd=self.workdir,
-                env=self.env,
+                env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -297,7 +322,7 @@ class Session:
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
+def session(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Session]:
     workdir = tmp_path / "work"
     workdir.mkdir()
     for name, content in FIXTURES.items():
@@ -319,7 +344,21 @@ def session(tmp_path: Path) -> Iterator[Session]:
             "TRACKER_AGENT_PASSWORD": fake.password,
             "TRACKER_AGENT_DATABASE_URL": outbox,
         }
-        yield Session(workdir, env, substitutions(fake, outbox))
+        yield Session(workdir, env, substitutions(fake, outbox), _postgres(request), [])
+
+
+def _postgres(request: pytest.FixtureRequest) -> Callable[[], str | None]:
+    """A fresh database on the session's PostgreSQL server, started on first use; None when
+    there is none (the fixture fails instead under CI=true)."""
+
+    def fresh() -> str | None:
+        try:
+            server = request.getfixturevalue("postgres_server")
+        except pytest.skip.Exception:
+            return None
+        return fresh_postgres_url(server)
+
+    return fresh
 
 
 def test_every_example_in_the_readme_runs(session: Session):
@@ -335,3 +374,5 @@ def test_every_example_in_the_readme_runs(session: Session):
             failures.extend(session.run_shell(block))
     assert failures == [], "\n\n".join(failures)
     print(f"ran {len(RUNNABLE)} README blocks in {time.monotonic() - started:.1f} s")
+    for skipped in session.skipped:
+        print(f"skipped {skipped}")

@@ -1,6 +1,7 @@
 """Receipts: an id for a tracking call, and where that command stands through every ending
 (delivered, dead-lettered, retried then delivered, pruned by retention, unknown) across a
-daemon restart; the on_settled hook; `tracker-agent receipt`; ids never reused."""
+daemon restart; the on_settled hook; `tracker-agent receipt`; ids never reused. The library's
+endings and the store's contract run on SQLite and PostgreSQL (@both_backends)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_agent, sqlite_url, wait_for
+from conftest import both_backends, make_agent, sqlite_url, wait_for
 
 from tracker_agent import Receipt, ReceiptStatus
 from tracker_agent.cli import cli
@@ -112,10 +113,11 @@ def test_receipts_through_every_ending_across_daemon_restarts(
     assert from_cli[2]["reason"] == "rejected by the server: bad event"
 
 
+@both_backends
 def test_a_dead_letter_put_back_keeps_its_receipt_and_is_then_delivered(
-    fake: FakeExponea, tmp_path: Path
+    fake: FakeExponea, database_url: str
 ) -> None:
-    with make_agent(fake, tmp_path / "o.db") as agent:
+    with make_agent(fake, database_url) as agent:
         receipt = agent.track_event({"registered": "a"}, "viewed")
         fake.reject_commands(lambda c: True, "not yet")
         agent.flush()
@@ -128,15 +130,16 @@ def test_a_dead_letter_put_back_keeps_its_receipt_and_is_then_delivered(
     assert (status.state, status.attempts) == ("delivered", 1)  # counted since put back
 
 
+@both_backends
 def test_on_settled_is_called_once_per_settled_command_off_the_drain_thread(
-    fake: FakeExponea, tmp_path: Path
+    fake: FakeExponea, database_url: str
 ) -> None:
     heard: list[tuple[ReceiptStatus, str]] = []
 
     def on_settled(status: ReceiptStatus) -> None:
         heard.append((status, threading.current_thread().name))
 
-    with make_agent(fake, tmp_path / "o.db", on_settled=on_settled,
+    with make_agent(fake, database_url, on_settled=on_settled,
                     backoff_base=0.01, backoff_cap=0.02) as agent:  # fmt: skip
         receipts = [agent.track_event({"registered": f"u{i}"}, "viewed") for i in range(60)]
         poison = agent.track_event({"registered": "p"}, "poison")
@@ -153,8 +156,9 @@ def test_on_settled_is_called_once_per_settled_command_off_the_drain_thread(
     assert {thread for _, thread in heard} == {"tracker-agent-on_settled"}
 
 
+@both_backends
 def test_a_failing_or_slow_on_settled_never_holds_up_delivery(
-    fake: FakeExponea, tmp_path: Path
+    fake: FakeExponea, database_url: str
 ) -> None:
     release = threading.Event()
     calls: list[int] = []
@@ -164,7 +168,7 @@ def test_a_failing_or_slow_on_settled_never_holds_up_delivery(
         release.wait(10)
         raise RuntimeError("the app's bug")
 
-    with make_agent(fake, tmp_path / "o.db", on_settled=on_settled, shutdown_grace=5) as agent:
+    with make_agent(fake, database_url, on_settled=on_settled, shutdown_grace=5) as agent:
         for i in range(120):
             agent.track_event({"registered": f"u{i % 7}"}, "viewed")
         assert agent.flush().ok  # the hook is stuck on its first call meanwhile
@@ -177,9 +181,10 @@ def test_a_failing_or_slow_on_settled_never_holds_up_delivery(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    engine = open_outbox(sqlite_url(tmp_path / "o.db"))
-    store = OutboxStore(engine, max_rows=100_000, max_bytes=10**9)
+def store(database_url: str) -> Any:
+    engine = open_outbox(database_url)
+    # On PostgreSQL too, the tests' clock stamps leases and deliveries (db_clock=False).
+    store = OutboxStore(engine, max_rows=100_000, max_bytes=10**9, db_clock=False)
     yield store
     store.close()
     engine.dispose()
@@ -193,6 +198,7 @@ def enqueue(store: OutboxStore, customer: str, receipt: bool = True) -> int:
     return command.id
 
 
+@both_backends
 def test_delivered_receipts_are_pruned_by_age_and_by_rows(
     fake: FakeExponea, store: OutboxStore
 ) -> None:
@@ -223,6 +229,7 @@ def test_delivered_receipts_are_pruned_by_age_and_by_rows(
         drainer.close()
 
 
+@both_backends
 def test_prune_deletes_in_batches_until_done(store: OutboxStore) -> None:
     ids = [enqueue(store, f"u{i}") for i in range(25)]
     claimed = store.claim("me", limit=50, max_bytes=10**9, lease_seconds=60, now=100.0)
@@ -232,6 +239,7 @@ def test_prune_deletes_in_batches_until_done(store: OutboxStore) -> None:
     assert {s.state for s in store.receipts(ids)} == {"unknown"}
 
 
+@both_backends
 def test_in_flight_while_leased_then_queued_again_when_released(store: OutboxStore) -> None:
     row_id = enqueue(store, "a")
     store.claim("me", limit=1, max_bytes=10**9, lease_seconds=60, now=store._now())
@@ -243,6 +251,7 @@ def test_in_flight_while_leased_then_queued_again_when_released(store: OutboxSto
 # ---------------------------------------------------------------------------- ids
 
 
+@both_backends
 def test_ids_are_never_reused_after_the_newest_row_is_delivered(store: OutboxStore) -> None:
     first = enqueue(store, "a")
     store.claim("me", limit=1, max_bytes=10**9, lease_seconds=60, now=store._now())
@@ -252,6 +261,7 @@ def test_ids_are_never_reused_after_the_newest_row_is_delivered(store: OutboxSto
     assert store.receipts([first, second])[0].state == "delivered"
 
 
+@both_backends
 def test_a_group_commit_round_gives_each_caller_its_own_consecutive_ids(
     store: OutboxStore,
 ) -> None:
@@ -266,8 +276,9 @@ def test_a_group_commit_round_gives_each_caller_its_own_consecutive_ids(
     assert {s.state for s in store.receipts(ids)} == {"queued"}
 
 
-def test_receipt_refuses_what_is_not_an_id(fake: FakeExponea, tmp_path: Path) -> None:
-    with make_agent(fake, tmp_path / "o.db") as agent:
+@both_backends
+def test_receipt_refuses_what_is_not_an_id(fake: FakeExponea, database_url: str) -> None:
+    with make_agent(fake, database_url) as agent:
         with pytest.raises(ValidationTypeError):
             agent.receipt("12")  # type: ignore[arg-type]
         with pytest.raises(ValidationTypeError):
@@ -310,6 +321,24 @@ def test_receipt_cli_table_and_a_file_that_is_not_an_outbox(
     assert result.exit_code == 2
 
 
+@both_backends
+def test_receipt_cli_reads_the_outbox_of_either_database(
+    fake: FakeExponea, database_url: str
+) -> None:
+    with make_agent(fake, database_url) as agent:
+        delivered = agent.track_event({"registered": "a"}, "viewed")
+        assert agent.flush().ok
+        queued = agent.track_event({"registered": "a"}, "viewed")
+    result = CliRunner().invoke(
+        cli, ["receipt", str(delivered), str(queued), "7", "--json", "--database-url", database_url]
+    )
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(s["id"], s["state"]) for s in shown] == [
+        (delivered.id, "delivered"), (queued.id, "queued"), (7, "unknown"),
+    ]  # fmt: skip
+
+
 def test_track_command_prints_a_receipt_that_receipt_then_follows(
     fake: FakeExponea, tmp_path: Path
 ) -> None:
@@ -327,6 +356,7 @@ def test_track_command_prints_a_receipt_that_receipt_then_follows(
     assert json.loads(shown.stdout)["state"] == "delivered"
 
 
+@both_backends
 def test_a_clock_set_back_does_not_stop_retention(fake: FakeExponea, store: OutboxStore) -> None:
     clock = [1_900_000_000.0]
     from tracker_agent.client import Exponea

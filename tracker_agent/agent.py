@@ -16,12 +16,13 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import enum
+import hashlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -43,6 +44,7 @@ from .hookthread import HookThread
 from .hostlimit import RATE_FILE_SUFFIX, HostRateLimiter
 from .outbox import receipts as receipt_states
 from .outbox import state as state_keys
+from .outbox.backend import hide_password
 from .outbox.clock import BootRef
 from .outbox.deadletters import DeadLetter
 from .outbox.files import FILE_MODE, GROUP_FILE_MODE
@@ -261,6 +263,10 @@ class TrackerAgent:
         # The one place the library reads the environment: the default outbox location
         # follows systemd's $STATE_DIRECTORY and XDG's $XDG_STATE_HOME, as documented.
         self.database_url = settings.database_url or default_database_url(os.environ)
+        # PostgreSQL: the host's request budget still lives in a file of this host.
+        self._rate_file = settings.rate_limit_file or default_rate_file(
+            self.database_url, os.environ
+        )
         self._scheduler: Any = None
         self._closed = False
         self._state = DeliveryState.IDLE
@@ -343,10 +349,9 @@ class TrackerAgent:
     def _make_limiter(self) -> HostRateLimiter:
         """The host-wide request budget shared by every drainer on this outbox (or on every
         outbox naming the same rate_limit_file)."""
-        from .outbox.files import sqlite_path
-
         s = self.settings
-        path = s.rate_limit_file or sqlite_path(self.database_url) + RATE_FILE_SUFFIX
+        path = self._rate_file
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         mode = GROUP_FILE_MODE if s.share_with_group else FILE_MODE
         try:
             return HostRateLimiter(path, s.rate_limit, file_mode=mode).open()
@@ -528,7 +533,7 @@ class TrackerAgent:
                     "(`tracker-agent run`) on that outbox, or create the agent with drain=True",
                     waiting,
                     after,
-                    self.database_url,
+                    hide_password(self.database_url),
                 )
         except Exception:  # a look at the queue must never fail a tracking call
             log.debug("could not check whether anything drains the outbox", exc_info=True)
@@ -932,7 +937,7 @@ class TrackerAgent:
         self.close()
 
     def __repr__(self) -> str:
-        token, url = self.settings.project_token, self.database_url
+        token, url = self.settings.project_token, hide_password(self.database_url)
         return f"TrackerAgent(project_token={token!r}, database_url={url!r})"
 
     # -- fork safety ---------------------------------------------------------------------------
@@ -974,6 +979,20 @@ def _register_fork_handler(agent: TrackerAgent) -> None:
 
 def _open_agents() -> list[TrackerAgent]:
     return sorted((a for a in list(_agents) if not a._closed), key=id)
+
+
+def default_rate_file(database_url: str, env: Mapping[str, str]) -> str:
+    """Where drainers of this host keep their shared request budget: beside an SQLite outbox;
+    for a database on a server, in this host's default state directory, one file per database
+    (the API's rate limit is per source IP: each host limits itself)."""
+    from .outbox.files import default_database_url, sqlite_path
+
+    if database_url.partition("://")[0].lower().startswith("postgres"):
+        target = database_url.rpartition("@")[2]  # never the password
+        digest = hashlib.sha256(target.encode()).hexdigest()[:16]
+        folder = os.path.dirname(sqlite_path(default_database_url(env)))
+        return os.path.join(folder, f"postgresql-{digest}{RATE_FILE_SUFFIX}")
+    return sqlite_path(database_url) + RATE_FILE_SUFFIX
 
 
 def _outbox_agents() -> list[TrackerAgent]:

@@ -92,6 +92,24 @@ DEFAULT_CLOSE_TIMEOUT_SECONDS = 5.0
 #: outbox, gets one WARNING; 0: never. Keep it above the daemon's drain_interval.
 DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
 
+# -- the outbox on PostgreSQL ----------------------------------------------------------------
+
+#: Advisory-lock class of a customer's lock (two-key form, key hashtext(customer_key)): taken
+#: by enqueues and deletes of that customer's rows, so its ids follow its commit order and its
+#: head flag stays exact. Frozen in migration 0003's triggers.
+PG_CUSTOMER_LOCK_CLASS = 1953655649
+#: Advisory lock (one-key form) serialising claims: each claim's snapshot sees earlier claims.
+PG_CLAIM_LOCK = 0x74726B61_00000001
+#: Advisory lock (one-key form) held while migrating: many hosts starting at once migrate once.
+PG_MIGRATE_LOCK = 0x74726B61_00000002
+#: Advisory lock (one-key form) of the import ledger: a lookup and the insert after it see no
+#: other importer in between, and the ledger log's ids commit in order.
+PG_LEDGER_LOCK = 0x74726B61_00000003
+#: queue_counters rows on PostgreSQL, summed on read (migration 0001 creates them).
+PG_COUNTER_ROWS = 16
+#: Seconds to wait for the server when connecting.
+PG_CONNECT_TIMEOUT_SECONDS = 10
+
 # -- receipts --------------------------------------------------------------------------------
 
 #: Delivered receipts are remembered this long (seconds) ...

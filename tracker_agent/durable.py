@@ -24,9 +24,10 @@ from .constants import CUSTOMER_COMMAND as KIND_CUSTOMER
 from .constants import EVENT_COMMAND as KIND_EVENT
 from .constants import SYSTEM_TIME_COMMAND
 from .exceptions import ValidationError, ValidationTypeError
+from .outbox.commands import NewCommand
 from .outbox.ledger import MAX_KEY_BYTES
 from .outbox.receipts import Receipt
-from .outbox.store import NewCommand, OutboxStore
+from .outbox.store import OutboxStore
 from .wire import tree_encoder
 
 

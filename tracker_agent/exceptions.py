@@ -24,6 +24,7 @@
     │   ├── StorageFullError          the disk (or SQLite's page limit) is full
     │   ├── StorageReadOnlyError      the file or its folder cannot be written
     │   ├── OutboxLockedError         another process held the write lock for too long
+    │   ├── DatabaseUnavailableError  the database server cannot be reached (PostgreSQL)
     │   ├── OutboxVersionError        the file was migrated by a newer tracker-agent
     │   └── NotAnOutboxError          the file is corrupt or belongs to something else
     ├── BundleError (ValueError)      an offline bundle that is corrupt, truncated, of another
@@ -64,6 +65,7 @@ __all__ = [
     "StorageFullError",
     "StorageReadOnlyError",
     "OutboxLockedError",
+    "DatabaseUnavailableError",
     "OutboxVersionError",
     "NotAnOutboxError",
     "AgentClosedError",
@@ -229,6 +231,11 @@ class StorageReadOnlyError(OutboxError):
 
 class OutboxLockedError(OutboxError):
     """Another process kept the database locked longer than the busy timeout."""
+
+
+class DatabaseUnavailableError(OutboxError):
+    """The database server cannot be reached, or is shutting down or starting up (PostgreSQL):
+    nothing was written. Enqueue raises it; the drain waits it out."""
 
 
 class OutboxVersionError(OutboxError):

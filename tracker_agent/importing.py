@@ -28,7 +28,7 @@ from . import constants as c
 from . import validation
 from .durable import check_command
 from .exceptions import ValidationError
-from .outbox.store import NewCommand
+from .outbox.commands import NewCommand
 from .wire import tree_encoder
 
 DEFAULT_CHUNK_SIZE = c.DEFAULT_IMPORT_CHUNK_SIZE

@@ -13,8 +13,9 @@ their customers. ix_outbox_retry holds only rows that have been retried at least
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
+
+from tracker_agent.outbox import ddl
 
 revision = "0002"
 down_revision = "0001"
@@ -25,10 +26,7 @@ depends_on = None
 def upgrade() -> None:
     op.drop_index("ix_outbox_customer_key_id", table_name="outbox")
     op.create_index(
-        "ix_outbox_retry",
-        "outbox",
-        ["next_attempt_at"],
-        sqlite_where=sa.text("next_attempt_at > 0"),
+        "ix_outbox_retry", "outbox", ["next_attempt_at"], **ddl.where("next_attempt_at > 0")
     )
 
 

@@ -10,12 +10,16 @@ imported line now leaves a key (a digest of its content and its occurrence numbe
 the transaction that queues the line; a line whose key is known is skipped. Keys are appended
 to import_ledger_log (one row per transaction) and moved into import_ledger (one row per key)
 in sorted passes. Keys older than import_ledger_days are pruned by the next import.
+
+On PostgreSQL (see tracker_agent/outbox/ddl.py): keys are bytea, the log's id a BIGINT identity.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from tracker_agent.outbox import ddl
 
 revision = "0004"
 down_revision = "0003"
@@ -33,7 +37,7 @@ def upgrade() -> None:
     op.create_index("ix_import_ledger_imported_at", "import_ledger", ["imported_at"])
     op.create_table(
         "import_ledger_log",
-        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("id", ddl.BIG_ID, sa.Identity(), primary_key=True),
         sa.Column("keys", sa.LargeBinary(), nullable=False),
         sa.Column("imported_at", sa.Float(), nullable=False),
         sqlite_autoincrement=True,

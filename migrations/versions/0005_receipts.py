@@ -8,7 +8,8 @@ A command queued with a receipt (TrackerAgent.track_event and friends) carries r
 outbox, and in dead_letters if it gets there (a dead letter put back keeps it). When one is
 delivered, its id, time and attempt count go to `receipts` (no payload), kept for a bounded
 retention (receipt_retention seconds, receipt_max_rows rows). The flag columns are added in
-place (ALTER TABLE, no copy of the backlog): existing rows have no receipt.
+place (ALTER TABLE, no copy of the backlog): existing rows have no receipt. On PostgreSQL
+(see tracker_agent/outbox/ddl.py) a receipt's id is a BIGINT, as the outbox's identity is.
 
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from tracker_agent.outbox import ddl
 
 revision = "0005"
 down_revision = "0004"
@@ -31,7 +34,7 @@ def upgrade() -> None:
             batch.add_column(sa.Column("receipt", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
         "receipts",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("id", ddl.BIG_ID, primary_key=True, autoincrement=False),
         sa.Column("delivered_at", sa.Float(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
     )

@@ -24,13 +24,24 @@ HTTP_SERVER_ERROR = 500
 @pass_cli
 def migrate(cli: CliContext) -> None:
     """Create the outbox or bring its schema to the current version."""
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
     from tracker_agent.outbox.engine import current_revision, open_outbox
     from tracker_agent.outbox.files import sqlite_path
     from tracker_agent.outbox.revisions import HEAD_REVISION
 
     url = cli.database_url()
-    path = sqlite_path(url)
-    before = current_revision(path) if _exists(path) else None
+    if backend_name(url) == POSTGRESQL:
+        from tracker_agent.outbox.pg_engine import create_pg_engine, pg_revision, shown_url
+
+        path = shown_url(url)
+        probe = create_pg_engine(url)
+        try:
+            before = pg_revision(probe)
+        finally:
+            probe.dispose()
+    else:
+        path = sqlite_path(url)
+        before = current_revision(path) if _exists(path) else None
     engine = open_outbox(url)
     engine.dispose()
     if before == HEAD_REVISION:
@@ -43,19 +54,33 @@ def migrate(cli: CliContext) -> None:
 @pass_cli
 def clear_warning(cli: CliContext) -> None:
     """Acknowledge the outbox's warning (a lost -wal file) so that status stops showing it."""
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
     from tracker_agent.outbox.engine import clear_warning as clear
     from tracker_agent.outbox.engine import open_outbox
     from tracker_agent.outbox.files import sqlite_path
 
     url = cli.database_url()
-    path = sqlite_path(url)
-    if not _exists(path):
-        fail(f"no outbox at {path}")
-    engine = open_outbox(url)
-    try:
-        previous = clear(engine, path)
-    finally:
-        engine.dispose()
+    if backend_name(url) == POSTGRESQL:
+        from tracker_agent.outbox.pg_engine import shown_url
+        from tracker_agent.outbox.store import OutboxStore
+
+        path = shown_url(url)
+        engine = open_outbox(url)
+        store = OutboxStore(engine, max_rows=1, max_bytes=1)  # no enqueue: bounds unused
+        try:
+            previous = store.clear_warning()
+        finally:
+            store.close()
+            engine.dispose()
+    else:
+        path = sqlite_path(url)
+        if not _exists(path):
+            fail(f"no outbox at {path}")
+        engine = open_outbox(url)
+        try:
+            previous = clear(engine, path)
+        finally:
+            engine.dispose()
     click.echo(f"{path}: cleared the warning: {previous}" if previous else f"{path}: no warning")
 
 

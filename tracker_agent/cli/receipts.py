@@ -1,19 +1,24 @@
 """`tracker-agent receipt ID...`: where commands queued with a receipt stand (queued, in
 flight, delivered, dead-lettered, unknown), as a table or JSON Lines.
 
-Reads the outbox read-only with the stdlib, as `status` does: no credentials, no changes.
+Reads the outbox read-only, as `status` does (the stdlib on SQLite, psycopg alone on
+PostgreSQL): no credentials, no changes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from tracker_agent.cli.context import CliContext, pass_cli
 from tracker_agent.cli.table import human_time
+
+if TYPE_CHECKING:
+    from tracker_agent.outbox.receipts import ReceiptStatus
 
 #: ids per read (a command line can hold many)
 MAX_IDS = 100_000
@@ -47,6 +52,22 @@ def table(statuses: list[dict[str, Any]], now: float) -> list[str]:
     ]
 
 
+def read_receipts(database_url: str, ids: Sequence[int], now: float) -> list[ReceiptStatus]:
+    """The receipts' statuses, read-only: the SQLite file with the stdlib, or PostgreSQL in
+    one read-only transaction (leases on the database's clock)."""
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
+    from tracker_agent.outbox.receipts import lookup
+
+    if backend_name(database_url) == POSTGRESQL:
+        from tracker_agent.outbox.pg_status import read_pg
+
+        return read_pg(database_url, lambda cur, db_now: lookup(cur, ids, db_now))
+    from tracker_agent.outbox.files import sqlite_path
+    from tracker_agent.outbox.stats import read_outbox
+
+    return read_outbox(sqlite_path(database_url), lambda conn: lookup(conn, ids, now))
+
+
 @click.command()
 @click.argument("ids", nargs=-1, required=True, type=click.IntRange(min=0))
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one receipt per line.")
@@ -55,17 +76,12 @@ def receipt(cli: CliContext, ids: tuple[int, ...], as_json: bool) -> None:
     """Show where the commands with these receipt ids stand.
 
     queued, in_flight, delivered (remembered for receipt_retention), dead_lettered (with the
-    reason), or unknown. Reads the outbox file only; needs no credentials.
+    reason), or unknown. Reads the outbox only; needs no credentials.
     """
-    from tracker_agent.outbox.files import sqlite_path
-    from tracker_agent.outbox.receipts import lookup
-    from tracker_agent.outbox.stats import read_outbox
-
     if len(ids) > MAX_IDS:
         raise click.UsageError(f"at most {MAX_IDS:,} ids at a time")
-    path = sqlite_path(cli.database_url())
     now = time.time()
-    statuses = [s.as_dict() for s in read_outbox(path, lambda conn: lookup(conn, ids, now))]
+    statuses = [s.as_dict() for s in read_receipts(cli.database_url(), ids, now)]
     if as_json:
         for status in statuses:
             click.echo(json.dumps(status, sort_keys=True))

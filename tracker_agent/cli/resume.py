@@ -28,11 +28,14 @@ def probe_paused_outbox(url: str) -> str | None:
 
 
 def outbox_exists(url: str) -> bool:
+    """False for an SQLite file that is not there; True for a PostgreSQL URL (its database
+    is the server's to have; opening it says if it is not there)."""
     import os
 
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
     from tracker_agent.outbox.files import sqlite_path
 
-    return os.path.exists(sqlite_path(url))
+    return backend_name(url) == POSTGRESQL or os.path.exists(sqlite_path(url))
 
 
 @click.command()

@@ -129,9 +129,11 @@ def run(cli: CliContext, metrics_listen: str | None) -> None:
 
     agent = cli.agent()  # opens and migrates the outbox before READY
     metrics = _serve_metrics(agent, metrics_listen) if metrics_listen else None
+    from tracker_agent.outbox.backend import hide_password
+
     log.info(
         "tracker-agent running: %s -> %s (project %s)",
-        agent.database_url,
+        hide_password(agent.database_url),
         settings.url,
         settings.project_token,
     )

@@ -100,11 +100,9 @@ def status(
 ) -> None:
     """Show the queue: pending, in flight, dead-lettered, delivery state.
 
-    Reads the outbox file only; needs no credentials and never changes the file.
+    Reads the outbox file only; needs no credentials and never changes the file. On
+    PostgreSQL: one read-only transaction.
     """
-    from tracker_agent.outbox.files import sqlite_path
-    from tracker_agent.outbox.stats import read_status
-
     if as_json and output_format not in (None, "json"):
         raise click.UsageError(f"--json and --format {output_format}: give one of them")
     chosen = "json" if as_json else output_format or "table"
@@ -112,12 +110,12 @@ def status(
         from tracker_agent.prometheus import require_client
 
         require_client("status --format prometheus")
-    path = sqlite_path(cli.database_url())
+    url = cli.database_url()
     if watch is not None:
-        _watch(path, watch, chosen, bool(max_age is not None or fail_if_paused or fail_if_dead))
+        _watch(url, watch, chosen, bool(max_age is not None or fail_if_paused or fail_if_dead))
         return
     now = time.time()
-    stats = {**read_status(path, now=now), "database": path}
+    stats = read_any_status(url, now)
     click.echo(render(stats, chosen, now), nl=False)
     if stats.get("warning"):
         click.echo(f"{PROG}: warning: {stats['warning']}", err=True)
@@ -128,9 +126,23 @@ def status(
         raise click.exceptions.Exit(EXIT_ALARM)
 
 
-def _watch(path: str, interval: float, output_format: str, alarms_asked: bool) -> None:
-    from tracker_agent.cli.watch import watch as refresh
+def read_any_status(database_url: str, now: float) -> dict[str, Any]:
+    """The outbox's stats and where it is (a file, or a URL without its password)."""
+    from tracker_agent.outbox.backend import POSTGRESQL, backend_name
+
+    if backend_name(database_url) == POSTGRESQL:
+        from tracker_agent.outbox.pg_status import hide_password, read_pg_status
+
+        return {**read_pg_status(database_url), "database": hide_password(database_url)}
+    from tracker_agent.outbox.files import sqlite_path
     from tracker_agent.outbox.stats import read_status
+
+    path = sqlite_path(database_url)
+    return {**read_status(path, now=now), "database": path}
+
+
+def _watch(database_url: str, interval: float, output_format: str, alarms_asked: bool) -> None:
+    from tracker_agent.cli.watch import watch as refresh
 
     if output_format != "table" or alarms_asked:
         raise click.UsageError(
@@ -139,7 +151,7 @@ def _watch(path: str, interval: float, output_format: str, alarms_asked: bool) -
         )
 
     def read(now: float) -> dict[str, Any]:
-        return {**read_status(path, now=now), "database": path}
+        return read_any_status(database_url, now)
 
     try:
         refresh(read, interval, in_place=sys.stdout.isatty())

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tracker_agent import constants as c
 from tracker_agent.api_url import URLRefused, check_scheme, check_url_form
@@ -86,6 +87,21 @@ SECRET_FIELDS = frozenset({"password", "public_key"})
 FILE_FIELDS = ("project_token", "username", "password", "public_key")
 
 
+def hide_password(url: str) -> str:
+    """The URL with its password (if any) shown as ***: a database_url in status, logs and
+    `config`. A URL too malformed to parse keeps only its scheme."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url.partition("://")[0] + "://***"
+    if password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the agent, the client and the daemon need. Validated on construction."""
@@ -144,6 +160,8 @@ class Settings:
         out = dataclasses.asdict(self)
         for name in SECRET_FIELDS:
             out[name] = "***" if out[name] else ""
+        if out["database_url"]:
+            out["database_url"] = hide_password(out["database_url"])
         return out
 
     def replace(self, **changes: Any) -> Settings:

@@ -99,9 +99,12 @@ class _Fix(NamedTuple):
     payload: str
 
 
-def decide(cur: Any, rows: Sequence[Any], state: dict[str, Any], now: float) -> list[_Fix]:
+def decide(
+    cur: Any, rows: Sequence[Any], state: dict[str, Any], now: float, add_sql: str = _ADD
+) -> list[_Fix]:
     """Correct the rows of a claim that carry a boot (not yet decided); returns the new
-    payloads (the caller's lease UPDATE clears boot_id on every claimed row: frozen)."""
+    payloads (the caller's lease UPDATE clears boot_id on every claimed row: frozen).
+    `add_sql` adds to an agent_state counter (Backend.add_to_counter_sql: the database's)."""
     undecided = [r for r in rows if r.boot_id is not None and r.kind in _FIELD]
     if not undecided:
         return []
@@ -126,9 +129,9 @@ def decide(cur: Any, rows: Sequence[Any], state: dict[str, Any], now: float) -> 
         cur.executemany(
             "UPDATE outbox SET payload = ? WHERE id = ?", [(f.payload, f.id) for f in fixes]
         )
-        cur.execute(_ADD, (STATE_CLOCK_CORRECTED, len(fixes)))
+        cur.execute(add_sql, (STATE_CLOCK_CORRECTED, len(fixes)))
     if kept:
-        cur.execute(_ADD, (STATE_CLOCK_UNCORRECTED, kept))
+        cur.execute(add_sql, (STATE_CLOCK_UNCORRECTED, kept))
     return fixes
 
 

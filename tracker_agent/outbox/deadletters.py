@@ -46,8 +46,13 @@ def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now
     return True
 
 
-def _where(
+#: The reason-contains filter, SQLite's spelling (backends give theirs: Backend.contains_sql).
+CONTAINS = "instr(lower(reason), lower(?)) > 0"
+
+
+def where(
     now: float,
+    contains: str = CONTAINS,
     ids: Iterable[int] | None = None,
     error_contains: str | None = None,
     older_than_s: float | None = None,
@@ -56,10 +61,10 @@ def _where(
     params: list[Any] = []
     if ids is not None:
         id_list = [int(i) for i in ids]
-        clauses.append(f"id IN ({','.join('?' * len(id_list))})" if id_list else "0")
+        clauses.append(f"id IN ({','.join('?' * len(id_list))})" if id_list else "1 = 0")
         params.extend(id_list)
     if error_contains:
-        clauses.append("instr(lower(reason), lower(?)) > 0")
+        clauses.append(contains)
         params.append(error_contains)
     if older_than_s is not None:
         clauses.append("dead_at <= ?")
@@ -68,8 +73,8 @@ def _where(
 
 
 def select(conn: Any, *, now: float, limit: int | None = None, **filters: Any) -> list[DeadLetter]:
-    where, params = _where(now, **filters)
-    sql = f"SELECT {_COLUMNS} FROM dead_letters{where} ORDER BY id"
+    clause, params = where(now, **filters)
+    sql = f"SELECT {_COLUMNS} FROM dead_letters{clause} ORDER BY id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(int(limit))
@@ -91,19 +96,19 @@ def select(conn: Any, *, now: float, limit: int | None = None, **filters: Any) -
 
 def resurrect(cur: Any, *, now: float, **filters: Any) -> int:
     """Re-queue matches under their original ids, so FIFO order is their original order."""
-    where, params = _where(now, **filters)
+    clause, params = where(now, **filters)
     cur.execute(
         "INSERT INTO outbox (id, kind, customer_key, payload, size, created_at, receipt)"
         " SELECT id, kind, customer_key, payload, size, created_at, receipt"
-        f" FROM dead_letters{where}",
+        f" FROM dead_letters{clause}",
         params,
     )
     moved = int(cur.rowcount)
-    cur.execute(f"DELETE FROM dead_letters{where}", params)
+    cur.execute(f"DELETE FROM dead_letters{clause}", params)
     return moved
 
 
 def purge(cur: Any, *, now: float, **filters: Any) -> int:
-    where, params = _where(now, **filters)
-    cur.execute(f"DELETE FROM dead_letters{where}", params)
+    clause, params = where(now, **filters)
+    cur.execute(f"DELETE FROM dead_letters{clause}", params)
     return int(cur.rowcount)

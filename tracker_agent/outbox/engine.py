@@ -1,6 +1,7 @@
 """Opening the outbox: the engine with SQLite's pragmas, migrations under SQLite's own write
-lock, checkpoints and the outbox's warning. preflight.py refuses foreign or newer files
-before anything here writes; files.py says where the file lives and with which permissions.
+lock, checkpoints and the outbox's warning (a PostgreSQL URL goes to pg_engine.py instead).
+preflight.py refuses foreign or newer files before anything here writes; files.py says where
+the file lives and with which permissions.
 
 Importing this module is cheap: SQLAlchemy and Alembic are imported only by the functions that
 need them, and Alembic only when the file is not already at HEAD_REVISION.
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError, OutboxError
+from .backend import POSTGRESQL, backend_name
 from .errors import translate_sqlite_error
 from .files import (
     FILE_MODE,
@@ -32,6 +34,7 @@ from .revisions import (
     REVISION_SQL,
     TABLES_SQL,
     alembic_config,
+    alembic_detail_at_debug,
     known_revisions,
     version_error,
 )
@@ -75,7 +78,15 @@ def open_outbox(
     and an existing one loses any permission for "others". A -wal file found lost (see
     files.wal_was_lost) is recorded as a warning in the outbox state and logged at ERROR.
     The caller owns the engine (engine.dispose() when done).
+
+    A PostgreSQL URL (postgresql+psycopg://, or postgresql://) opens that database instead
+    (see pg_engine.open_pg_outbox; `synchronous` and `file_mode` do not apply there).
     """
+    if backend_name(database_url) == POSTGRESQL:
+        from .pg_engine import open_pg_outbox
+
+        _check_options(synchronous, busy_timeout)
+        return open_pg_outbox(database_url, busy_timeout=busy_timeout)
     path = sqlite_path(database_url)
     _check_options(synchronous, busy_timeout)
     if file_mode not in (FILE_MODE, GROUP_FILE_MODE):
@@ -209,7 +220,7 @@ def migrate(engine: Engine) -> None:
     would lock no more than IMMEDIATE does, and readers keep working meanwhile either way.
     """
     path = engine.url.database or ""
-    with _translating(path), _alembic_detail_at_debug(), engine.connect() as conn:
+    with _translating(path), alembic_detail_at_debug(), engine.connect() as conn:
         conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
         with conn.begin():
             revision = _connection_revision(conn)
@@ -230,33 +241,6 @@ def _translating(path: str) -> Iterator[None]:
         if isinstance(exc, (sqlite3.Error, SQLAlchemyError)):
             raise translate_sqlite_error(exc, path) from exc
         raise
-
-
-class _ToDebug(logging.Filter):
-    """Drops Alembic's INFO lines (seven on a first open, in an app at INFO) and repeats them
-    at DEBUG on our logger: the one INFO line is ours ("migrating outbox ...")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno > logging.INFO:
-            return True
-        log.debug("alembic: %s", record.getMessage())
-        return False
-
-
-_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
-
-
-@contextlib.contextmanager
-def _alembic_detail_at_debug() -> Iterator[None]:
-    quiet = _ToDebug()
-    loggers = [logging.getLogger(name) for name in _ALEMBIC_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
 
 
 def _upgrade_locked(conn: Connection, path: str, revision: str | None) -> None:

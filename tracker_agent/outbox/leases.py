@@ -15,7 +15,7 @@ entry, and merges the chosen customers' queues (ix_outbox_customer) in id order 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -93,7 +93,13 @@ FROM merged JOIN outbox AS o ON o.id = merged.id
 ORDER BY o.id
 """
 #: Greater than any row id: the "stop" of a customer with nothing blocked.
-_NO_STOP = 2**63 - 1
+NO_STOP = 2**63 - 1
+
+
+#: pick(cur, now, limit, max_bytes, follow) -> the rows a claim leases.
+PickFn = Callable[[Any, float, int, int, "str | None"], "list[ClaimedRow]"]
+#: lock_customers(cur, select_keys, params): see Backend.lock_customers.
+LockFn = Callable[[Any, str, Sequence[Any]], None]
 
 
 class ClaimedRow(NamedTuple):
@@ -140,7 +146,9 @@ def claim(
     may_claim: Callable[[dict[str, Any]], bool] | None,
     *,
     follow_own: bool = False,
+    pick: PickFn | None = None,
     fix_clock: bool = False,
+    add_to_counter_sql: str = _ADD_TO_COUNTER,
 ) -> tuple[dict[str, Any], list[ClaimedRow]]:
     """The agent state and, unless may_claim(state) says no, the next rows leased to owner.
 
@@ -154,10 +162,10 @@ def claim(
     state = read_state(cur)
     if may_claim is not None and not may_claim(state):
         return state, []
-    picked = _pick(cur, now, limit, max_bytes, owner if follow_own else None)
+    picked = (pick or pick_sqlite)(cur, now, limit, max_bytes, owner if follow_own else None)
     if picked:  # one statement (at most batch_size ids): a fifth cheaper than 50
         if fix_clock:
-            fixed = dict(clock.decide(cur, picked, state, now))
+            fixed = dict(clock.decide(cur, picked, state, now, add_to_counter_sql))
             if fixed:
                 picked = [r._replace(payload=fixed.get(r.id, r.payload)) for r in picked]
         marks = ",".join("?" * len(picked))
@@ -169,9 +177,24 @@ def claim(
     return state, picked
 
 
-def settle(cur: Any, owner: str, outcome: Settlement, now: float) -> int:
-    """Apply `outcome` to the rows `owner` still leases; returns rows delivered."""
+def settle(
+    cur: Any,
+    owner: str,
+    outcome: Settlement,
+    now: float,
+    *,
+    add_to_counter_sql: str = _ADD_TO_COUNTER,
+    lock_customers: LockFn | None = None,
+) -> int:
+    """Apply `outcome` to the rows `owner` still leases; returns rows delivered.
+
+    `lock_customers(cur, select_keys, params)` runs first when given (PostgreSQL: the
+    customers whose rows are deleted, see Backend.lock_customers)."""
     delivered = 0
+    gone = [*outcome.delivered, *(d[0] for d in outcome.dead)]
+    if lock_customers is not None and gone:
+        marks = ",".join("?" * len(gone))
+        lock_customers(cur, f"SELECT customer_key FROM outbox WHERE id IN ({marks})", gone)
     if outcome.delivered:  # one statement (at most batch_size ids, 50 by default)
         if outcome.receipts:
             wanted = [i for i in outcome.delivered if i in outcome.receipts]
@@ -197,20 +220,27 @@ def settle(cur: Any, owner: str, outcome: Settlement, now: float) -> int:
         [(row_id, owner) for row_id in outcome.release],
     )
     if delivered:  # counted in SQL: no read of the state
-        cur.execute(_ADD_TO_COUNTER, (STATE_DELIVERED, delivered))
+        cur.execute(add_to_counter_sql, (STATE_DELIVERED, delivered))
     if buried:
-        cur.execute(_ADD_TO_COUNTER, (STATE_DEAD_LETTERED, buried))
+        cur.execute(add_to_counter_sql, (STATE_DEAD_LETTERED, buried))
     set_state(cur, outcome.state)
     return delivered
 
 
-def _pick(cur: Any, now: float, limit: int, max_bytes: int, follow: str | None) -> list[ClaimedRow]:
+def pick_sqlite(
+    cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+) -> list[ClaimedRow]:
     """Up to `limit` due rows in id order that no blocked row of their customer precedes (rows
     leased to `follow` excepted, see claim), within `max_bytes` (at least one row)."""
+    params = {"now": now, "limit": limit, "no_stop": NO_STOP, "follow": follow}
+    return within_bytes(cur.execute(CLAIM_SQL, params), max_bytes)
+
+
+def within_bytes(rows: Iterable[Sequence[Any]], max_bytes: int) -> list[ClaimedRow]:
+    """The leading `rows` whose payloads fit in `max_bytes` (at least one row)."""
     picked: list[ClaimedRow] = []
     total = 0
-    params = {"now": now, "limit": limit, "no_stop": _NO_STOP, "follow": follow}
-    for row in cur.execute(CLAIM_SQL, params):
+    for row in rows:
         claimed = ClaimedRow(*row)
         if picked and total + claimed.size > max_bytes:
             break

@@ -15,7 +15,7 @@ import_ledger       the keys, one row each, for lookups. Filled from the log in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 #: Keys per `IN (...)` lookup: below every SQLite build's variable limit (999 before 3.32).
@@ -77,13 +77,14 @@ class LedgerLog:
     gone (moved into import_ledger, or pruned) it reads the log again. `forget()` after a
     rolled-back transaction: keys it added then were never committed."""
 
-    def __init__(self) -> None:
+    def __init__(self, insert_id: Callable[[Any, str, Sequence[Any]], int]) -> None:
+        self._insert_id = insert_id  # runs an INSERT of one row, returns its id (the backend's)
         self.forget()
 
     def forget(self) -> None:
         self._keys: set[bytes] = set()
         self._first_id: int | None = None  # the oldest log row read
-        self._last_id = 0  # the newest log row read (ids are AUTOINCREMENT: never reused)
+        self._last_id = 0  # the newest log row read (ids are never reused)
 
     @property
     def size(self) -> int:
@@ -124,8 +125,7 @@ class LedgerLog:
     def record(self, cur: Any, keys: Sequence[bytes], now: float) -> None:
         """Append `keys` to the log (in the caller's transaction)."""
         if keys:
-            cur.execute(_APPEND, (pack(keys), now))
-            self._note(int(cur.lastrowid), keys)
+            self._note(self._insert_id(cur, _APPEND, (pack(keys), now)), keys)
 
 
 def compact(cur: Any) -> int:
@@ -139,7 +139,8 @@ def compact(cur: Any) -> int:
         for key in unpack(blob):
             newest[key] = imported_at
     cur.executemany(
-        "INSERT OR REPLACE INTO import_ledger (key, imported_at) VALUES (?, ?)",
+        "INSERT INTO import_ledger (key, imported_at) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET imported_at = excluded.imported_at",
         sorted(newest.items()),
     )
     cur.execute("DELETE FROM import_ledger_log WHERE id <= ?", (rows[-1][0],))

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Machine", "OwnerId", "dead_owners", "make_owner_id", "release_owners"]
+__all__ = ["Machine", "OwnerId", "dead_owners", "host_key", "make_owner_id", "release_owners"]
 
 _PREFIX = "o1"
 _SEPARATOR = ":"
@@ -68,6 +68,12 @@ def process_start(pid: int) -> int | None:
         return int(fields[_STAT_START_FIELD - 2])
     except (IndexError, ValueError):
         return None
+
+
+def host_key() -> str:
+    """A name for this machine, stable across its processes (the Machine key, or the host
+    name where /proc is missing)."""
+    return Machine.here().key or socket.gethostname()
 
 
 def make_owner_id(here: Machine | None = None) -> str:

@@ -3,8 +3,9 @@ or in flight), the dead letters, or the compact record of delivered ones (`recei
 time, attempts; no payload), which retention prunes. On a DB-API cursor or connection, inside
 the caller's transaction; stdlib only (`tracker-agent receipt` reads the file read-only).
 
-A receipt's id is its outbox row id: AUTOINCREMENT never hands out an id twice, a dead letter
-keeps its id, and a dead letter put back returns under it.
+A receipt's id is its outbox row id: AUTOINCREMENT (an identity on PostgreSQL) never hands out
+an id twice, a dead letter keeps its id, and a dead letter put back returns under it. The
+SQL is the same on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ def record_delivered(cur: Any, owner: str, ids: Sequence[int], now: float) -> No
     if ids:  # one statement (at most batch_size ids)
         marks = ",".join("?" * len(ids))
         cur.execute(
-            "INSERT OR REPLACE INTO receipts (id, delivered_at, attempts)"
-            f" SELECT id, ?, attempts + 1 FROM outbox WHERE lease_owner = ? AND id IN ({marks})",
+            "INSERT INTO receipts (id, delivered_at, attempts)"
+            f" SELECT id, ?, attempts + 1 FROM outbox WHERE lease_owner = ? AND id IN ({marks})"
+            " ON CONFLICT (id) DO UPDATE SET delivered_at = excluded.delivered_at,"
+            " attempts = excluded.attempts",
             (now, owner, *ids),
         )
 

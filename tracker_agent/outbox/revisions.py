@@ -4,7 +4,10 @@ Alembic configuration built in code (Alembic itself is imported only when asked 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +17,11 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
+log = logging.getLogger("tracker_agent.outbox.engine")  # where Alembic's detail has gone
+
 __all__ = [
     "HEAD_REVISION",
+    "alembic_detail_at_debug",
     "OUTBOX_TABLES",
     "REVISION_SQL",
     "TABLES_SQL",
@@ -80,3 +86,30 @@ def version_error(path: str, revision: str) -> OutboxVersionError:
         f"{path}: the outbox is at schema revision {revision!r}, newer than this tracker-agent "
         f"knows (up to {HEAD_REVISION!r}); upgrade tracker-agent. The file was not changed."
     )
+
+
+class _ToDebug(logging.Filter):
+    """Drops Alembic's INFO lines (seven on a first open, in an app at INFO) and repeats them
+    at DEBUG on our logger: the one INFO line is ours ("migrating outbox ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        log.debug("alembic: %s", record.getMessage())
+        return False
+
+
+_ALEMBIC_LOGGERS = ("alembic.runtime.migration", "alembic.runtime.plugins")
+
+
+@contextlib.contextmanager
+def alembic_detail_at_debug() -> Iterator[None]:
+    quiet = _ToDebug()
+    loggers = [logging.getLogger(name) for name in _ALEMBIC_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)

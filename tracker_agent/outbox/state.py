@@ -41,6 +41,24 @@ STATE_WARNING = "warning"
 STATE_WARNING_AT = "warning_at"
 
 
+#: agent_state keys that are per host when hosts share the database: a 429 or a network fault
+#: one host meets backs off that host, not all (the API limits per source IP). The store reads
+#: and writes them as "key@host"; the plain key keeps the latest value of any host, for status.
+#: A pause (credentials) stays global. Whether a host's backoff began with no answer at all
+#: (fast resume) is that host's too.
+HOST_STATE = frozenset({STATE_BACKOFF_UNTIL, STATE_FAILURES, STATE_BACKOFF_UNREACHABLE})
+
+
+def host_view(state: dict[str, Any], host: str) -> dict[str, Any]:
+    """The agent state as drainers of `host` act on it."""
+    return {**state, **{key: state.get(f"{key}@{host}") for key in HOST_STATE}}
+
+
+def host_keys(values: dict[str, Any], host: str) -> dict[str, Any]:
+    """State to set, with each HOST_STATE key also set under this host's name."""
+    return {**values, **{f"{k}@{host}": v for k, v in values.items() if k in HOST_STATE}}
+
+
 def read_state(conn: Any) -> dict[str, Any]:
     """All agent_state values, JSON-decoded."""
     rows = conn.execute("SELECT key, value FROM agent_state").fetchall()

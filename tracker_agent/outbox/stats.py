@@ -57,10 +57,12 @@ STATS_KEYS = (
 )
 
 
-def collect_stats(conn: Any, now: float) -> dict[str, Any]:
-    """Counts and state of the queue; cheap at any backlog (no full scans of `outbox`)."""
-    counted = conn.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
-    rows, size = counted if counted else (0, 0)
+def collect_stats(
+    conn: Any, now: float, counters: Callable[[Any], tuple[int, int]] | None = None
+) -> dict[str, Any]:
+    """Counts and state of the queue; cheap at any backlog (no full scans of `outbox`).
+    `counters(conn)` reads rows and bytes queued (default: SQLite's one counter row)."""
+    rows, size = (counters or _sqlite_counters)(conn)
     # "lease_expires_at > 0" lets SQLite use the partial index of leased rows.
     (in_flight,) = conn.execute(
         "SELECT count(*) FROM outbox WHERE lease_expires_at > 0 AND lease_expires_at > ?", (now,)
@@ -97,6 +99,11 @@ def collect_stats(conn: Any, now: float) -> dict[str, Any]:
         "clock_corrected": int(state.get(STATE_CLOCK_CORRECTED) or 0),
         "clock_uncorrected": int(state.get(STATE_CLOCK_UNCORRECTED) or 0),
     }
+
+
+def _sqlite_counters(conn: Any) -> tuple[int, int]:
+    counted = conn.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
+    return (int(counted[0]), int(counted[1])) if counted else (0, 0)
 
 
 def read_status(database_path: str, now: float | None = None) -> dict[str, Any]:

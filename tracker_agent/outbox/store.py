@@ -1,17 +1,17 @@
 """OutboxStore: every query the agent runs against the outbox (enqueue, claim, settle, stats).
 
-Hot paths (enqueue, claim, settle) use the engine's raw DB-API connections with explicit
-BEGIN IMMEDIATE: a deferred transaction that reads then writes gets "database is locked" at
-once, and SQLAlchemy Core would cost ~1.5x per commit. Enqueues from many threads are group
-committed (see groupcommit.py). Rows are claimed with a lease, so any number of drainers in any
-number of processes never send the same row at the same time.
+What differs between databases (transactions, the enqueue bound's fast path, the claim, the
+clock, errors) is behind backend.Backend, chosen from the engine's URL; what is common stays
+here. Hot paths use the engine's raw DB-API connections (SQLAlchemy Core would cost ~1.5x per
+commit). Enqueues from many threads are group committed (see groupcommit.py). Rows are claimed
+with a lease, so any number of drainers in any number of processes never send the same row at
+the same time.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,13 +21,14 @@ from ..clock import wall_clock
 from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
 from . import clock, deadletters, export, leases, ledger, owners, receipts, resume
-from .engine import record_warning
-from .errors import translate_sqlite_error
-from .files import wal_was_lost
+from .backend import SQLITE
+from .backends import backend_for_engine
+from .commands import NewCommand, Request
 from .groupcommit import GroupCommitter
 from .leases import ClaimedRow, Settlement
 from .ledger import KeyedCommands
 from .state import (
+    HOST_STATE,
     STATE_DROPPED,
     STATE_LAST_ERROR,
     STATE_LAST_ERROR_AT,
@@ -35,6 +36,10 @@ from .state import (
     STATE_PAUSED_REASON,
     STATE_PROBE_AT,
     STATE_PROJECT,
+    STATE_WARNING,
+    STATE_WARNING_AT,
+    host_keys,
+    host_view,
     read_state,
     set_state,
 )
@@ -45,85 +50,9 @@ log = logging.getLogger(__name__)
 OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
 
-_INSERT = (
-    "INSERT INTO outbox (kind, customer_key, payload, size, created_at, boot_id, mono_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-# A round of several callers' rows, some perhaps with a receipt.
-_INSERT_ROUND = (
-    "INSERT INTO outbox"
-    " (kind, customer_key, payload, size, created_at, boot_id, mono_at, receipt)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
-# The bound, enforced by SQLite itself on the writer connection only (a TEMP trigger lives and
-# dies with its connection; the file's schema is untouched): an INSERT that would pass this
-# process's limits fails with _FULL_MESSAGE and changes nothing. It lets a lone caller insert
-# with a plain INSERT, where reading the counters first (a SELECT, or INSERT .. SELECT, which
-# SQLite materialises because the counter trigger writes the table it reads) costs 15-30% of
-# an un-fsynced commit. BEFORE INSERT runs ahead of the AFTER INSERT counter trigger, so the
-# counters it reads do not include the new row yet.
-_FULL_MESSAGE = "tracker-agent: outbox bound reached"
-_BOUND_TRIGGER = "tracker_agent_outbox_bound"
-_CREATE_BOUND_TRIGGER = f"""
-CREATE TEMP TRIGGER {_BOUND_TRIGGER} BEFORE INSERT ON main.outbox
-WHEN (SELECT rows + 1 > {{max_rows:d}} OR bytes + NEW.size > {{max_bytes:d}}
-      FROM main.queue_counters WHERE id = 1)
-BEGIN SELECT RAISE(ABORT, '{_FULL_MESSAGE}'); END
-"""
-_DROP_BOUND_TRIGGER = f"DROP TRIGGER IF EXISTS temp.{_BOUND_TRIGGER}"
-#: The warning recorded when the -wal file disappears under a running process.
-WAL_DELETED_WHILE_OPEN = (
-    "the -wal file was deleted while this outbox was open; what this process could still "
-    "read of it was checkpointed into the main file, but commands committed by other "
-    "processes since the last checkpoint may be lost. Restart every process using the outbox"
-)
-
-
-class NewCommand:
-    """A validated command ready to store: its batch name, ordering key and JSON data.
-
-    `size` is the payload's UTF-8 length (computed when not given). With `receipt`, the
-    enqueue sets `id` (the receipt's id) once the row is committed. A plain slotted class,
-    not a dataclass: one is built per tracking call.
-    """
-
-    __slots__ = ("kind", "customer_key", "payload", "size", "receipt", "id", "boot", "mono")
-
-    def __init__(
-        self,
-        kind: str,
-        customer_key: str,
-        payload: str,
-        size: int = -1,
-        receipt: bool = False,
-        *,
-        boot: str | None = None,
-        mono: float | None = None,
-    ) -> None:
-        """`boot` and `mono`: the boot in which the agent fixed the command's timestamp and
-        that boot's clock then (bootclock), for clock correction; None for a caller's."""
-        self.kind = kind
-        self.boot = boot
-        self.mono = mono
-        self.customer_key = customer_key
-        self.payload = payload
-        if size < 0:
-            size = len(payload) if payload.isascii() else len(payload.encode("utf-8"))
-        self.size = size
-        self.receipt = receipt
-        self.id = 0
-
-    def __repr__(self) -> str:
-        return f"NewCommand({self.kind!r}, {self.customer_key!r}, size={self.size})"
-
-
-#: What one caller of the group commit hands in: plain commands, or commands to queue once.
-Request = Sequence[NewCommand] | KeyedCommands
-
 
 class OutboxStore:
-    """The durable queue on one SQLite file, shared safely by threads and processes."""
+    """The durable queue on one database, shared safely by threads, processes and hosts."""
 
     def __init__(
         self,
@@ -134,20 +63,25 @@ class OutboxStore:
         overflow: str = OVERFLOW_RAISE,
         ledger_retention: float = DEFAULT_IMPORT_LEDGER_DAYS * DAY_SECONDS,
         now: Callable[[], float] | None = None,
+        host: str | None = None,
+        db_clock: bool = True,
     ) -> None:
         if overflow not in (OVERFLOW_RAISE, OVERFLOW_DROP_OLDEST):
             raise ValueError(f"overflow must be 'raise' or 'drop_oldest', not {overflow!r}")
         self.engine = engine
-        self.path: str = engine.url.database
+        self.backend = backend_for_engine(engine)
+        # PostgreSQL stamps leases and retries with its own clock unless told to use the
+        # times callers pass (tests that move time; one host, where both clocks are one).
+        self.backend.db_clock = db_clock
+        #: The database in messages: the file, or the URL without its password.
+        self.path: str = self.backend.where
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self.overflow = overflow
         self.ledger_retention = ledger_retention  # seconds an import_ledger key is kept
-        self._ledger_log = ledger.LedgerLog()  # used by the writer only
+        self._ledger_log = ledger.LedgerLog(self.backend.insert_id)  # used by the writer only
         self._now = now or wall_clock
         self._committer: GroupCommitter[Request] = GroupCommitter(self._write_round)
-        self._writer: Any = None  # raw connection owned by whichever thread leads a commit
-        self._writer_cursor: tuple[Any, Any] | None = None  # its sqlite3 connection and cursor
         self._drain_lock = threading.Lock()
         self._drain_conn: Any = None
         # Held around every statement this process runs on the file, so that fork() (see
@@ -155,7 +89,8 @@ class OutboxStore:
         # the child would inherit SQLite's lock bookkeeping without the locks themselves.
         self._io_lock = threading.Lock()
         self.project: str | None = None  # set by bind_project
-        self._wal_loss_recorded = False
+        # A database shared by hosts: each host backs off on its own (see HOST_STATE).
+        self._host = None if self.backend.name == SQLITE else (host or owners.host_key())
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -164,66 +99,32 @@ class OutboxStore:
 
     @contextmanager
     def _transaction(self, conn: Any) -> Iterator[Any]:
-        """BEGIN IMMEDIATE .. COMMIT on a raw connection; SQLite errors become OutboxErrors."""
-        driver = conn.driver_connection  # skip the pool proxy on the hot path
-        self._io_lock.acquire()
-        cur = driver.cursor()
-        try:
-            cur.execute("BEGIN IMMEDIATE")
+        """BEGIN .. COMMIT on a raw connection (the backend's); errors become OutboxErrors."""
+        with self._io_lock, self.backend.transaction(conn) as cur:
             yield cur
-            cur.execute("COMMIT")
-        except BaseException as exc:
-            self._abort(driver, cur, exc)
-            raise
-        finally:
-            cur.close()
-            self._io_lock.release()
-
-    def _abort(self, driver: Any, cur: Any, exc: BaseException) -> None:
-        """Roll back after `exc`; raise it as an OutboxError if SQLite raised it."""
-        if driver.in_transaction:
-            try:
-                cur.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.warning("rollback failed on %s", self.path, exc_info=True)
-        if isinstance(exc, sqlite3.Error):
-            raise translate_sqlite_error(exc, self.path) from exc
-
-    def _open_writer(self) -> tuple[Any, Any]:
-        """The enqueue connection (pooled, kept until close) and one cursor reused on it."""
-        self._writer = self._raw()
-        driver = self._writer.driver_connection
-        with self._io_lock:
-            try:
-                driver.execute(_DROP_BOUND_TRIGGER)
-                driver.execute(
-                    _CREATE_BOUND_TRIGGER.format(max_rows=self.max_rows, max_bytes=self.max_bytes)
-                )
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
-        self._writer_cursor = driver, driver.cursor()
-        return self._writer_cursor
 
     @contextmanager
     def _reading(self) -> Iterator[Any]:
         with self._io_lock:
             conn = self._raw()
             try:
-                yield conn
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
+                with self.backend.reading(conn) as view:
+                    yield view
             finally:
-                conn.close()
+                self._give_back(conn)
+
+    def _give_back(self, conn: Any) -> None:
+        """Return a raw connection to the pool; a broken one (server gone) is discarded."""
+        if self.backend.broken(conn):
+            conn.invalidate()
+        else:
+            conn.close()
 
     def close(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(sqlite3.Error):  # back to the pool without the bound
-                self._writer.driver_connection.execute(_DROP_BOUND_TRIGGER)
-        for conn in (self._writer, self._drain_conn):
-            if conn is not None:
-                conn.close()
-        self._writer = self._drain_conn = None
-        self._writer_cursor = None
+        self.backend.close_writer()
+        if self._drain_conn is not None:
+            self._drain_conn.close()
+        self._drain_conn = None
 
     def hold_for_fork(self) -> None:
         """Before fork(): wait for the statement in progress and block new ones."""
@@ -235,7 +136,8 @@ class OutboxStore:
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connections and locks without touching them."""
-        self._writer = self._drain_conn = self._writer_cursor = None
+        self._drain_conn = None
+        self.backend.forget_writer()
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
@@ -253,9 +155,10 @@ class OutboxStore:
         self, commands: Sequence[NewCommand], keys: Sequence[bytes], *, force: bool = False
     ) -> int:
         """Commit the commands whose ledger key is not recorded yet, and record their keys, in
-        one transaction (all or none); returns how many were queued. Two processes importing
-        the same keys at once queue each exactly once: the lookup and the insert share the
-        writer's BEGIN IMMEDIATE. `force` queues them all and records their keys anew."""
+        one transaction (all or none); returns how many were queued. Two processes (or hosts)
+        importing the same keys at once queue each exactly once: the lookup and the insert
+        share the writer's BEGIN IMMEDIATE on SQLite, the ledger's advisory lock on PostgreSQL
+        (Backend.lock_ledger). `force` queues them all and records their keys anew."""
         request = KeyedCommands(commands, keys, force=force)
         if commands:
             self._committer.submit(request)
@@ -267,12 +170,13 @@ class OutboxStore:
         """Move the keys of the ledger's log into its index (see outbox/ledger.py), in one
         transaction; returns how many."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            self.backend.lock_ledger(cur)
             return ledger.compact(cur)
 
     def known_keys(self, keys: Sequence[bytes]) -> set[bytes]:
         """The keys among `keys` already in the ledger (a read: a dry run)."""
         with self._reading() as conn:
-            return ledger.known(conn.driver_connection.cursor(), keys)
+            return ledger.known(conn, keys)
 
     def prune_ledger(self) -> int:
         """Forget the ledger entries older than `ledger_retention` seconds, in short
@@ -281,6 +185,7 @@ class OutboxStore:
         pruned = 0
         while True:
             with self._drain_connection() as conn, self._transaction(conn) as cur:
+                self.backend.lock_ledger(cur)
                 count = ledger.prune_slice(cur, before)
             pruned += count
             if count < ledger.PRUNE_SLICE:
@@ -288,39 +193,23 @@ class OutboxStore:
 
     def _write_round(self, requests: Sequence[Request]) -> list[BaseException | None]:
         # Runs in the thread leading the group commit, the only one using the writer.
-        driver, cur = self._writer_cursor or self._open_writer()
-        now = self._now()
         with self._io_lock:
             try:
-                cur.execute("BEGIN IMMEDIATE")
-                first = requests[0]
-                if len(requests) == 1 and not isinstance(first, KeyedCommands) and len(first) == 1:
-                    c = first[0]  # a lone caller, one row
-                    try:
-                        _insert_one(cur, c, now)
-                    except sqlite3.IntegrityError as exc:
-                        if str(exc) != _FULL_MESSAGE:
-                            raise
-                        errors = self._insert_round(cur, requests, now)  # raise or drop
-                    else:
-                        errors = [None]
-                else:
-                    errors = self._insert_round(cur, requests, now)
-                cur.execute("COMMIT")
-            except BaseException as exc:
+                return self.backend.write_round(self, requests, self._now())
+            except BaseException:
                 self._ledger_log.forget()  # it may hold keys of the rolled-back transaction
-                self._abort(driver, cur, exc)
                 raise
-        return errors
 
-    def _insert_round(
+    def insert_round(
         self, cur: Any, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         """Insert each request's rows that fit (making room if overflow=drop_oldest); one
         INSERT statement per round, the counters tracked here (the triggers add exactly
         `size` per row) instead of re-read after every request. A KeyedCommands request
-        inserts only its commands whose key is not in the ledger, and records their keys."""
-        rows, size = cur.execute(_COUNTERS).fetchone()
+        inserts only its commands whose key is not in the ledger, and records their keys.
+        Called by the backend's write_round inside its transaction."""
+        backend = self.backend
+        rows, size = backend.counters(cur)
         errors: list[BaseException | None] = []
         pending: list[NewCommand] = []
         taken: set[bytes] = set()  # keys recorded by earlier requests of this round
@@ -334,10 +223,11 @@ class OutboxStore:
             need_rows, need_bytes = len(commands), sum(c.size for c in commands)
             error = None
             if rows + need_rows > self.max_rows or size + need_bytes > self.max_bytes:
-                _insert_all(cur, pending, now)  # earlier requests' rows first (may be dropped)
-                pending = []
+                if pending:  # earlier requests' rows go in first (they may be dropped)
+                    backend.insert(cur, pending, now)
+                    pending = []
                 error = self._make_room(cur, rows, size, need_rows, need_bytes, now)
-                rows, size = cur.execute(_COUNTERS).fetchone()
+                rows, size = backend.counters(cur)
             errors.append(error)
             if error is None:
                 pending += commands
@@ -347,7 +237,8 @@ class OutboxStore:
                     self._ledger_log.record(cur, keys, now)
                     taken.update(keys)
                     request.queued = len(keys)
-        _insert_all(cur, pending, now)
+        if pending:
+            backend.insert(cur, pending, now)
         return errors
 
     def _make_room(
@@ -377,6 +268,11 @@ class OutboxStore:
             freed_bytes += row_size
         if freed_rows < over_rows or freed_bytes < over_bytes:
             return full
+        self.backend.lock_customers(
+            cur,
+            f"SELECT customer_key FROM outbox WHERE id IN ({','.join('?' * len(victims))})",
+            victims,
+        )
         cur.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
         dropped = int(read_state(cur).get(STATE_DROPPED) or 0) + len(victims)
         set_state(cur, {STATE_DROPPED: dropped})
@@ -389,17 +285,19 @@ class OutboxStore:
 
     def receipts(self, ids: Sequence[int]) -> list[receipts.ReceiptStatus]:
         """Where each id stands (see outbox.receipts), in the order given."""
-        with self._reading() as conn:
-            return receipts.lookup(conn, ids, self._now())
+        with self._reading() as conn:  # leases are on the database's clock (PostgreSQL)
+            return receipts.lookup(conn, ids, self.backend.clock(conn, self._now()))
 
     def prune_receipts(self, now: float, max_age: float, max_rows: int, *, batch: int) -> int:
         """Forget delivered receipts older than `max_age` seconds at `now` or beyond the newest
         `max_rows`: found on a read connection, deleted `batch` per transaction (the write
-        lock is never held for a scan). Returns how many."""
+        lock is never held for a scan). Returns how many. `now` is taken as the database's
+        clock on PostgreSQL, as settle() stamped the deliveries."""
         pruned = 0
         while True:
             with self._reading() as conn:
-                ids = receipts.prune_candidates(conn, now, max_age, max_rows, batch)
+                stamped = self.backend.clock(conn, now)
+                ids = receipts.prune_candidates(conn, stamped, max_age, max_rows, batch)
             if not ids:
                 return pruned
             with self._drain_connection() as conn, self._transaction(conn) as cur:
@@ -413,12 +311,21 @@ class OutboxStore:
     def _drain_connection(self) -> Iterator[Any]:
         with self._drain_lock:
             if self._drain_conn is None:
-                self._drain_conn = self._raw()
-                # Leases and settlements need no fsync of their own: a power cut can only undo
-                # some (rows re-sent, deduplicated by their fixed timestamps); a crashed
-                # process loses nothing in WAL mode. Enqueues stay synchronous=FULL.
-                self._drain_conn.driver_connection.execute("PRAGMA synchronous = NORMAL")
-            yield self._drain_conn
+                conn = self._raw()
+                try:
+                    with self._io_lock, self.backend.reading(conn):
+                        self.backend.prepare_drain(conn)
+                except BaseException:
+                    self._give_back(conn)
+                    raise
+                self._drain_conn = conn
+            try:
+                yield self._drain_conn
+            except OutboxError:
+                if self.backend.broken(self._drain_conn):  # the next call reconnects
+                    self._drain_conn.invalidate()
+                    self._drain_conn = None
+                raise
 
     def claim(
         self,
@@ -457,15 +364,64 @@ class OutboxStore:
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate,
-                follow_own=follow_own, fix_clock=fix_clock,
-            )  # fmt: skip
+            return self._claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock
+            )
+
+    def _claim(
+        self,
+        cur: Any,
+        owner: str,
+        limit: int,
+        max_bytes: int,
+        lease_seconds: float,
+        now: float,
+        gate: Callable[[dict[str, Any]], bool] | None,
+        follow_own: bool,
+        fix_clock: bool = False,
+    ) -> tuple[dict[str, Any], list[ClaimedRow]]:
+        host = self._host
+        if host is not None:  # a backoff is this host's: see HOST_STATE
+            outer = gate
+
+            def gate(state: dict[str, Any]) -> bool:
+                return outer is None or outer(host_view(state, host))
+
+        state, rows = leases.claim(
+            cur,
+            owner,
+            limit,
+            max_bytes,
+            lease_seconds,
+            self.backend.clock(cur, now),
+            gate,
+            follow_own=follow_own,
+            pick=self.backend.pick,
+            fix_clock=fix_clock,
+            add_to_counter_sql=self.backend.add_to_counter_sql,
+        )
+        return (state if host is None else host_view(state, host)), rows
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return leases.settle(cur, owner, outcome, now)
+            return self._settle(cur, owner, outcome, now)
+
+    def _settle(self, cur: Any, owner: str, outcome: Settlement, now: float) -> int:
+        backend = self.backend
+        stamped = backend.clock(cur, now)
+        if stamped != now and outcome.retry:  # a retry time is a delay from `now`
+            outcome = dataclasses.replace(outcome, retry_at=outcome.retry_at + stamped - now)
+        if self._host is not None and HOST_STATE.intersection(outcome.state):
+            outcome = dataclasses.replace(outcome, state=host_keys(outcome.state, self._host))
+        return leases.settle(
+            cur,
+            owner,
+            outcome,
+            stamped,
+            add_to_counter_sql=backend.add_to_counter_sql,
+            lock_customers=None if backend.name == SQLITE else backend.lock_customers,
+        )
 
     def settle_and_claim(
         self,
@@ -483,12 +439,11 @@ class OutboxStore:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
         ones share table pages, so one commit writes a third less WAL than two."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            delivered = leases.settle(cur, owner, outcome, now)
+            delivered = self._settle(cur, owner, outcome, now)
             gate = self._project_gate(may_claim)
-            state, rows = leases.claim(
-                cur, owner, limit, max_bytes, lease_seconds, now, gate,
-                follow_own=follow_own, fix_clock=fix_clock,
-            )  # fmt: skip
+            state, rows = self._claim(
+                cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock
+            )
             return delivered, state, rows
 
     def release_all(self, owner: str) -> int:
@@ -548,12 +503,20 @@ class OutboxStore:
         """Extend every lease `owner` holds to `until` (a batch being split, one queued behind
         it): work in progress must never be claimed by another drainer. Returns rows renewed."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            local = self._now()
             cur.execute(
                 "UPDATE outbox SET lease_expires_at = ?"
                 " WHERE lease_expires_at > 0 AND lease_owner = ?",
-                (until, owner),
+                (until - local + self.backend.clock(cur, local), owner),
             )
             return int(cur.rowcount)
+
+    def clear_warning(self) -> str | None:
+        """Acknowledge the outbox's warning (status stops showing it); returns it."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            previous = read_state(cur).get(STATE_WARNING)
+            set_state(cur, {STATE_WARNING: None, STATE_WARNING_AT: None})
+        return None if previous is None else str(previous)
 
     def probe_now(self) -> str | None:
         """If delivery is paused, make the next probe due at once (a daemon start, a flush, a
@@ -596,10 +559,18 @@ class OutboxStore:
     ) -> list[export.ExportRow]:
         """Lease the next `limit` rows after `after_id` that no drainer holds to `owner`."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return export.lease_for_export(cur, owner, after_id, limit, self._now(), until)
+            local = self._now()
+            stamped = self.backend.clock(cur, local)  # the lease on the database's clock
+            return export.lease_for_export(
+                cur, owner, after_id, limit, stamped, until - local + stamped
+            )
 
     def delete_exported(self, owner: str, ids: list[int]) -> int:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            if ids:  # PostgreSQL: the customers' locks first (see Backend.lock_customers)
+                marks = ",".join("?" * len(ids))
+                keys = f"SELECT customer_key FROM outbox WHERE id IN ({marks})"
+                self.backend.lock_customers(cur, keys, ids)
             return export.delete_exported(cur, owner, ids)
 
     def release_exported(self, owner: str, ids: list[int]) -> None:
@@ -611,85 +582,57 @@ class OutboxStore:
         all, end it now (the rows it holds are due at once). A backoff a 429 or 5xx started
         is left alone. True if a backoff ended."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return resume.end_unreachable_backoff(cur, now)
+            return resume.end_unreachable_backoff(cur, self.backend.clock(cur, now), self._host)
 
     def reclaim_dead_owners(self, now: float, here: owners.Machine) -> int:
         """Release the leases of drainers of this machine whose process is gone (a SIGKILLed
         daemon), so their rows are due at once instead of after lease_seconds. Reads only the
         few leased rows; writes nothing when no owner is dead. Returns rows released."""
         with self._reading() as conn:
-            dead = owners.dead_owners(conn, now, here)
+            dead = owners.dead_owners(conn, self.backend.clock(conn, now), here)
         if not dead:
             return 0
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            freed = owners.release_owners(cur, owners.dead_owners(cur, now, here))
+            stamped = self.backend.clock(cur, now)
+            freed = owners.release_owners(cur, owners.dead_owners(cur, stamped, here))
         if freed:
             log.info("took back %d commands leased by a drainer that died", freed)
         return freed
 
     def rescue_lost_wal(self) -> bool:
         """If the -wal file was deleted while this process has the outbox open, copy what our
-        connections still see of it into the main file (a checkpoint reads the deleted file
-        through the open descriptor), record a warning and log it. True if it was lost.
-
-        Commands committed after the deletion live in a file nobody can reopen: each call
-        rescues them again, but only restarting every process on the outbox ends the risk."""
-        if not wal_was_lost(self.path):
+        connections still see of it into the main file and record a warning (see
+        sqlite.SqliteBackend.rescue_lost_wal). True if it was lost; always False on
+        PostgreSQL."""
+        if self.backend.name != SQLITE:
             return False
         with self._drain_connection() as conn, self._io_lock:
-            try:
-                conn.driver_connection.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
-            except sqlite3.Error as exc:
-                raise translate_sqlite_error(exc, self.path) from exc
-        if not self._wal_loss_recorded:
-            self._wal_loss_recorded = True
-            record_warning(self.engine, self.path, WAL_DELETED_WHILE_OPEN)
-        return True
+            return bool(self.backend.rescue_lost_wal(conn))  # type: ignore[attr-defined]
 
     # -- inspection ----------------------------------------------------------------------------
 
     def stats(self, now: float | None = None) -> dict[str, Any]:
+        backend = self.backend
         with self._reading() as conn:
-            return collect_stats(conn, self._now() if now is None else now)
+            stamped = backend.clock(conn, self._now() if now is None else now)
+            return collect_stats(conn, stamped, counters=backend.queued)
 
     def list_dead(self, **filters: Any) -> list[deadletters.DeadLetter]:
         with self._reading() as conn:
-            return deadletters.select(conn, now=self._now(), **filters)
+            return deadletters.select(conn, **self._dead_terms(conn), **filters)
 
     def retry_dead(self, **filters: Any) -> int:
         """Put matching dead letters back in the queue under their original ids (FIFO place)."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return deadletters.resurrect(cur, now=self._now(), **filters)
+            terms = self._dead_terms(cur)
+            clause, params = deadletters.where(**terms, **filters)
+            keys = f"SELECT customer_key FROM dead_letters{clause}"
+            self.backend.lock_customers(cur, keys, params)
+            return deadletters.resurrect(cur, **terms, **filters)
 
     def purge_dead(self, **filters: Any) -> int:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return deadletters.purge(cur, now=self._now(), **filters)
+            return deadletters.purge(cur, **self._dead_terms(cur), **filters)
 
-
-def _insert_one(cur: Any, c: NewCommand, now: float) -> None:
-    if c.receipt:
-        cur.execute(
-            _INSERT_ROUND, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, 1)
-        )
-        c.id = int(cur.lastrowid)
-    else:
-        cur.execute(_INSERT, (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono))
-
-
-def _insert_all(cur: Any, commands: Sequence[NewCommand], now: float) -> None:
-    """INSERT `commands` in one statement; those with a receipt learn their ids. The ids of
-    one statement's rows are consecutive (AUTOINCREMENT in a transaction holding the write
-    lock; no trigger inserts into outbox), ending at last_insert_rowid()."""
-    if not commands:
-        return
-    cur.executemany(
-        _INSERT_ROUND,
-        [
-            (c.kind, c.customer_key, c.payload, c.size, now, c.boot, c.mono, int(c.receipt))
-            for c in commands
-        ],
-    )
-    if any(c.receipt for c in commands):
-        (last,) = cur.execute("SELECT last_insert_rowid()").fetchone()
-        for offset, command in enumerate(commands, start=last - len(commands) + 1):
-            command.id = offset
+    def _dead_terms(self, cur: Any) -> dict[str, Any]:
+        return {"now": self.backend.clock(cur, self._now()), "contains": self.backend.contains_sql}

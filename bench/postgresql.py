@@ -1,0 +1,332 @@
+"""Figure 8: the outbox on PostgreSQL, on a throwaway server this run starts (initdb into the
+work directory, 127.0.0.1, fsync and synchronous_commit on).
+
+- enqueue: add_event from 1 and 8 threads (one agent, group commit) next to raw psycopg doing
+  the same inserts into the same migrated schema (triggers included), one row per commit, one
+  connection per thread.
+- drain: a backlog delivered by 1, 2 and 4 drainer processes, each acting as its own host (its
+  own state directory, so its own 100 requests/s budget), against FakeExponea answering after
+  20 ms; the ratio is to one drainer.
+- claim: the latency of one claim + settle of 50 rows with 10k and with 1M rows queued.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from typing import Any
+
+from bench import workload
+from bench.common import (
+    PASSWORD,
+    ROOT,
+    TOKEN,
+    USERNAME,
+    Scale,
+    Section,
+    Target,
+    agent_kwargs,
+    child_env,
+    median,
+    ms,
+    rate,
+    ratio,
+)
+from bench.servers import ServerProcess
+
+NO_SERVER_URL = "http://127.0.0.1:9"
+FAKE_LATENCY_SECONDS = 0.02
+HOST_RATE_LIMIT = 100.0
+DRAINER_COUNTS = (1, 2, 4)
+CLAIM_BACKLOGS = (10_000, 1_000_000)
+CLAIM_ROUNDS = 50
+DRAIN_CUSTOMERS = 1000
+TARGET_ENQUEUE_RATIO = 0.8
+TARGET_DRAIN_SCALING = 3.5
+
+_RAW_INSERT = (
+    "INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
+    " VALUES (%s, %s, %s, %s, extract(epoch FROM statement_timestamp()))"
+)
+_DRAINER = """
+import os, sys, time
+from tracker_agent import TrackerAgent
+agent = TrackerAgent({token!r}, username={user!r}, password={password!r}, url=sys.argv[1],
+                     database_url=sys.argv[2], rate_limit={limit!r}, drain=False)
+print("ready", flush=True)
+sys.stdin.readline()
+while True:
+    agent.flush()
+    stats = agent.stats()
+    if stats["pending"] + stats["in_flight"] == 0:
+        break
+    time.sleep(0.01)
+agent.close(timeout=0)
+"""
+
+
+def _psycopg_url(url: str) -> str:
+    return url.replace("+psycopg", "")
+
+
+class _Pg:
+    def __init__(self, workdir: str) -> None:
+        from tracker_agent.testing.postgres import TemporaryPostgres
+
+        # Beside the work directory, not in it: the server's own user (postgres, when this
+        # runs as root) must be able to enter its folder, and workdir is 0700.
+        folder = tempfile.mkdtemp(prefix="tracker-agent-bench-pg-", dir=os.path.dirname(workdir))
+        self.server = TemporaryPostgres(folder).start()
+        self.count = 0
+
+    def fresh(self) -> str:
+        from tracker_agent.outbox.engine import open_outbox
+
+        self.count += 1
+        url = str(self.server.create_database(f"bench{self.count}"))
+        open_outbox(url).dispose()
+        return url
+
+    def stop(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.server.directory, ignore_errors=True)
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+def _for(seconds: float, op: Any) -> tuple[int, float, float]:
+    start = time.monotonic()
+    done = 0
+    while time.monotonic() < start + seconds:
+        op(done)
+        done += 1
+    return done, start, time.monotonic()
+
+
+def _threads(count: int, make_op: Any, seconds: float) -> float:
+    results: list[tuple[int, float, float]] = []
+    barrier = threading.Barrier(count)
+    ops = [make_op(k) for k in range(count)]
+
+    def body(op: Any) -> None:
+        barrier.wait()
+        results.append(_for(seconds, op))
+
+    threads = [threading.Thread(target=body, args=(op,)) for op in ops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = sum(r[0] for r in results)
+    return total / (max(r[2] for r in results) - min(r[1] for r in results))
+
+
+def _agent_rate(url: str, threads: int, seconds: float) -> float:
+    from tracker_agent import TrackerAgent
+
+    pool = workload.event_pool()
+    with TrackerAgent(**agent_kwargs(NO_SERVER_URL, url, drain=False)) as agent:
+
+        def make(k: int) -> Any:
+            def op(i: int) -> None:
+                agent.tracking.add_event(*pool[(i * threads + k) % len(pool)])
+
+            return op
+
+        return _threads(threads, make, seconds)
+
+
+def _raw_rate(url: str, threads: int, seconds: float) -> float:
+    import psycopg
+
+    rows = workload.row_pool()
+    conns = [psycopg.connect(_psycopg_url(url)) for _ in range(threads)]
+    try:
+
+        def make(k: int) -> Any:
+            conn = conns[k]
+
+            def op(i: int) -> None:
+                conn.execute(_RAW_INSERT, rows[(i * threads + k) % len(rows)])
+                conn.commit()
+
+            return op
+
+        return _threads(threads, make, seconds)
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+# -- drain -----------------------------------------------------------------------------------
+
+
+def _fill(url: str, count: int) -> None:
+    """`count` distinct events (the server drops duplicates) over DRAIN_CUSTOMERS customers,
+    as the agent stores them, with COPY (the triggers run as for any insert)."""
+    import psycopg
+
+    copy_sql = "COPY outbox (kind, customer_key, payload, size, created_at) FROM STDIN"
+    with psycopg.connect(_psycopg_url(url)) as conn, conn.cursor() as cur:
+        with cur.copy(copy_sql) as copy:
+            for i in range(count):
+                copy.write_row((*workload.fast_row(i, i % DRAIN_CUSTOMERS), time.time()))
+
+
+def _drain(pg: _Pg, server: ServerProcess, drainers: int, events: int, workdir: str) -> float:
+    url = pg.fresh()
+    _fill(url, events)
+    server.call("reset")  # which also clears the latency
+    server.call(f"latency:{FAKE_LATENCY_SECONDS}")
+    code = textwrap.dedent(
+        _DRAINER.format(token=TOKEN, user=USERNAME, password=PASSWORD, limit=HOST_RATE_LIMIT)
+    )
+    procs = []
+    for k in range(drainers):
+        env = {**child_env(), "XDG_STATE_HOME": os.path.join(workdir, f"host{k}")}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, server.url, url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+        )
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    start = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    for proc in procs:
+        proc.wait(600)
+    seconds = time.perf_counter() - start
+    delivered = server.call("count")["events"]
+    return float(delivered) / seconds
+
+
+# -- claim -----------------------------------------------------------------------------------
+
+
+def _claim_latency(pg: _Pg, backlog: int) -> float:
+    """Median seconds of claim (50 rows) + settle (delivered), with `backlog` rows queued."""
+    import psycopg
+
+    from tracker_agent.outbox.engine import open_outbox
+    from tracker_agent.outbox.leases import Settlement
+    from tracker_agent.outbox.store import OutboxStore
+
+    url = pg.fresh()
+    row = workload.row_pool(1)[0]
+    with psycopg.connect(_psycopg_url(url)) as conn:  # set-up: triggers off, flags by hand
+        conn.execute("ALTER TABLE outbox DISABLE TRIGGER USER")
+        conn.execute(
+            "INSERT INTO outbox (kind, customer_key, payload, size, created_at)"
+            " SELECT %s, 'c' || (g %% 50000), %s, %s, 0 FROM generate_series(1, %s) AS g",
+            (row[0], row[2], row[3], backlog),
+        )
+        conn.execute(
+            "UPDATE outbox SET is_head = 1 WHERE id IN"
+            " (SELECT min(id) FROM outbox GROUP BY customer_key)"
+        )
+        conn.execute("UPDATE queue_counters SET rows = %s WHERE id = 1", (backlog,))
+        conn.execute("ALTER TABLE outbox ENABLE TRIGGER USER")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE outbox")
+    store = OutboxStore(open_outbox(url), max_rows=10**8, max_bytes=10**12)
+    times = []
+    try:
+        for _ in range(CLAIM_ROUNDS):
+            start = time.perf_counter()
+            rows = store.claim("bench", limit=50, max_bytes=10**7, lease_seconds=60, now=0)
+            store.settle("bench", Settlement(delivered=[r.id for r in rows]), 0)
+            times.append(time.perf_counter() - start)
+    finally:
+        store.close()
+        store.engine.dispose()
+    return median(times)
+
+
+# -- the family ------------------------------------------------------------------------------
+
+
+def run(scale: Scale, workdir: str) -> Section:
+    section = Section(
+        "postgresql",
+        "8. PostgreSQL: enqueue, drain across hosts, claim at 1M rows",
+        ["workload", "tracker-agent", "baseline", "ratio"],
+    )
+    try:
+        pg = _Pg(workdir)
+    except Exception as exc:  # no server binaries: say so in the report
+        section.rows.append([f"no PostgreSQL server: {exc}", "", "", ""])
+        return section
+    try:
+        _enqueue(section, pg, scale)
+        _drains(section, pg, scale, workdir)
+        _claims(section, pg, scale)
+    finally:
+        pg.stop()
+    return section
+
+
+def _enqueue(section: Section, pg: _Pg, scale: Scale) -> None:
+    seconds = scale.enqueue_seconds * 2
+    for threads in (1, 8):
+        agent = _agent_rate(pg.fresh(), threads, seconds)
+        raw = _raw_rate(pg.fresh(), threads, seconds)
+        label = f"add_event vs raw psycopg INSERT+COMMIT, {threads} thread(s)"
+        section.rows.append([label, rate(agent), rate(raw), ratio(agent, raw)])
+        section.targets.append(
+            Target(
+                f"PG enqueue vs raw psycopg, {threads} thread(s)",
+                f">= {TARGET_ENQUEUE_RATIO:.0%}",
+                f"{agent / raw:.0%}",
+                agent / raw >= TARGET_ENQUEUE_RATIO,
+            )
+        )
+
+
+def _drains(section: Section, pg: _Pg, scale: Scale, workdir: str) -> None:
+    events = 4_000 if scale.quick else 40_000
+    with ServerProcess("fake") as server:
+        rates = {n: _drain(pg, server, n, events, workdir) for n in DRAINER_COUNTS}
+    for n in DRAINER_COUNTS:
+        label = f"drain {events:,} events, {n} drainer host(s) at {HOST_RATE_LIMIT:.0f} req/s"
+        section.rows.append([label, rate(rates[n]), rate(rates[1]), ratio(rates[n], rates[1])])
+    scaling = rates[4] / rates[1]
+    section.targets.append(
+        Target(
+            "PG drain, 4 drainers vs 1",
+            f">= {TARGET_DRAIN_SCALING}x",
+            f"{scaling:.2f}x",
+            scaling >= TARGET_DRAIN_SCALING,
+        )
+    )
+    section.notes.append(
+        f"FakeExponea answers each request after {FAKE_LATENCY_SECONDS * 1000:.0f} ms; each "
+        "drainer process has its own state directory, so its own request budget (as a host)."
+    )
+
+
+def _claims(section: Section, pg: _Pg, scale: Scale) -> None:
+    backlogs = (10_000, 100_000) if scale.quick else CLAIM_BACKLOGS
+    small = _claim_latency(pg, backlogs[0])
+    for backlog in backlogs:
+        latency = small if backlog == backlogs[0] else _claim_latency(pg, backlog)
+        label = f"claim + settle 50 rows, {backlog:,} queued (vs {backlogs[0]:,})"
+        section.rows.append([label, ms(latency), ms(small), ratio(latency, small)])
+    section.notes.append(
+        f"claim latency: median of {CLAIM_ROUNDS} claim+settle transactions, 50,000 customers."
+    )

@@ -1,0 +1,336 @@
+"""The outbox on PostgreSQL: what only a shared database across hosts can break. Per-customer
+order with concurrent drainers and concurrent enqueuers (each its own engine, as hosts would
+be), migrations raced by many hosts, the schema at head, errors by SQLSTATE, secrets in URLs.
+The delivery contract itself runs on both databases in the contract suites (`database_url`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import fresh_postgres_url, make_agent, wait_for
+
+try:
+    import psycopg
+except ImportError:  # the `postgresql` extra is not installed
+    if os.environ.get("CI", "").lower() == "true":
+        raise
+    pytest.skip("PostgreSQL tests need psycopg 3 (the postgresql extra)", allow_module_level=True)
+
+from tracker_agent import DatabaseUnavailableError, OutboxError
+from tracker_agent.outbox import schema
+from tracker_agent.outbox.engine import open_outbox
+from tracker_agent.outbox.leases import Settlement
+from tracker_agent.outbox.pg_engine import pg_revision, pg_url, shown_url
+from tracker_agent.outbox.revisions import HEAD_REVISION
+from tracker_agent.outbox.store import NewCommand, OutboxStore
+
+CUSTOMERS = 25
+
+
+@pytest.fixture
+def url(postgres_server) -> str:
+    return fresh_postgres_url(postgres_server)
+
+
+def open_store(url: str, **bounds) -> OutboxStore:
+    bounds.setdefault("max_rows", 1_000_000)
+    bounds.setdefault("max_bytes", 10**9)
+    return OutboxStore(open_outbox(url), **bounds)
+
+
+def close_store(store: OutboxStore) -> None:
+    store.close()
+    store.engine.dispose()
+
+
+def command(customer: str, n: int) -> NewCommand:
+    return NewCommand("customers/events", json.dumps({"c": customer}), json.dumps({"n": n}))
+
+
+def customer_of(row) -> str:
+    return json.loads(row.payload)["c"] if "c" in row.payload else ""
+
+
+def test_concurrent_drainers_on_separate_engines_never_break_a_customers_order(url):
+    stores = [open_store(url) for _ in range(6)]
+    per_customer = 60
+    rows = [command(f"c{i % CUSTOMERS}", i) for i in range(CUSTOMERS * per_customer)]
+    for start in range(0, len(rows), 200):
+        stores[0].enqueue(rows[start : start + 200])
+    delivered: dict[str, list[int]] = defaultdict(list)  # customer -> ids, in delivery order
+    log_lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def drain(store: OutboxStore, seed: int) -> None:
+        rng = random.Random(seed)
+        owner = f"drainer-{seed}"
+        try:
+            while True:
+                claimed = store.claim(
+                    owner, limit=rng.randint(1, 50), max_bytes=10**6, lease_seconds=30, now=0
+                )
+                if not claimed:
+                    if store.stats()["pending"] + store.stats()["in_flight"] == 0:
+                        return
+                    time.sleep(0.005)
+                    continue
+                # A failed send now and then: its rows wait for a retry, later rows must wait.
+                fail = rng.random() < 0.1
+                if not fail:
+                    with log_lock:
+                        for row in claimed:
+                            key = json.loads(row.payload)["n"] % CUSTOMERS
+                            delivered[f"c{key}"].append(row.id)
+                outcome = (
+                    Settlement(retry=[r.id for r in claimed], retry_at=time.time() + 0.02)
+                    if fail
+                    else Settlement(delivered=[r.id for r in claimed])
+                )
+                store.settle(owner, outcome, time.time())
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=drain, args=(s, i)) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s in stores:
+        close_store(s)
+    assert not failures
+    assert sum(len(ids) for ids in delivered.values()) == len(rows)
+    violations = [c for c, ids in delivered.items() if ids != sorted(ids)]
+    assert violations == []
+    assert all(len(ids) == len(set(ids)) == per_customer for ids in delivered.values())
+
+
+def test_ids_follow_each_customers_commit_order_across_concurrent_enqueuers(url):
+    writers = [open_store(url) for _ in range(4)]
+    drainer = open_store(url)
+    stop = threading.Event()
+    seen: dict[str, list[int]] = defaultdict(list)
+    failures: list[BaseException] = []
+
+    def write(store: OutboxStore, me: int) -> None:
+        try:
+            for n in range(150):  # every writer writes to the same two customers
+                store.enqueue([command(f"shared{n % 2}", me * 1000 + n)])
+        except BaseException as exc:
+            failures.append(exc)
+
+    def drain() -> None:
+        try:
+            while not stop.is_set() or drainer.stats()["pending"]:
+                claimed = drainer.claim("d", limit=50, max_bytes=10**6, lease_seconds=30, now=0)
+                for row in claimed:
+                    seen[json.loads(row.payload)["n"] % 2 and "shared1" or "shared0"].append(row.id)
+                drainer.settle("d", Settlement(delivered=[r.id for r in claimed]), time.time())
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, i)) for i, s in enumerate(writers)]
+    reader = threading.Thread(target=drain)
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    stop.set()
+    reader.join(120)
+    for s in [*writers, drainer]:
+        close_store(s)
+    assert not failures
+    assert sum(len(v) for v in seen.values()) == 4 * 150
+    # A claim never met an id lower than one it had already taken for that customer.
+    assert all(ids == sorted(ids) for ids in seen.values())
+
+
+def test_many_hosts_starting_at_once_migrate_once(url):
+    errors: list[BaseException] = []
+    engines = []
+
+    def start() -> None:
+        try:
+            engines.append(open_outbox(url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert [pg_revision(e) for e in engines] == [HEAD_REVISION] * 5
+    for e in engines:
+        e.dispose()
+
+
+def test_database_at_head_matches_schema_metadata_on_postgresql(url):
+    engine = open_outbox(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(context, schema.metadata) == []
+            ids = conn.exec_driver_sql(
+                "SELECT table_name, data_type, is_identity FROM information_schema.columns"
+                " WHERE column_name = 'id' AND table_name IN"
+                " ('outbox', 'dead_letters', 'receipts', 'import_ledger_log')"
+                " ORDER BY table_name"
+            ).all()
+            (key_type,) = conn.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns"
+                " WHERE table_name = 'import_ledger' AND column_name = 'key'"
+            ).one()
+    finally:
+        engine.dispose()
+    assert ids == [
+        ("dead_letters", "bigint", "NO"),
+        ("import_ledger_log", "bigint", "YES"),
+        ("outbox", "bigint", "YES"),
+        ("receipts", "bigint", "NO"),
+    ]
+    assert key_type == "bytea"
+
+
+def test_counters_are_spread_over_rows_and_summed_exactly(url):
+    stores = [open_store(url) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda s=s: [s.enqueue([command("x", n)]) for n in range(25)])
+        for s in stores
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stats = stores[0].stats()
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        used = conn.execute("SELECT count(*) FROM queue_counters WHERE rows <> 0").fetchone()[0]
+        actual = conn.execute("SELECT count(*), sum(size) FROM outbox").fetchone()
+    for s in stores:
+        close_store(s)
+    assert (stats["pending"], stats["bytes"]) == (actual[0], actual[1]) == (100, actual[1])
+    assert used >= 2  # four connections, four backend pids: not one hot row
+
+
+def test_the_bound_holds_on_postgresql(url):
+    store = open_store(url, max_rows=3)
+    try:
+        store.enqueue([command("a", n) for n in range(3)])
+        with pytest.raises(OutboxError, match="full"):
+            store.enqueue([command("a", 3)])
+        assert store.stats()["pending"] == 3
+    finally:
+        close_store(store)
+
+
+def test_a_server_that_is_not_there_is_database_unavailable_and_hides_the_password():
+    url = "postgresql://tracker:hunter2@127.0.0.1:9/outbox"
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        open_outbox(url)
+    assert "hunter2" not in str(caught.value)
+    assert "***" in str(caught.value)
+    assert "hunter2" not in shown_url(url)
+
+
+def test_both_url_spellings_use_psycopg_3():
+    assert pg_url("postgresql://u@h/d").drivername == "postgresql+psycopg"
+    assert pg_url("postgresql+psycopg://u@h/d").drivername == "postgresql+psycopg"
+    with pytest.raises(Exception, match="psycopg 3"):
+        pg_url("postgresql+psycopg2://u@h/d")
+
+
+def test_a_connection_killed_under_the_store_fails_one_call_then_reconnects(url):
+    store = open_store(url)
+    try:
+        store.enqueue([command("a", 0)])
+        store.claim("d", limit=1, max_bytes=10**6, lease_seconds=30, now=0)
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'tracker-agent' AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(DatabaseUnavailableError):
+            store.enqueue([command("a", 1)])
+        store.enqueue([command("a", 2)])  # a new connection
+        with pytest.raises(DatabaseUnavailableError):
+            store.release_all("d")
+        assert store.release_all("d") == 1
+        assert store.stats()["pending"] == 2
+    finally:
+        close_store(store)
+
+
+def test_leases_use_the_databases_clock_not_the_hosts(url):
+    skewed = OutboxStore(open_outbox(url), max_rows=100, max_bytes=10**6, now=lambda: 0.0)
+    honest = open_store(url)
+    try:
+        skewed.enqueue([command("a", 0)])
+        # A host whose clock says 1970 leases for 30 s: another host must still see the lease.
+        assert skewed.claim("slow", limit=1, max_bytes=10**6, lease_seconds=30, now=0.0)
+        taken = honest.claim(
+            "other", limit=1, max_bytes=10**6, lease_seconds=30, now=time.time() + 3600
+        )
+        assert taken == []
+        assert honest.stats()["in_flight"] == 1
+    finally:
+        close_store(skewed)
+        close_store(honest)
+
+
+def test_a_backoff_holds_back_only_the_host_that_met_it(url):
+    from tracker_agent.outbox.state import STATE_BACKOFF_UNTIL, STATE_FAILURES
+
+    here = OutboxStore(open_outbox(url), max_rows=100, max_bytes=10**6, host="host-a")
+    there = OutboxStore(open_outbox(url), max_rows=100, max_bytes=10**6, host="host-b")
+
+    def not_backing_off(state) -> bool:
+        return float(state.get(STATE_BACKOFF_UNTIL) or 0) <= time.time()
+
+    terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30, "now": time.time()}
+    try:
+        here.enqueue([command("a", 0), command("b", 1)])
+        state, rows = here.claim_if("a1", **terms, may_claim=not_backing_off)
+        throttled = Settlement(
+            release=[r.id for r in rows],
+            state={STATE_BACKOFF_UNTIL: time.time() + 3600, STATE_FAILURES: 1},
+        )
+        here.settle("a1", throttled, time.time())  # host a met a 429
+        state, rows = here.claim_if("a2", **terms, may_claim=not_backing_off)
+        assert rows == [] and state[STATE_FAILURES] == 1
+        state, rows = there.claim_if("b1", **terms, may_claim=not_backing_off)
+        assert len(rows) == 2 and not state[STATE_FAILURES]
+        assert here.stats()["next_attempt_at"] is not None  # status shows the latest backoff
+    finally:
+        close_store(here)
+        close_store(there)
+
+
+def test_an_agent_waits_out_lost_connections_and_never_shows_the_password(fake, postgres_server):
+    url = fresh_postgres_url(postgres_server)
+    with_password = url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
+    with make_agent(fake, with_password, drain=True) as agent:
+        assert "hunter2" not in repr(agent)
+        agent.tracking.add_event({"registered": "a"}, "first", {})
+        assert wait_for(lambda: len(fake.events) == 1)
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'tracker-agent'"
+            )
+        with pytest.raises(DatabaseUnavailableError):  # the enqueue's connection was lost
+            agent.tracking.add_event({"registered": "a"}, "lost", {})
+        agent.tracking.add_event({"registered": "a"}, "second", {})  # a new connection
+        assert wait_for(lambda: len(fake.events) == 2)  # the drain reconnected on its own
+    assert [e["event_type"] for e in fake.events] == ["first", "second"]

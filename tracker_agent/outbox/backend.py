@@ -1,0 +1,160 @@
+"""The seam between the store and a database: what differs between SQLite and PostgreSQL.
+
+OutboxStore (store.py) keeps what is common: group commit, fork hooks, the public methods, the
+enqueue bound's bookkeeping, settle and dead-letter logic on a DB-API cursor with `?`
+placeholders. A Backend holds the rest, one module per database, chosen from the URL:
+
+    Backend                 transaction and read connections, error translation, the clock
+     +-- SqliteBackend      sqlite.py: BEGIN IMMEDIATE, the TEMP bound trigger, leases.CLAIM_SQL
+     +-- PostgresBackend    postgresql.py: psycopg 3, advisory locks, the database's clock
+
+backends.backend_for_engine picks one for an engine.
+
+Stdlib only: `status` imports this module and must not pay for SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..config.settings import hide_password
+from ..exceptions import ConfigError, OutboxError
+
+if TYPE_CHECKING:
+    from .commands import NewCommand, Request
+    from .leases import ClaimedRow
+
+__all__ = [
+    "POSTGRESQL",
+    "SQLITE",
+    "Backend",
+    "WritesRounds",
+    "backend_name",
+    "hide_password",
+]
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+_SCHEMES = {
+    "sqlite": SQLITE,
+    "sqlite+pysqlite": SQLITE,
+    "postgresql": POSTGRESQL,
+    "postgres": POSTGRESQL,
+    "postgresql+psycopg": POSTGRESQL,
+}
+
+
+def backend_name(database_url: str) -> str:
+    """SQLITE or POSTGRESQL for a database URL; ConfigError for anything else. Names the
+    scheme only in the error: another database's URL may hold a password."""
+    scheme, sep, _ = database_url.partition("://")
+    name = _SCHEMES.get(scheme.lower()) if sep else None
+    if name is None:
+        shown = scheme.lower() if sep else "non-URL"
+        raise ConfigError(
+            "database_url: the outbox needs an SQLite file URL (sqlite:///path) or a "
+            f"PostgreSQL URL (postgresql+psycopg://user@host/db), got a {shown!r} value"
+        )
+    return name
+
+
+class WritesRounds(Protocol):
+    """What a backend's write_round needs of the store (OutboxStore is one)."""
+
+    max_rows: int
+    max_bytes: int
+
+    def insert_round(
+        self, cur: Any, requests: Sequence[Request], now: float
+    ) -> list[BaseException | None]: ...
+
+
+class Backend:
+    """What one database does differently; methods run on the store's raw connections.
+
+    `where` names the database in messages (a file path, or a URL without its password).
+    SQL handed to the cursors a backend yields uses `?` placeholders (PostgreSQL's cursor
+    translates them)."""
+
+    name: str = ""
+    where: str = ""
+    #: clock() reads the database's clock where it has one (False: the caller's `now`).
+    db_clock: bool = True
+    #: settle(): add to an agent_state counter, delivered or dead-lettered (params: key, count).
+    add_to_counter_sql: str = ""
+    #: dead-letter filter: reason contains the parameter, case-insensitively.
+    contains_sql: str = ""
+
+    def transaction(self, conn: Any) -> AbstractContextManager[Any]:
+        """BEGIN .. COMMIT on a raw pooled connection, yielding a cursor; errors translated."""
+        raise NotImplementedError
+
+    def reading(self, conn: Any) -> AbstractContextManager[Any]:
+        """A read-only view of a raw connection with execute(); errors translated."""
+        raise NotImplementedError
+
+    def translate(self, exc: BaseException) -> OutboxError:
+        raise NotImplementedError
+
+    def errors(self) -> tuple[type[BaseException], ...]:
+        """The driver's exception classes that translate() understands."""
+        raise NotImplementedError
+
+    def broken(self, conn: Any) -> bool:
+        """True when `conn` can no longer be used (the server went away): drop it."""
+        return False
+
+    def prepare_drain(self, conn: Any) -> None:
+        """Set up the drain's connection once (SQLite: synchronous=NORMAL)."""
+
+    def clock(self, cur: Any, now: float) -> float:
+        """The time leases and retries are stamped with in this transaction: `now` (the
+        caller's clock) for SQLite, the database's own for PostgreSQL."""
+        return now
+
+    def write_round(
+        self, store: WritesRounds, requests: Sequence[Request], now: float
+    ) -> list[BaseException | None]:
+        """Commit one group-commit round of enqueues (see OutboxStore._write_round)."""
+        raise NotImplementedError
+
+    def insert(self, cur: Any, commands: Sequence[NewCommand], now: float) -> None:
+        """Insert `commands` as outbox rows created at `now`, in one statement; those with a
+        receipt learn their row's id (NewCommand.id)."""
+        raise NotImplementedError
+
+    def insert_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
+        """Run `sql`, an INSERT of one row into a table with an id column; return the id."""
+        raise NotImplementedError
+
+    def lock_ledger(self, cur: Any) -> None:
+        """Before the import ledger is read or written in a transaction: serialise with every
+        other writer of the ledger (see outbox/ledger.py). Nothing to do on SQLite, where one
+        writer holds the whole file."""
+
+    def queued(self, cur: Any) -> tuple[int, int]:
+        """Rows and bytes queued, from queue_counters."""
+        raise NotImplementedError
+
+    def counters(self, cur: Any) -> tuple[int, int]:
+        """queued(), as the enqueue's bound check reads it inside write_round."""
+        return self.queued(cur)
+
+    def pick(
+        self, cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+    ) -> list[ClaimedRow]:
+        """The rows a claim leases (see leases.claim), read inside the claim's transaction."""
+        raise NotImplementedError
+
+    def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
+        """Before rows are inserted or deleted: serialise with other writers of the same
+        customers (`select_keys` selects their customer_key). Nothing to do on SQLite,
+        where one writer holds the whole file."""
+
+    def close_writer(self) -> None:
+        """Close the enqueue connection (back to the pool without per-connection set-up)."""
+
+    def forget_writer(self) -> None:
+        """In a forked child: drop the parent's enqueue connection without touching it."""
