@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
 from tracker_agent import TrackerAgent
+from tracker_agent.cli import cli
 from tracker_agent.client import Exponea
 from tracker_agent.testing import FakeExponea
 
@@ -44,6 +46,38 @@ def sqlite_url(path: Path | str) -> str:
     if "://" in text:
         return text
     return "sqlite:///" + text.replace("%", "%25").replace("?", "%3F")
+
+
+#: A `tracker-agent` command's retries in tests: fast, so a retrying command ends soon.
+FAST_BACKOFF_ENV = {"TRACKER_AGENT_BACKOFF_BASE": "0.05", "TRACKER_AGENT_BACKOFF_CAP": "0.2"}
+Invoke = Callable[..., Result]
+
+
+def cli_env(fake: FakeExponea, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a `tracker-agent` command aimed at `fake` and the outbox at
+    `database_url` (request timeout 5 s); `extra` adds or overrides variables."""
+    return {
+        "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
+        "TRACKER_AGENT_USERNAME": fake.username,
+        "TRACKER_AGENT_PASSWORD": fake.password,
+        "TRACKER_AGENT_URL": fake.url,
+        "TRACKER_AGENT_DATABASE_URL": database_url,
+        "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
+        **extra,
+    }
+
+
+def cli_invoker(env: dict[str, str]) -> Invoke:
+    """invoke(*args, input=None, **extra_env): the `tracker-agent` command in-process (click's
+    CliRunner) with `env` plus `extra_env` (a None value unsets a variable); exceptions are
+    not caught, so a traceback fails the test."""
+
+    def invoke(*args: str, input: str | bytes | None = None, **extra_env: str | None) -> Result:
+        return CliRunner().invoke(
+            cli, list(args), env={**env, **extra_env}, input=input, catch_exceptions=False
+        )
+
+    return invoke
 
 
 def make_agent(

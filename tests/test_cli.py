@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import both_backends, wait_for
+from conftest import FAST_BACKOFF_ENV, Invoke, both_backends, cli_env, cli_invoker, wait_for
 
 from tracker_agent.cli import cli, logs
 from tracker_agent.cli.run import REPEAT_WINDOW_SECONDS, is_repeat
@@ -40,29 +40,12 @@ def _isolated(isolated_cli: None) -> None:
 
 @pytest.fixture
 def env(fake: FakeExponea, database_url: str) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": TOKEN,
-        "TRACKER_AGENT_USERNAME": USERNAME,
-        "TRACKER_AGENT_PASSWORD": PASSWORD,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": database_url,
-        "TRACKER_AGENT_BACKOFF_BASE": "0.05",
-        "TRACKER_AGENT_BACKOFF_CAP": "0.2",
-        "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
-    }
-
-
-Invoke = Callable[..., Result]
+    return cli_env(fake, database_url, **FAST_BACKOFF_ENV)
 
 
 @pytest.fixture
 def invoke(env: dict[str, str]) -> Invoke:
-    def run(*args: str, input: str | None = None, **extra_env: str) -> Result:
-        return CliRunner().invoke(
-            cli, list(args), env={**env, **extra_env}, input=input, catch_exceptions=False
-        )
-
-    return run
+    return cli_invoker(env)
 
 
 def status_json(invoke: Invoke) -> dict[str, Any]:

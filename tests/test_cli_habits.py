@@ -11,13 +11,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from conftest import FAST_BACKOFF_ENV, Invoke, cli_env, cli_invoker
 
 from tracker_agent.cli import cli
 from tracker_agent.cli.options import global_options
@@ -26,8 +27,6 @@ from tracker_agent.testing import FakeExponea
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN, USERNAME, PASSWORD = "test-project", "key-id", "secret"
 PROCESS_TIMEOUT_SECONDS = 30
-
-Invoke = Callable[..., Result]
 
 
 @pytest.fixture(autouse=True)
@@ -42,26 +41,12 @@ def outbox(tmp_path: Path) -> str:
 
 @pytest.fixture
 def env(fake: FakeExponea, outbox: str) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": TOKEN,
-        "TRACKER_AGENT_USERNAME": USERNAME,
-        "TRACKER_AGENT_PASSWORD": PASSWORD,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": outbox,
-        "TRACKER_AGENT_BACKOFF_BASE": "0.05",
-        "TRACKER_AGENT_BACKOFF_CAP": "0.2",
-        "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
-    }
+    return cli_env(fake, outbox, **FAST_BACKOFF_ENV)
 
 
 @pytest.fixture
 def invoke(env: dict[str, str]) -> Invoke:
-    def run(*args: str, input: str | None = None, **extra_env: str | None) -> Result:
-        return CliRunner().invoke(
-            cli, list(args), env={**env, **extra_env}, input=input, catch_exceptions=False
-        )
-
-    return run
+    return cli_invoker(env)
 
 
 def status_json(invoke: Invoke, *args: str) -> dict[str, Any]:

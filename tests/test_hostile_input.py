@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from conftest import Invoke, cli_env, cli_invoker
 
 from tracker_agent import TrackerAgent, importing
 from tracker_agent.cli import cli
@@ -43,27 +44,12 @@ def outbox(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def env(fake: FakeExponea, outbox: Path) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
-        "TRACKER_AGENT_USERNAME": fake.username,
-        "TRACKER_AGENT_PASSWORD": fake.password,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": f"sqlite:///{outbox}",
-        "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
-    }
-
-
-Invoke = Callable[..., Result]
+    return cli_env(fake, f"sqlite:///{outbox}")
 
 
 @pytest.fixture
 def invoke(env: dict[str, str]) -> Invoke:
-    def run(*args: str, input: str | bytes | None = None, **extra_env: str) -> Result:
-        return CliRunner().invoke(
-            cli, list(args), env={**env, **extra_env}, input=input, catch_exceptions=False
-        )
-
-    return run
+    return cli_invoker(env)
 
 
 def one_error_line(result: Result) -> str:

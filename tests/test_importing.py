@@ -15,17 +15,23 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from conftest import both_backends, is_postgresql, make_agent, wait_for
+from conftest import (
+    Invoke,
+    both_backends,
+    cli_env,
+    cli_invoker,
+    is_postgresql,
+    make_agent,
+    wait_for,
+)
 
 from tracker_agent import importing
-from tracker_agent.cli import cli
 from tracker_agent.exceptions import ConfigError, OutboxError, ValidationError
 from tracker_agent.outbox import ledger
 from tracker_agent.outbox.engine import open_outbox
@@ -49,27 +55,12 @@ def outbox(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def env(fake: FakeExponea, outbox: Path) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
-        "TRACKER_AGENT_USERNAME": fake.username,
-        "TRACKER_AGENT_PASSWORD": fake.password,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": f"sqlite:///{outbox}",
-        "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
-    }
-
-
-Invoke = Callable[..., Result]
+    return cli_env(fake, f"sqlite:///{outbox}")
 
 
 @pytest.fixture
 def invoke(env: dict[str, str]) -> Invoke:
-    def run(*args: str, input: str | bytes | None = None, **extra_env: str) -> Result:
-        return CliRunner().invoke(
-            cli, list(args), env={**env, **extra_env}, input=input, catch_exceptions=False
-        )
-
-    return run
+    return cli_invoker(env)
 
 
 def event(n: int, **properties: Any) -> dict[str, Any]:

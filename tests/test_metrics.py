@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_agent, wait_for
+from conftest import cli_env, make_agent, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,14 +44,7 @@ def _isolated(isolated_cli: None) -> None:
 
 @pytest.fixture
 def env(fake: FakeExponea, tmp_path: Path) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
-        "TRACKER_AGENT_USERNAME": fake.username,
-        "TRACKER_AGENT_PASSWORD": fake.password,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": f"sqlite:///{tmp_path / 'outbox.db'}",
-        "TRACKER_AGENT_REQUEST_TIMEOUT": "10",
-    }
+    return cli_env(fake, f"sqlite:///{tmp_path / 'outbox.db'}", TRACKER_AGENT_REQUEST_TIMEOUT="10")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

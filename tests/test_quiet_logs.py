@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from conftest import make_agent, sqlite_url, wait_for
+from click.testing import Result
+from conftest import FAST_BACKOFF_ENV, cli_env, cli_invoker, make_agent, sqlite_url, wait_for
 
 from tracker_agent.agent import FlushResult
-from tracker_agent.cli import cli
 from tracker_agent.cli.queue import why_flush_stopped
 from tracker_agent.cli.run import _state_reporter
 from tracker_agent.drain import Drainer
@@ -162,19 +161,11 @@ def test_why_a_flush_stopped_names_the_reason(result, stats, why):
 
 @pytest.fixture
 def env(fake: Any, tmp_path: Path, isolated_cli: None) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
-        "TRACKER_AGENT_USERNAME": fake.username,
-        "TRACKER_AGENT_PASSWORD": fake.password,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": sqlite_url(tmp_path / "outbox.db"),
-        "TRACKER_AGENT_BACKOFF_BASE": "0.05",
-        "TRACKER_AGENT_BACKOFF_CAP": "0.2",
-    }
+    return cli_env(fake, sqlite_url(tmp_path / "outbox.db"), **FAST_BACKOFF_ENV)
 
 
 def invoke(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return cli_invoker(env)(*args)
 
 
 def test_flush_timeout_says_it_timed_out_and_what_kept_failing(fake, env):

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from conftest import make_agent, sqlite_url, wait_for
+from click.testing import Result
+from conftest import cli_env, cli_invoker, make_agent, sqlite_url, wait_for
 
-from tracker_agent.cli import cli
 from tracker_agent.testing import FakeExponea
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,18 +144,11 @@ def test_a_blip_of_401s_while_events_flow_costs_seconds_each_time(fake, tmp_path
 
 @pytest.fixture
 def env(fake: FakeExponea, tmp_path: Path, isolated_cli: None) -> dict[str, str]:
-    return {
-        "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
-        "TRACKER_AGENT_USERNAME": fake.username,
-        "TRACKER_AGENT_PASSWORD": fake.password,
-        "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": sqlite_url(tmp_path / "outbox.db"),
-        "TRACKER_AGENT_REQUEST_TIMEOUT": "5",
-    }
+    return cli_env(fake, sqlite_url(tmp_path / "outbox.db"))
 
 
 def invoke(env: dict[str, str], *args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+    return cli_invoker(env)(*args)
 
 
 def test_cli_flush_probes_a_paused_outbox_at_once(fake, tmp_path, env):
