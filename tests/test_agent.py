@@ -103,7 +103,7 @@ def test_flush_delivers_everything_and_reports(agent, fake):
 def test_flush_with_timeout_waits_out_a_backoff(fake, db_url):
     with make_agent(fake, db_url, backoff_base=0.2, backoff_cap=0.2) as agent:
         agent.tracking.add_event({"registered": "a"}, "view")
-        fake.fail_next(2, status=503)
+        fake.fail_next(2, status=503, path_contains="/batch")
         result = agent.flush(timeout=10)
     assert result.ok and result.delivered == 1
 
@@ -111,7 +111,7 @@ def test_flush_with_timeout_waits_out_a_backoff(fake, db_url):
 def test_flush_without_timeout_returns_when_delivery_must_wait(fake, db_url):
     with make_agent(fake, db_url, backoff_base=30.0) as agent:
         agent.tracking.add_event({"registered": "a"}, "view")
-        fake.fail_next(1, status=503)
+        fake.fail_next(1, status=503, path_contains="/batch")
         result = agent.flush()
     assert (result.ok, result.remaining, result.timed_out) == (False, 1, False)
     assert "ServerError" in result.last_error
@@ -120,7 +120,7 @@ def test_flush_without_timeout_returns_when_delivery_must_wait(fake, db_url):
 def test_a_successful_flush_does_not_report_an_earlier_passes_error(fake, db_url):
     with make_agent(fake, db_url, backoff_base=0.05, backoff_cap=0.05) as agent:
         agent.tracking.add_event({"registered": "a"}, "view")
-        fake.fail_next(1, status=503)
+        fake.fail_next(1, status=503, path_contains="/batch")
         assert "ServerError" in agent.flush().last_error
         time.sleep(0.1)  # past the backoff
         result = agent.flush()

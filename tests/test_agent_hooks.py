@@ -83,7 +83,7 @@ def test_on_dead_letter_is_called_from_the_background_drain_thread(fake, tmp_pat
 
 def test_on_dead_letter_reports_commands_that_ran_out_of_attempts(fake, tmp_path):
     letters = Recorder()
-    fake.fail_next(1, status=503)
+    fake.fail_next(1, status=503, path_contains="/batch")
     with make_agent(fake, tmp_path / "outbox.db", max_attempts=1, on_dead_letter=letters) as agent:
         track(agent, "ann")
         agent.flush()
@@ -95,7 +95,7 @@ def test_hooks_that_raise_are_logged_and_delivery_goes_on(fake, tmp_path, caplog
     caplog.set_level(logging.ERROR, logger="tracker_agent")
     letters, errors = Recorder(fail=True), Recorder(fail=True)
     fake.reject_commands(is_bad)
-    fake.fail_next(1, status=503)
+    fake.fail_next(1, status=503, path_contains="/batch")
     with make_agent(
         fake, tmp_path / "outbox.db", drain=True, backoff_base=0.05, backoff_cap=0.05,
         on_dead_letter=letters, on_error=errors,
@@ -119,7 +119,7 @@ def test_hooks_that_raise_are_logged_and_delivery_goes_on(fake, tmp_path, caplog
 
 def test_on_error_reports_a_failed_attempt_with_its_retry_time_once(fake, tmp_path):
     errors = Recorder()
-    fake.fail_next(1, status=503, retry_after=30)
+    fake.fail_next(1, status=503, retry_after=30, path_contains="/batch")
     with make_agent(fake, tmp_path / "outbox.db", on_error=errors, backoff_cap=60.0) as agent:
         track(agent, "ann")
         before = time.time()

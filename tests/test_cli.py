@@ -710,7 +710,9 @@ def test_run_sigterm_mid_drain_exits_0_and_loses_nothing(
     )
     assert invoke("import", path).exit_code == 0
     fake.latency = 0.5  # every answer is late: the first batch is in flight when we signal
-    d = daemon()
+    # No clock correction: the latency would hold its first GET system/time as well; this
+    # test is about a batch in flight when the signal comes.
+    d = daemon(TRACKER_AGENT_CLOCK_CORRECTION="false")
     d.expect(b"READY=1")
     assert wait_for(
         lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
@@ -733,7 +735,9 @@ def test_run_second_signal_exits_at_once_with_1(
 ) -> None:
     invoke("track", "event", "--customer", "registered=a", "--type", "t")
     fake.latency = 8.0  # longer than we are willing to wait
-    d = daemon()
+    # No clock correction: the latency would hold its first GET system/time as well; this
+    # test is about a batch in flight when the signal comes.
+    d = daemon(TRACKER_AGENT_CLOCK_CORRECTION="false")
     d.expect(b"READY=1")
     assert wait_for(
         lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
@@ -752,7 +756,9 @@ def test_run_same_signal_again_within_the_window_is_the_same_graceful_stop(
 ) -> None:
     invoke("track", "event", "--customer", "registered=a", "--type", "t")
     fake.latency = 1.5  # a request is in flight when the signals come
-    d = daemon()
+    # No clock correction: the latency would hold its first GET system/time as well; this
+    # test is about a batch in flight when the signal comes.
+    d = daemon(TRACKER_AGENT_CLOCK_CORRECTION="false")
     d.expect(b"READY=1")
     assert wait_for(
         lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS
@@ -771,7 +777,9 @@ def test_run_same_signal_after_the_window_exits_at_once_with_1(
 ) -> None:
     invoke("track", "event", "--customer", "registered=a", "--type", "t")
     fake.latency = 8.0
-    d = daemon()
+    # No clock correction: the latency would hold its first GET system/time as well; this
+    # test is about a batch in flight when the signal comes.
+    d = daemon(TRACKER_AGENT_CLOCK_CORRECTION="false")
     d.expect(b"READY=1")
     assert wait_for(
         lambda: any(r.path.endswith("/batch") for r in fake.requests), PROCESS_TIMEOUT_SECONDS

@@ -25,11 +25,13 @@ from freezegun import freeze_time
 from tracker_agent import constants as c
 from tracker_agent.bootclock import boot_id
 from tracker_agent.cli.table import clock_row
-from tracker_agent.exceptions import TransportError
+from tracker_agent.config.settings import Settings
+from tracker_agent.exceptions import NotFoundError, TransportError
 from tracker_agent.outbox.clock import BootRef, correct_time
 from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outbox.revisions import alembic_config
 from tracker_agent.outbox.store import NewCommand, OutboxStore
+from tracker_agent.policy import DrainPolicy
 from tracker_agent.reach import ClockGate, ReachProbe
 from tracker_agent.testing import FakeExponea
 
@@ -63,6 +65,11 @@ def batch_stamps(fake: FakeExponea) -> list[list[float]]:
         [cmd["data"].get("timestamp") or cmd["data"].get("update_timestamp") for cmd in batch]
         for batch in fake.batches
     ]
+
+
+def asked_time(fake: FakeExponea) -> int:
+    """How many GET system/time the fake received (answered or not)."""
+    return sum("system/time" in r.path for r in fake.requests)
 
 
 def stored_stamps(db: Path) -> list[float]:
@@ -182,6 +189,53 @@ def test_an_impossible_timestamp_no_boot_can_fix_is_sent_as_recorded_and_counted
         stats = agent.stats()
     assert fake.events[0]["timestamp"] == 86_400.0
     assert (stats["clock_corrected"], stats["clock_uncorrected"]) == (0, 1)
+
+
+def test_clock_correction_is_on_by_default():
+    assert Settings(TOKEN).clock_correction is True
+    assert DrainPolicy().clock_correction is True
+
+
+@both_backends
+@pytest.mark.parametrize("fake_ahead", [HOURS_3], indirect=True)
+def test_a_server_that_never_tells_its_time_does_not_stall_delivery(fake_ahead, database_url):
+    """system/time answers 404 forever (a proxy, an emulator without it): after
+    CLOCK_LEARN_ATTEMPTS answers the commands go out as recorded, counted; the default
+    settings (no clock_correction given) behave so."""
+    fake = fake_ahead
+    fake.fail_next(n=1000, status=404, path_contains="system/time")
+    with make_agent(fake, database_url, reach_probe_interval=0.1) as agent:
+        agent.tracking.add_event({"registered": "ann"}, "view")
+        agent.tracking.update_customer_properties({"registered": "ann"}, {"plan": "gold"})
+        assert agent.flush(timeout=10).delivered == 2
+        stats = agent.stats()
+    assert asked_time(fake) == c.CLOCK_LEARN_ATTEMPTS  # then no more while delivering
+    (stamps,) = batch_stamps(fake)
+    assert all(abs(s - real_time()) < 30 for s in stamps), stamps  # as recorded, not +3 h
+    assert (stats["clock_unknown"], stats["clock_corrected"], stats["clock_offset_s"]) == (
+        2,
+        0,
+        None,
+    )
+    assert "system/time" in stats["last_error"]  # status says why
+    assert clock_row(stats) == "unknown; 2 sent as recorded"
+
+
+@pytest.mark.parametrize("fake_ahead", [HOURS_3], indirect=True)
+def test_an_unreachable_server_still_holds_claims_until_its_clock_is_known(fake_ahead, tmp_path):
+    """No answer at all is not "answered without its time": an offline device keeps waiting
+    (a batch would get no answer either), so nothing is frozen uncorrected."""
+    fake = fake_ahead
+    fake.drop_next(n=1000, path_contains="system/time")
+    with make_agent(fake, tmp_path / "outbox.db", reach_probe_interval=0.1) as agent:
+        agent.tracking.add_event({"registered": "ann"}, "view")
+        assert agent.flush(timeout=1.0).delivered == 0
+        assert asked_time(fake) > c.CLOCK_LEARN_ATTEMPTS  # more than a refusing server gets
+        assert fake.batches == []  # and still held
+        fake.clear_faults()
+        assert agent.flush(timeout=10).delivered == 1
+        assert agent.stats()["clock_unknown"] == 0
+    assert abs(fake.events[0]["timestamp"] - (real_time() + HOURS_3)) < 30
 
 
 @pytest.mark.parametrize("fake_ahead", [HOURS_3], indirect=True)
@@ -322,3 +376,34 @@ def test_the_gate_holds_claims_until_answered_then_refreshes_hourly_at_best_effo
 def test_the_gate_is_open_without_clock_correction():
     reach = ReachProbe(lambda: 1.0, 5.0)
     assert ClockGate(reach, _Store(), enabled=False, now=lambda: 0.0).closed() is None
+
+
+def test_the_gate_gives_up_after_answers_without_the_time_and_asks_again_later():
+    clock, asked = [0.0], []
+    failures: list[Exception] = [TransportError("refused")] + [
+        NotFoundError("no such path", status_code=404)
+    ] * (c.CLOCK_LEARN_ATTEMPTS + 1)
+
+    def probe() -> None:
+        asked.append(clock[0])
+        if failures:
+            raise failures.pop(0)
+
+    reach = ReachProbe(probe, 5.0, clock=lambda: clock[0])
+    gate = ClockGate(reach, _Store(), enabled=True, now=lambda: 1e9, clock=lambda: clock[0])
+    for _ in range(c.CLOCK_LEARN_ATTEMPTS):  # the refusal counts for nothing; 404s do
+        assert gate.closed() is not None
+        clock[0] += 5.0
+    assert gate.closed() is None  # the last 404: delivery goes on, as recorded
+    gave_up = clock[0]
+    assert len(asked) == c.CLOCK_LEARN_ATTEMPTS + 1
+    clock[0] = gave_up + c.CLOCK_UNKNOWN_RETRY_SECONDS - 1
+    assert gate.closed() is None and len(asked) == c.CLOCK_LEARN_ATTEMPTS + 1
+    clock[0] = gave_up + c.CLOCK_UNKNOWN_RETRY_SECONDS
+    assert gate.closed() is None and len(asked) == c.CLOCK_LEARN_ATTEMPTS + 2  # a 404 again
+    clock[0] += c.CLOCK_UNKNOWN_RETRY_SECONDS
+    assert gate.closed() is None and len(asked) == c.CLOCK_LEARN_ATTEMPTS + 3  # answered
+    clock[0] += c.CLOCK_UNKNOWN_RETRY_SECONDS
+    assert gate.closed() is None and len(asked) == c.CLOCK_LEARN_ATTEMPTS + 3  # hourly now
+    clock[0] += c.CLOCK_RELEARN_SECONDS
+    assert gate.closed() is None and len(asked) == c.CLOCK_LEARN_ATTEMPTS + 4

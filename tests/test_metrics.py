@@ -101,7 +101,9 @@ def test_metrics_scraped_during_a_drain_match_status_json(
     fake: FakeExponea, env: dict[str, str], tmp_path: Path
 ) -> None:
     queue(fake, tmp_path / "outbox.db", 120)  # three batches of 50
-    fake.delay_next(1, seconds=HELD_SECONDS)  # the first batch stays in flight meanwhile
+    fake.delay_next(
+        1, seconds=HELD_SECONDS, path_contains="/batch"
+    )  # the first batch stays in flight meanwhile
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tracker_agent", "run", "--metrics-listen", f"127.0.0.1:{port}"],
@@ -192,7 +194,7 @@ def test_collector_counts_an_apps_requests_by_outcome(fake: FakeExponea, tmp_pat
         registry.register(agent.metrics_collector())
         for i in range(60):
             agent.tracking.add_event({"registered": "a"}, "viewed", {"i": i})
-        fake.fail_next(1, status=503)
+        fake.fail_next(1, status=503, path_contains="/batch")
         assert agent.flush(timeout=10).ok
         found = samples(generate_latest(registry).decode())
         stats = agent.stats()

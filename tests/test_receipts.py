@@ -94,7 +94,7 @@ def test_receipts_through_every_ending_across_daemon_restarts(
     with make_agent(fake, db) as producer:  # the app restarted too
         retried = producer.track_customer_update({"registered": "b"}, {"tier": "gold"})
         refused = producer.track_event({"registered": "c"}, "poison")
-    fake.fail_next(1, status=503)  # the next batch is retried once ...
+    fake.fail_next(1, status=503, path_contains="/batch")  # the next batch is retried once ...
     fake.reject_commands(lambda c: c["data"].get("event_type") == "poison", "bad event")
     run_daemon_until(fake, db, tmp_path, lambda: settled(db) == (3, 1))
 
@@ -144,7 +144,7 @@ def test_on_settled_is_called_once_per_settled_command_off_the_drain_thread(
         receipts = [agent.track_event({"registered": f"u{i}"}, "viewed") for i in range(60)]
         poison = agent.track_event({"registered": "p"}, "poison")
         agent.tracking.add_event({"registered": "x"}, "no receipt")
-        fake.fail_next(1, status=503)
+        fake.fail_next(1, status=503, path_contains="/batch")
         fake.reject_commands(lambda c: c["data"].get("event_type") == "poison", "bad")
         assert agent.flush(timeout=10).remaining == 0
         assert wait_for(lambda: len(heard) >= 61)

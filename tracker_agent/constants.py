@@ -67,6 +67,12 @@ CLOCK_FUTURE_TOLERANCE_SECONDS = 3600.0
 #: With clock correction, the server's clock is asked again this often while delivering (the
 #: reference of a long boot stays fresh; a failure changes nothing).
 CLOCK_RELEARN_SECONDS = 3600.0
+#: With clock correction, the drain holds claims until the server's clock is known; a server
+#: that answers GET system/time this many times without its time (404, 5xx, a proxy's page)
+#: no longer holds delivery back: the boot's commands go out as recorded, counted.
+CLOCK_LEARN_ATTEMPTS = 3
+#: ...and its clock is asked again, at best effort, this often until it is learned.
+CLOCK_UNKNOWN_RETRY_SECONDS = 300.0
 #: How many boots' learned clock references the outbox keeps (the most recent ones).
 CLOCK_MAX_BOOTS = 16
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0

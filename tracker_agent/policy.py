@@ -122,7 +122,7 @@ class DrainPolicy:
     rate_limit: float = c.API_RATE_LIMIT
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
-    clock_correction: bool = False
+    clock_correction: bool = True
     receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
     receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
 

@@ -10,7 +10,8 @@ probed: the server asked for time, and gets it.
 
 The same question teaches the agent the server's clock (the agent's probe records each answer
 as this boot's reference): ClockGate holds claims back, with clock_correction, until one was
-answered in this boot, and asks again every CLOCK_RELEARN_SECONDS.
+answered in this boot (or the server answered CLOCK_LEARN_ATTEMPTS times without its time),
+and asks again every CLOCK_RELEARN_SECONDS.
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .bootclock import boot_id
-from .constants import CLOCK_RELEARN_SECONDS
+from .constants import (
+    CLOCK_LEARN_ATTEMPTS,
+    CLOCK_RELEARN_SECONDS,
+    CLOCK_UNKNOWN_RETRY_SECONDS,
+)
 from .exceptions import APIException
 from .outcomes import DrainReport
-from .policy import error_text
+from .policy import error_text, unreachable
 
 __all__ = ["ClockGate", "Probe", "ReachProbe"]
 
@@ -95,8 +100,13 @@ class ClockStore(Protocol):
 class ClockGate:
     """With clock_correction, nothing is claimed (and so frozen uncorrected) before the
     server's clock is known for this boot: the probe learns it, once per boot and outbox.
-    Without an answer delivery waits as after a request that got none (it would not have got
-    one either) and asks again every reach_probe_interval; status shows why."""
+    Without an answer at all delivery waits as after a request that got none (it would not
+    have got one either) and asks again every reach_probe_interval; status shows why.
+
+    A server that answers but not with its time (system/time refused, missing, failing) never
+    stalls delivery: after CLOCK_LEARN_ATTEMPTS such answers the gate opens for this boot,
+    its commands go out as recorded (counted: clock_unknown) and the clock is asked again,
+    at best effort, every CLOCK_UNKNOWN_RETRY_SECONDS until it is learned."""
 
     def __init__(
         self,
@@ -114,6 +124,7 @@ class ClockGate:
         self._clock = clock
         self._ready = False
         self._relearn_at = 0.0  # clock() of the next refresh of the reference
+        self._refused = 0  # answers without the server's time, since the last learned one
 
     def closed(self) -> DrainReport | None:
         """None: claim. Else why not (a report that waits, as after no answer)."""
@@ -126,19 +137,42 @@ class ClockGate:
         if self._reach.due():
             failure = self._reach.ask()
             if failure is None:
-                self._ready, self._relearn_at = True, self._clock() + CLOCK_RELEARN_SECONDS
+                self._learned()
                 return None
             report.last_error = f"no answer to GET system/time: {error_text(failure)}"
             self._store.note_error(report.last_error, self._now())
+            if self._gives_up(failure):
+                return None
         report.backoff_until = self._now() + self._reach.interval
         return report
 
+    def _learned(self) -> None:
+        self._ready, self._refused = True, 0
+        self._relearn_at = self._clock() + CLOCK_RELEARN_SECONDS
+
+    def _gives_up(self, failure: APIException) -> bool:
+        """The server answered without its time often enough: deliver as recorded."""
+        if unreachable(failure):
+            return False  # no answer at all: a batch would get none either
+        self._refused += 1
+        if self._refused < CLOCK_LEARN_ATTEMPTS:
+            return False
+        log.warning(
+            "the server's clock is unknown after %d answers without it to GET system/time:"
+            " this boot's timestamps go out as recorded (counted as clock_unknown)",
+            self._refused,
+        )
+        self._ready, self._relearn_at = True, self._clock() + CLOCK_UNKNOWN_RETRY_SECONDS
+        return True
+
     def _refresh(self) -> None:
-        """Known: ask again now and then (best effort: a failure changes nothing), so that a
-        long boot's reference stays fresh."""
+        """Known (or given up on): ask again now and then, at best effort, so that a long
+        boot's reference stays fresh; one never learned is asked for more often."""
         now = self._clock()
         if not self._ready:
             self._ready, self._relearn_at = True, now + CLOCK_RELEARN_SECONDS
         elif now >= self._relearn_at:
-            self._relearn_at = now + CLOCK_RELEARN_SECONDS
-            self._reach.ask()
+            if self._reach.ask() is None or not self._refused:
+                self._learned()  # answered, or a known reference stays (a failure changes nothing)
+            else:
+                self._relearn_at = now + CLOCK_UNKNOWN_RETRY_SECONDS  # still unknown

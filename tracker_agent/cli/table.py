@@ -83,10 +83,13 @@ def clock_row(stats: dict[str, Any]) -> str:
     """The server's clock minus ours, and what clock correction did (README: "Devices that
     live offline")."""
     offset = stats.get("clock_offset_s")
+    unknown = stats.get("clock_unknown") or 0
     if offset is None:
-        return "-"
+        return f"unknown; {unknown:,} sent as recorded" if unknown else "-"
     text = f"server {offset:+.1f} s; {stats.get('clock_corrected') or 0:,} corrected"
     uncorrected = stats.get("clock_uncorrected") or 0
     if uncorrected:
         text += f", {uncorrected:,} impossible sent as recorded"
+    if unknown:
+        text += f", {unknown:,} of unlearned boots sent as recorded"
     return text

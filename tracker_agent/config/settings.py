@@ -141,9 +141,10 @@ class Settings:
     # The embedded agent's life cycle (TrackerAgent; the CLI's one-shot commands never drain).
     enabled: bool = True  # False: test mode: tracking calls are validated, never stored or sent
     # Correct the timestamps the agent fixes at enqueue by the server's clock (README: "Devices
-    # that live offline"). Opt-in: the drain then waits for one GET system/time per boot and
-    # outbox before its first batch; hosts kept right by NTP gain nothing from it.
-    clock_correction: bool = False
+    # that live offline"). The drain asks GET system/time once per boot and outbox before its
+    # first batch; a server that answers without its time (CLOCK_LEARN_ATTEMPTS times) never
+    # holds delivery back: the boot's commands then go out as recorded, counted.
+    clock_correction: bool = True
     drain: bool = True  # deliver from a background thread, started when the agent is created
     close_timeout: float = c.DEFAULT_CLOSE_TIMEOUT_SECONDS  # close()/exit deliver this long
     warn_undrained_after: float = c.DEFAULT_WARN_UNDRAINED_AFTER_SECONDS  # 0: never warn

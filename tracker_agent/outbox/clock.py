@@ -10,7 +10,8 @@ boot clock says where it really was): the true time is then the reference's plus
 clock's distance. Below CLOCK_THRESHOLD_SECONDS nothing changes. Without a reference for its
 boot, a timestamp is kept unless impossible (before CLOCK_SANE_FLOOR, or beyond the server's
 now by CLOCK_FUTURE_TOLERANCE_SECONDS): then the offset of the most recently learned boot that
-makes it possible is applied, else it is sent as recorded and counted. On a DB-API cursor;
+makes it possible is applied, else it is sent as recorded and counted (clock_uncorrected); a
+possible one is sent as recorded and counted too (clock_unknown). On a DB-API cursor;
 the arithmetic is pure (correct_time). Stdlib only, plus the package's constants.
 """
 
@@ -26,6 +27,7 @@ from .state import (
     STATE_CLOCK_OFFSET,
     STATE_CLOCK_REFS,
     STATE_CLOCK_UNCORRECTED,
+    STATE_CLOCK_UNKNOWN,
     read_state,
     set_state,
 )
@@ -111,7 +113,7 @@ def decide(
     refs = refs_of(state)
     server_now = now + float(state.get(STATE_CLOCK_OFFSET) or 0.0)
     fixes: list[_Fix] = []
-    kept = 0
+    kept = unknown = 0
     for row in undecided:
         data = json.loads(row.payload)
         field = _FIELD[row.kind]
@@ -122,6 +124,7 @@ def decide(
             float(recorded), row.boot_id, row.mono_at, refs, server_now
         )
         kept += impossible
+        unknown += fixed is None and not impossible and row.boot_id not in refs
         if fixed is not None:
             data[field] = fixed
             fixes.append(_Fix(row.id, json.dumps(data, ensure_ascii=False, separators=(",", ":"))))
@@ -132,6 +135,8 @@ def decide(
         cur.execute(add_sql, (STATE_CLOCK_CORRECTED, len(fixes)))
     if kept:
         cur.execute(add_sql, (STATE_CLOCK_UNCORRECTED, kept))
+    if unknown:
+        cur.execute(add_sql, (STATE_CLOCK_UNKNOWN, unknown))
     return fixes
 
 

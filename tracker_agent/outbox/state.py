@@ -29,11 +29,13 @@ STATE_FAILURES = "consecutive_failures"
 STATE_BACKOFF_UNREACHABLE = "backoff_unreachable"
 #: Clock correction (outbox/clock.py): each boot's reference of the server's clock
 #: ({boot_id: [server, boot_seconds, wall, learned_at]}), the latest learned offset (server
-#: minus wall, s), commands corrected, impossible timestamps sent as recorded.
+#: minus wall, s), commands corrected, impossible timestamps sent as recorded, and commands of
+#: a boot whose offset was never learned sent as recorded.
 STATE_CLOCK_REFS = "clock_refs"
 STATE_CLOCK_OFFSET = "clock_offset"
 STATE_CLOCK_CORRECTED = "clock_corrected"
 STATE_CLOCK_UNCORRECTED = "clock_uncorrected"
+STATE_CLOCK_UNKNOWN = "clock_unknown"
 #: The project token this outbox belongs to, recorded by the first agent that opens it.
 STATE_PROJECT = "project_token"
 #: Something an operator must know (e.g. the -wal file was lost), and since when.

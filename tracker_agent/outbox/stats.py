@@ -18,6 +18,7 @@ from .state import (
     STATE_CLOCK_CORRECTED,
     STATE_CLOCK_OFFSET,
     STATE_CLOCK_UNCORRECTED,
+    STATE_CLOCK_UNKNOWN,
     STATE_DEAD_LETTERED,
     STATE_DELIVERED,
     STATE_DROPPED,
@@ -54,6 +55,7 @@ STATS_KEYS = (
     "clock_offset_s",
     "clock_corrected",
     "clock_uncorrected",
+    "clock_unknown",
 )
 
 
@@ -98,6 +100,7 @@ def collect_stats(
         "clock_offset_s": state.get(STATE_CLOCK_OFFSET),
         "clock_corrected": int(state.get(STATE_CLOCK_CORRECTED) or 0),
         "clock_uncorrected": int(state.get(STATE_CLOCK_UNCORRECTED) or 0),
+        "clock_unknown": int(state.get(STATE_CLOCK_UNKNOWN) or 0),
     }
 
 
