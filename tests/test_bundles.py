@@ -79,6 +79,20 @@ def test_a_bundle_exported_from_either_database_arrives_whole(fake, database_url
     assert sorted(e["properties"]["n"] for e in fake.events) == list(range(5))
 
 
+@both_backends
+def test_a_bundle_imported_into_either_database_arrives_once(fake, database_url, tmp_path):
+    out = tmp_path / "queue.tab"
+    with make_agent(fake, tmp_path / "a.db") as source:
+        fill(source, 5)
+        assert source.export_bundle(out).exported == 5
+    with make_agent(fake, database_url) as target:
+        assert target.import_bundle(out).queued == 5
+        again = target.import_bundle(out)
+        assert (again.queued, again.skipped) == (0, 5)
+        assert target.flush().delivered == 5
+    assert sorted(e["properties"]["n"] for e in fake.events) == list(range(5))
+
+
 def test_importing_the_same_bundle_twice_adds_nothing(fake, tmp_path):
     out = tmp_path / "queue.tab"
     with make_agent(fake, tmp_path / "a.db") as source:
