@@ -15,6 +15,7 @@ Stdlib only: `status` imports this module and must not pay for SQLAlchemy.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -71,7 +72,7 @@ class WritesRounds(Protocol):
     ) -> list[BaseException | None]: ...
 
 
-class Backend:
+class Backend(ABC):
     """What one database does differently; methods run on the store's raw connections.
 
     `where` names the database in messages (a file path, or a URL without its password).
@@ -87,25 +88,27 @@ class Backend:
     #: dead-letter filter: reason contains the parameter, case-insensitively.
     contains_sql: str = ""
 
+    @abstractmethod
     def transaction(self, conn: Any) -> AbstractContextManager[Any]:
         """BEGIN .. COMMIT on a raw pooled connection, yielding a cursor; errors translated."""
-        raise NotImplementedError
 
+    @abstractmethod
     def reading(self, conn: Any) -> AbstractContextManager[Any]:
         """A read-only view of a raw connection with execute(); errors translated."""
-        raise NotImplementedError
 
+    @abstractmethod
     def translate(self, exc: BaseException) -> OutboxError:
-        raise NotImplementedError
+        """The driver's `exc` as the outbox's own error (disk full, read-only, unavailable)."""
 
+    @abstractmethod
     def errors(self) -> tuple[type[BaseException], ...]:
         """The driver's exception classes that translate() understands."""
-        raise NotImplementedError
 
     def broken(self, conn: Any) -> bool:
         """True when `conn` can no longer be used (the server went away): drop it."""
         return False
 
+    @abstractmethod
     def prepare_drain(self, conn: Any) -> None:
         """Set up the drain's connection once (SQLite: synchronous=NORMAL)."""
 
@@ -114,47 +117,51 @@ class Backend:
         caller's clock) for SQLite, the database's own for PostgreSQL."""
         return now
 
+    @abstractmethod
     def write_round(
         self, store: WritesRounds, requests: Sequence[Request], now: float
     ) -> list[BaseException | None]:
         """Commit one group-commit round of enqueues (see OutboxStore._write_round)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def insert(self, cur: Any, commands: Sequence[NewCommand], now: float) -> None:
         """Insert `commands` as outbox rows created at `now`, in one statement; those with a
         receipt learn their row's id (NewCommand.id)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def insert_id(self, cur: Any, sql: str, params: Sequence[Any]) -> int:
         """Run `sql`, an INSERT of one row into a table with an id column; return the id."""
-        raise NotImplementedError
 
     def lock_ledger(self, cur: Any) -> None:
         """Before the import ledger is read or written in a transaction: serialise with every
         other writer of the ledger (see outbox/ledger.py). Nothing to do on SQLite, where one
         writer holds the whole file."""
+        return None
 
+    @abstractmethod
     def queued(self, cur: Any) -> tuple[int, int]:
         """Rows and bytes queued, from queue_counters."""
-        raise NotImplementedError
 
     def counters(self, cur: Any) -> tuple[int, int]:
         """queued(), as the enqueue's bound check reads it inside write_round."""
         return self.queued(cur)
 
+    @abstractmethod
     def pick(
         self, cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
     ) -> list[ClaimedRow]:
         """The rows a claim leases (see leases.claim), read inside the claim's transaction."""
-        raise NotImplementedError
 
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         """Before rows are inserted or deleted: serialise with other writers of the same
         customers (`select_keys` selects their customer_key). Nothing to do on SQLite,
         where one writer holds the whole file."""
+        return None
 
+    @abstractmethod
     def close_writer(self) -> None:
         """Close the enqueue connection (back to the pool without per-connection set-up)."""
 
+    @abstractmethod
     def forget_writer(self) -> None:
         """In a forked child: drop the parent's enqueue connection without touching it."""
