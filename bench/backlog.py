@@ -36,7 +36,7 @@ from bench.common import (
     ratio,
     remove_db,
 )
-from bench.drain import post_bare
+from bench.drain import post_bare, prebuilt_bodies
 from bench.servers import ServerProcess
 
 CUSTOMER_COUNTS = (1, 50, 100_000)
@@ -97,23 +97,7 @@ def hold_back_first_batch(path: str) -> None:
 
 def bodies(path: str, count: int, skip: int = 0) -> list[bytes]:
     """The first `count` queued events after `skip` rows, as the agent sends them."""
-    import json
-
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT id, kind, payload FROM outbox ORDER BY id LIMIT ? OFFSET ?", (count, skip)
-        ).fetchall()
-    finally:
-        conn.close()
-    commands = [
-        {"name": kind, "data": json.loads(payload), "command_id": str(row_id)}
-        for row_id, kind, payload in rows
-    ]
-    return [
-        json.dumps({"commands": commands[i : i + BATCH_COMMANDS]}).encode()
-        for i in range(0, len(commands), BATCH_COMMANDS)
-    ]
+    return prebuilt_bodies(path, count, skip)
 
 
 def drain(path: str, server: ServerProcess, rate_limit: float, window: int) -> Drained:

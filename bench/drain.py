@@ -48,11 +48,14 @@ def fill(agent: Any, count: int, first: int = 0) -> None:
         agent.enqueue_many([workload.event_command(i) for i in range(start, stop)])
 
 
-def prebuilt_bodies(path: str) -> list[bytes]:
-    """The request bodies the agent will send for the outbox at `path`, serialised now."""
+def prebuilt_bodies(path: str, count: int = -1, skip: int = 0) -> list[bytes]:
+    """The request bodies the agent will send for the outbox at `path` (its first `count`
+    rows after `skip`; every row by default), serialised now."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT id, kind, payload FROM outbox ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT id, kind, payload FROM outbox ORDER BY id LIMIT ? OFFSET ?", (count, skip)
+        ).fetchall()
     finally:
         conn.close()
     commands = [
@@ -127,8 +130,9 @@ def run(scale: Scale, workdir: str) -> Section:
     section.notes += [
         f"agent.flush() with rate_limit={UNLIMITED_RATE:,.0f} requests/s (the default 100/s "
         "is the API's per-IP policy, not a code limit; at 100/s the drain tops out at "
-        "5,000 events/s). Settling a batch and claiming the next share one SQLite commit, "
-        "without fsync (the drain connection runs synchronous=NORMAL; enqueues stay FULL).",
+        "5,000 events/s). The batch queued behind one on the wire goes out once that one's "
+        "settle commits (then the next is claimed while it is on the wire); drain commits "
+        "skip fsync (synchronous=NORMAL; enqueues stay FULL).",
         f"bare session: {len(bodies)} pre-serialised bodies, trust_env=False, one keep-alive "
         "connection, nothing stored.",
         f"{ROUNDS} rounds, bare and agent alternating first; FakeExponea held {arrived:,} "
