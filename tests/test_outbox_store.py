@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from conftest import both_backends
+from sqlalchemy import text
 
 from tracker_agent.exceptions import OutboxFullError
 from tracker_agent.outbox.engine import open_outbox
@@ -451,3 +452,98 @@ def test_claims_take_what_the_contract_says_in_any_state(make_store, seed):
         store.settle(owner, outcome, now)
         if rnd.random() < 0.1:
             store.retry_dead()
+
+
+# -- a batch's outcome recorded ahead of its writes (outbox/settling.py) ------------------------
+
+
+def settling_rows(store: OutboxStore) -> int:
+    with store.engine.connect() as conn:
+        return conn.exec_driver_sql("SELECT count(*) FROM settling").scalar_one()
+
+
+def delivered_outcome(rows) -> Settlement:
+    receipt_ids = {r.id: r.attempts + 1 for r in rows if r.receipt}
+    return Settlement(delivered=[r.id for r in rows], receipts=receipt_ids)
+
+
+@both_backends
+def test_a_recorded_outcome_left_by_a_crash_is_applied_before_any_claim_leases_its_rows(
+    make_store,
+):
+    store = make_store()
+    commands = [cmd(f"c{i % 3}", i) for i in range(6)]
+    commands[0].receipt = True
+    store.enqueue(commands)
+    rows = claim(store, "dead", limit=4)
+    store.record_settlement("dead", delivered_outcome(rows), NOW)
+    # The drainer dies here: its outcome is durable, its rows still leased to it, and the
+    # lease runs out. The next claim (another drainer, later) must not send them again.
+    after_expiry = NOW + LEASE + 1
+    again = claim(make_store(), "next", now=after_expiry)
+    assert [r.id for r in again] == [c.id for c in commands[4:]]
+    assert settling_rows(store) == 0
+    stats = store.stats(now=after_expiry)
+    assert (stats["delivered"], stats["pending"] + stats["in_flight"]) == (4, 2)
+    (receipt,) = store.receipts([commands[0].id])
+    assert receipt.state == "delivered"
+
+
+@both_backends
+def test_the_recording_drainer_applies_its_outcome_once_even_if_another_claim_did(make_store):
+    store, other = make_store(), make_store()
+    store.enqueue([cmd(f"c{i}", i) for i in range(4)])
+    rows = claim(store, "me", limit=2)
+    outcome = delivered_outcome(rows)
+    recorded = store.record_settlement("me", outcome, NOW)
+    assert settling_rows(store) == 1
+    claim(other, "other", limit=1)  # applies the record first (whoever wrote it)
+    delivered, _state, _next = store.settle_and_claim(
+        "me", outcome, NOW, limit=50, max_bytes=10**7, lease_seconds=LEASE, recorded=recorded
+    )
+    assert delivered == 2  # as recorded: the rows went, whoever deleted them
+    stats = store.stats(now=NOW)
+    assert (stats["delivered"], settling_rows(store)) == (2, 0)  # counted once
+
+
+@both_backends
+def test_settle_and_claim_applies_its_own_record_and_claims_in_one_go(make_store):
+    store = make_store()
+    store.enqueue([cmd("one", i) for i in range(4)])
+    first = claim(store, "me", limit=2)
+    outcome = delivered_outcome(first)
+    recorded = store.record_settlement("me", outcome, NOW)
+    delivered, _state, rows = store.settle_and_claim(
+        "me", outcome, NOW, limit=50, max_bytes=10**7, lease_seconds=LEASE, recorded=recorded
+    )
+    assert delivered == 2 and len(rows) == 2 and settling_rows(store) == 0
+    assert store.stats(now=NOW)["delivered"] == 2
+
+
+@both_backends
+def test_giving_leases_back_or_exporting_never_resends_a_recorded_delivery(make_store):
+    store = make_store()
+    store.enqueue([cmd("one", i) for i in range(4)])
+    rows = claim(store, "me", limit=2)
+    store.record_settlement("me", delivered_outcome(rows), NOW)
+    assert store.release_all("me") == 0  # the recorded rows were delivered, not given back
+    exported = store.lease_for_export("export", 0, 10, NOW + LEASE)
+    assert len(exported) == 2 and not {r.id for r in rows} & {r.id for r in exported}
+    assert store.stats(now=NOW)["delivered"] == 2
+
+
+@both_backends
+@pytest.mark.parametrize("damage", ["not json", '{"delivered": [1]}', '{"delivered": "x"}', "[]"])
+def test_a_damaged_record_is_dropped_and_its_rows_go_out_again_instead_of_stopping_claims(
+    make_store, damage, caplog
+):
+    store = make_store()
+    store.enqueue([cmd("one", i) for i in range(2)])
+    rows = claim(store, "dead")
+    store.record_settlement("dead", delivered_outcome(rows), NOW)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE settling SET outcome = :o"), {"o": damage})
+    again = claim(store, "next", now=NOW + LEASE + 1)
+    assert [r.id for r in again] == [r.id for r in rows]  # at-least-once: sent again
+    assert settling_rows(store) == 0
+    assert "dropped recorded outcome" in caplog.text

@@ -156,6 +156,9 @@ class _DrainerOutbox:
         self._note(outcome, now)
         return delivered
 
+    def record_settlement(self, owner: str, outcome: Settlement, now: float) -> int | None:
+        return None if self.closed else self._store.record_settlement(owner, outcome, now)
+
     def settle_and_claim(self, owner: str, outcome: Settlement, now: float, **terms: Any) -> Any:
         if self.closed:
             return 0, {}, []

@@ -10,6 +10,9 @@ queue_counters  rows and bytes in `outbox`, kept exact by triggers, so that the 
                 read on PostgreSQL (one row would serialise every writer)
 receipts        commands with a receipt that were delivered: id, time, attempts (no payload),
                 kept for receipt_retention seconds and receipt_max_rows rows
+settling        a batch's outcome (a JSON Settlement) committed ahead of the outbox writes it
+                stands for, so that the batch queued behind it may go out at once; the next
+                claim applies it (see outbox/settling.py); empty but for a moment
 agent_state     small key/value facts shared by every process on the file: delivered total,
                 last success and error, pause reason, backoff deadline
 import_ledger   one row per imported line (a key of its content), so that an import run
@@ -140,6 +143,16 @@ queue_counters = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("rows", BIG, nullable=False, server_default="0"),
     Column("bytes", BIG, nullable=False, server_default="0"),
+)
+
+settling = Table(
+    "settling",
+    metadata,
+    Column("id", BIG, Identity(), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("recorded_at", Float, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 agent_state = Table(

@@ -20,7 +20,7 @@ from typing import Any
 from ..clock import wall_clock
 from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
 from ..exceptions import ConfigError, OutboxError, OutboxFullError
-from . import clock, deadletters, export, leases, ledger, owners, receipts, resume
+from . import clock, deadletters, export, leases, ledger, owners, receipts, resume, settling
 from .backend import SQLITE
 from .backends import backend_for_engine
 from .commands import NewCommand, Request
@@ -380,6 +380,7 @@ class OutboxStore:
         follow_own: bool,
         fix_clock: bool = False,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
+        self._apply_recorded(cur, now)  # a crashed drainer's outcome: before its rows go out
         host = self._host
         if host is not None:  # a backoff is this host's: see HOST_STATE
             outer = gate
@@ -408,12 +409,20 @@ class OutboxStore:
             return self._settle(cur, owner, outcome, now)
 
     def _settle(self, cur: Any, owner: str, outcome: Settlement, now: float) -> int:
-        backend = self.backend
-        stamped = backend.clock(cur, now)
+        outcome, stamped = self._stamped(cur, outcome, now)
+        return self._apply(cur, owner, outcome, stamped)
+
+    def _stamped(self, cur: Any, outcome: Settlement, now: float) -> tuple[Settlement, float]:
+        """`outcome` on the database's clock and with this host's keys; the database's now."""
+        stamped = self.backend.clock(cur, now)
         if stamped != now and outcome.retry:  # a retry time is a delay from `now`
             outcome = dataclasses.replace(outcome, retry_at=outcome.retry_at + stamped - now)
         if self._host is not None and HOST_STATE.intersection(outcome.state):
             outcome = dataclasses.replace(outcome, state=host_keys(outcome.state, self._host))
+        return outcome, stamped
+
+    def _apply(self, cur: Any, owner: str, outcome: Settlement, stamped: float) -> int:
+        backend = self.backend
         return leases.settle(
             cur,
             owner,
@@ -422,6 +431,19 @@ class OutboxStore:
             add_to_counter_sql=backend.add_to_counter_sql,
             lock_customers=None if backend.name == SQLITE else backend.lock_customers,
         )
+
+    def record_settlement(self, owner: str, outcome: Settlement, now: float) -> int:
+        """Commit `outcome` as a record (see settling.py), not yet applied to the outbox: the
+        batch queued behind it may go out now. Pass the returned id to settle_and_claim."""
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            outcome, stamped = self._stamped(cur, outcome, now)
+            return settling.record(self.backend, cur, owner, outcome, stamped)
+
+    def _apply_recorded(self, cur: Any, now: float) -> int:
+        """Apply every recorded outcome (usually none); returns rows delivered."""
+        records = settling.pending(cur)
+        stamped = self.backend.clock(cur, now) if records else now
+        return sum(self._apply(cur, r.owner, r.outcome, stamped) for r in records)
 
     def settle_and_claim(
         self,
@@ -435,11 +457,19 @@ class OutboxStore:
         may_claim: Callable[[dict[str, Any]], bool] | None = None,
         follow_own: bool = False,
         fix_clock: bool = False,
+        recorded: int | None = None,
     ) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
         """settle() then claim_if() in one transaction: the rows just delivered and the next
-        ones share table pages, so one commit writes a third less WAL than two."""
+        ones share table pages, so one commit writes a third less WAL than two.
+
+        With `recorded` (record_settlement's id for this `outcome`), the record is applied
+        and deleted instead; if another drainer's claim applied it already, the outcome's
+        deliveries are counted as they were recorded."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            delivered = self._settle(cur, owner, outcome, now)
+            if recorded is None or settling.take(cur, recorded):
+                delivered = self._settle(cur, owner, outcome, now)
+            else:
+                delivered = len(outcome.delivered)
             gate = self._project_gate(may_claim)
             state, rows = self._claim(
                 cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock
@@ -449,6 +479,7 @@ class OutboxStore:
     def release_all(self, owner: str) -> int:
         """Drop every lease `owner` holds (shutdown): those rows are due again at once."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            self._apply_recorded(cur, self._now())  # delivered rows are never given back
             cur.execute(
                 "UPDATE outbox SET lease_owner = NULL, lease_expires_at = 0 WHERE lease_owner = ?",
                 (owner,),
@@ -560,6 +591,7 @@ class OutboxStore:
         """Lease the next `limit` rows after `after_id` that no drainer holds to `owner`."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             local = self._now()
+            self._apply_recorded(cur, local)  # a recorded delivery is never exported
             stamped = self.backend.clock(cur, local)  # the lease on the database's clock
             return export.lease_for_export(
                 cur, owner, after_id, limit, stamped, until - local + stamped
@@ -593,6 +625,7 @@ class OutboxStore:
         if not dead:
             return 0
         with self._drain_connection() as conn, self._transaction(conn) as cur:
+            self._apply_recorded(cur, now)  # the dead owner's delivered rows are not released
             stamped = self.backend.clock(cur, now)
             freed = owners.release_owners(cur, owners.dead_owners(cur, stamped, here))
         if freed:
