@@ -116,12 +116,14 @@ class Drainer:
         A window of at most two batches: the first's request is in flight; the second, claimed
         only while a full batch is in flight (a backlog; beside a short one the claim would
         catch a trickle of new rows one request each), waits in the sending thread and goes
-        out the moment the first is settled, if it was answered in full (else it is given back
-        unsent). It may hold the next commands of the first's customers (a single customer's
-        backlog pipelines too): nothing else of ours, and no other drainer's lease, is passed,
-        so per-customer order holds; and at most one batch is ever answered but unsettled, so
-        a crash re-sends at most one batch. Settling a batch claims the next in the same
-        transaction. `deadline` is on the `now` clock. With `stop_on_partial` the pass ends
+        out the moment the first's outcome is durable, if it was answered in full (else it is
+        given back unsent). It may hold the next commands of the first's customers (a single
+        customer's backlog pipelines too): nothing else of ours, and no other drainer's lease,
+        is passed, so per-customer order holds; and at most one batch is ever answered but
+        without a durable outcome, so a crash re-sends at most one batch. The outcome is made
+        durable as one small record (outbox/settling.py), so the next batch goes out without
+        waiting for the outbox writes; those are applied in the transaction that claims the
+        batch after it. `deadline` is on the `now` clock. With `stop_on_partial` the pass ends
         after a batch smaller than batch_size (the scheduler's ticks). Only one pass runs at a
         time per Drainer.
 
@@ -293,9 +295,10 @@ class Drainer:
         not answered in full or the pass is stopping."""
         after, batch.after = batch.after, None  # no chain of batches kept alive
         if after is not None:
-            # Sent once the batch before it is settled, never sooner: a crash then leaves at
-            # most one batch applied by the server but not settled (DESIGN.md's duplicate
-            # bound), even when this one holds the next commands of the same customers.
+            # Sent once the outcome of the batch before it is durable (recorded or settled),
+            # never sooner: a crash then leaves at most one batch applied by the server but
+            # not settled (DESIGN.md's duplicate bound), even when this one holds the next
+            # commands of the same customers.
             after.settled.wait()
             # Held back unless the request just before was answered in full (the drain thread
             # decides what comes next: back off, pause, split, or retry a command the server

@@ -79,7 +79,7 @@ def record(backend: Any, cur: Any, owner: str, outcome: Settlement, now: float) 
 def take(cur: Any, record_id: int) -> bool:
     """Delete the record `record_id`; False if it is gone (another claim applied it)."""
     cur.execute("DELETE FROM settling WHERE id = ?", (record_id,))
-    return cur.rowcount == 1
+    return int(cur.rowcount) == 1
 
 
 def pending(cur: Any) -> list[Recorded]:
