@@ -56,6 +56,10 @@ WHEN (SELECT rows + 1 > {{max_rows:d}} OR bytes + NEW.size > {{max_bytes:d}}
 BEGIN SELECT RAISE(ABORT, '{_FULL_MESSAGE}'); END
 """
 _DROP_BOUND_TRIGGER = f"DROP TRIGGER IF EXISTS temp.{_BOUND_TRIGGER}"
+#: WAL pages the drain's connection lets accumulate before it checkpoints (16 MiB at 4 KiB
+#: pages): 4000 took claim + settle of 50 customers' rows from 2.4 to 2.0 ms per batch (10000
+#: gained little more); the WAL file keeps that size until the last connection closes.
+DRAIN_CHECKPOINT_PAGES = 4000
 #: The warning recorded when the -wal file disappears under a running process.
 WAL_DELETED_WHILE_OPEN = (
     "the -wal file was deleted while this outbox was open; what this process could still "
@@ -124,6 +128,11 @@ class SqliteBackend(Backend):
         # (rows re-sent, deduplicated by their fixed timestamps); a crashed process loses
         # nothing in WAL mode. Enqueues stay synchronous=FULL.
         conn.driver_connection.execute("PRAGMA synchronous = NORMAL")
+        # A drain rewrites the same pages batch after batch (the customers' index pages, the
+        # counters, the queue flags): checkpointing every 1000 WAL pages (the default, kept
+        # by the enqueue connection) wrote them to the main file again and again, a fifth of
+        # a 50-customer batch's cost. Every DRAIN_CHECKPOINT_PAGES pages writes each once.
+        conn.driver_connection.execute(f"PRAGMA wal_autocheckpoint = {DRAIN_CHECKPOINT_PAGES}")
 
     # -- enqueue -------------------------------------------------------------------------------
 
