@@ -254,7 +254,8 @@ def _notes(scale: Scale, fill_seconds: dict[str, float]) -> list[str]:
         f"{API_RATE_LIMIT:.0f} requests/s x {BATCH_COMMANDS} commands).",
         "Customers interleave round-robin (event i is customer i % customers). A drainer "
         "claims its next batch while one is on the wire, even of the same customer, and sends "
-        "it once that one is settled: per batch, one round trip plus one settle commit.",
+        "it once that one's outcome is recorded (one small row, applied with the next "
+        "claim): per batch, one round trip plus one small commit on the way.",
         "bare session: the same first events in 50-command bodies, pre-serialised, one "
         "keep-alive connection, nothing stored; it runs between the two agent drains.",
         "Backoff row: customer 0's first batch waits for a retry an hour away; the rows "

@@ -131,8 +131,9 @@ def run(scale: Scale, workdir: str) -> Section:
         f"agent.flush() with rate_limit={UNLIMITED_RATE:,.0f} requests/s (the default 100/s "
         "is the API's per-IP policy, not a code limit; at 100/s the drain tops out at "
         "5,000 events/s). The batch queued behind one on the wire goes out once that one's "
-        "settle commits (then the next is claimed while it is on the wire); drain commits "
-        "skip fsync (synchronous=NORMAL; enqueues stay FULL).",
+        "outcome is recorded (one small row; it is applied, and the next batch claimed, "
+        "while the queued one is on the wire); drain commits skip fsync "
+        "(synchronous=NORMAL; enqueues stay FULL).",
         f"bare session: {len(bodies)} pre-serialised bodies, trust_env=False, one keep-alive "
         "connection, nothing stored.",
         f"{ROUNDS} rounds, bare and agent alternating first; FakeExponea held {arrived:,} "
