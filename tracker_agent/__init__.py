@@ -43,9 +43,10 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from .agent import DeliveryError, DeliveryState, FlushResult, TrackerAgent
+    from .agent import TrackerAgent
     from .client import Exponea
     from .config import Settings
+    from .delivery import DeliveryError, DeliveryState, FlushResult
     from .outbox.deadletters import DeadLetter
     from .outbox.receipts import Receipt, ReceiptStatus
 
@@ -92,9 +93,9 @@ __all__ = [
 _LAZY = {
     "Exponea": "client",
     "TrackerAgent": "agent",
-    "FlushResult": "agent",
-    "DeliveryState": "agent",
-    "DeliveryError": "agent",
+    "FlushResult": "delivery",
+    "DeliveryState": "delivery",
+    "DeliveryError": "delivery",
     "DeadLetter": "outbox.deadletters",
     "Receipt": "outbox.receipts",
     "ReceiptStatus": "outbox.receipts",

@@ -5,21 +5,22 @@ share one budget, not each spend their own.
 HostRateLimiter keeps the next free send slot, a CLOCK_MONOTONIC time (one clock for all
 processes of a host, blind to wall-clock jumps), in a small file locked with flock(2): each
 acquisition takes the lock, reserves the slot, releases the lock and sleeps until the slot.
-By default the file sits beside the outbox (`outbox.db-rate`), so every process on that
-outbox shares it; processes on different outbox files share a budget when they name the same
-`rate_limit_file`.
+By default (default_rate_file) the file sits beside the outbox (`outbox.db-rate`), so every
+process on that outbox shares it; processes on different outbox files share a budget when they
+name the same `rate_limit_file`. A PostgreSQL outbox's file is in the host's state directory.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-__all__ = ["HostRateLimiter", "RATE_FILE_SUFFIX"]
+__all__ = ["HostRateLimiter", "RATE_FILE_SUFFIX", "default_rate_file"]
 
 RATE_FILE_SUFFIX = "-rate"
 _SLOT = struct.Struct("<d")
@@ -97,3 +98,17 @@ class HostRateLimiter:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+
+
+def default_rate_file(database_url: str, env: Mapping[str, str]) -> str:
+    """Where drainers of this host keep their shared request budget: beside an SQLite outbox;
+    for a database on a server, in this host's default state directory, one file per database
+    (the API's rate limit is per source IP: each host limits itself)."""
+    from .outbox.files import default_database_url, sqlite_path
+
+    if database_url.partition("://")[0].lower().startswith("postgres"):
+        target = database_url.rpartition("@")[2]  # never the password
+        digest = hashlib.sha256(target.encode()).hexdigest()[:16]
+        folder = os.path.dirname(sqlite_path(default_database_url(env)))
+        return os.path.join(folder, f"postgresql-{digest}{RATE_FILE_SUFFIX}")
+    return sqlite_path(database_url) + RATE_FILE_SUFFIX
