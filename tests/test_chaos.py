@@ -1,7 +1,8 @@
 """Chaos: the daemon killed with SIGKILL mid-drain while producers enqueue and the API flaps.
 
-Real processes on one outbox file, a real FakeExponea on 127.0.0.1. The storm is seeded
-(CHAOS_SEED in the environment replays another one) and every loop in it is bounded.
+Real processes on one outbox (an SQLite file, or a PostgreSQL database: each test runs on
+both), a real FakeExponea on 127.0.0.1. The storm is seeded (CHAOS_SEED in the environment
+replays another one) and every loop in it is bounded.
 
 What the delivery contract promises, and these tests assert:
 
@@ -16,10 +17,11 @@ What the delivery contract promises, and these tests assert:
   settled as delivered by the sender. That happens when the answer is lost (a timeout after
   the server acted: here only the apply_first delays, every other fault applies nothing and a
   late request is not applied once the client hung up) or when the drainer dies between the
-  server applying its batch and the settle commit (a daemon has one request in flight at a
-  time and settles it before it sends the next: at most one batch per kill). Each such
-  request holds at most 50 commands, and each extra receipt of an event maps to the unsettled
-  request that preceded it, so
+  server applying its batch and the commit of that batch's outcome (recorded in `settling`,
+  or settled). A daemon may have a second batch claimed and queued behind the one in flight,
+  but sends it only once the first's outcome is durable: so at most one batch per kill was
+  applied by the server and not settled. Each such request holds at most 50 commands, and
+  each extra receipt of an event maps to the unsettled request that preceded it, so
       duplicates <= 50 * (kills + lost-answer requests).
 """
 
@@ -33,17 +35,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import both_backends, is_postgresql, wait_for
 
 from tracker_agent import TrackerAgent
+from tracker_agent.outbox.files import sqlite_path
+from tracker_agent.outbox.pg_status import read_pg_status
 from tracker_agent.outbox.stats import read_status
 from tracker_agent.testing import FakeExponea
 
@@ -70,6 +75,11 @@ KILL_OFFSET_SECONDS = 0.15  # then it strikes at a random point within this
 
 FAULT_MODES = ("5xx", "429", "drop", "slow", "spike", "lost-answer", "revoked")
 STORM_ROUNDS = 2  # every fault mode comes this many times, in a seeded order
+STORM_KILLS = (5, 8)  # SIGKILLs in a storm: a seeded number in this range
+# PostgreSQL's storm is half as long (every fault mode once, about half the kills) to keep the
+# suite's time in check: the full one would add about 50 s. The kill test runs in full on both.
+PG_STORM_ROUNDS = 1
+PG_STORM_KILLS = (3, 4)
 
 PRODUCERS = 4
 CUSTOMERS_PER_PRODUCER = 3
@@ -122,14 +132,14 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def daemon_env(fake: FakeExponea, tmp_path: Path, db_path: Path, lease: float) -> dict[str, str]:
+def daemon_env(fake: FakeExponea, tmp_path: Path, db_url: str, lease: float) -> dict[str, str]:
     return {
         **base_env(tmp_path),
         "TRACKER_AGENT_PROJECT_TOKEN": fake.project_token,
         "TRACKER_AGENT_USERNAME": fake.username,
         "TRACKER_AGENT_PASSWORD": fake.password,
         "TRACKER_AGENT_URL": fake.url,
-        "TRACKER_AGENT_DATABASE_URL": f"sqlite:///{db_path}",
+        "TRACKER_AGENT_DATABASE_URL": db_url,
         "TRACKER_AGENT_LEASE_SECONDS": str(lease),
         "TRACKER_AGENT_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_SECONDS),
         "TRACKER_AGENT_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS),
@@ -142,13 +152,13 @@ def daemon_env(fake: FakeExponea, tmp_path: Path, db_path: Path, lease: float) -
     }
 
 
-def open_agent(fake: FakeExponea, db_path: Path) -> TrackerAgent:
+def open_agent(fake: FakeExponea, db_url: str) -> TrackerAgent:
     return TrackerAgent(
         fake.project_token,
         username=fake.username,
         password=fake.password,
         url=fake.url,
-        database_url=f"sqlite:///{db_path}",
+        database_url=db_url,
         drain=False,  # it only queues: the daemon delivers
     )
 
@@ -196,32 +206,115 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-class OutboxPeek:
-    """Read-only looks at the outbox file (stdlib sqlite3, as `tracker-agent status` does)."""
+class OutboxPeek(ABC):
+    """Read-only looks at the outbox (as `tracker-agent status` reads it), and a hold on its
+    writes; `open_peek` picks the backend's twin from the URL. Leases are compared with this
+    host's clock: on PostgreSQL they are on the database's, the same one here (127.0.0.1)."""
 
-    def __init__(self, db_path: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+    mark = "?"  # the driver's placeholder
 
-    def close(self) -> None:
-        self.conn.close()
+    @abstractmethod
+    def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """The outbox's stats, read as `tracker-agent status` reads them."""
+
+    @abstractmethod
+    def hold_writes(self) -> AbstractContextManager[None]:
+        """A context: while in it, no other connection commits a write to `outbox` or
+        `settling` (readers go on); nothing is written, and the hold ends in a rollback."""
+
+    @abstractmethod
+    def close(self) -> None: ...
 
     def lease_owners(self) -> set[str]:
         """Drainers holding an unexpired lease (live ones, or dead ones until it runs out)."""
-        rows = self.conn.execute(
-            "SELECT DISTINCT lease_owner FROM outbox WHERE lease_expires_at > ?", (time.time(),)
-        ).fetchall()
+        rows = self.rows(
+            f"SELECT DISTINCT lease_owner FROM outbox WHERE lease_expires_at > {self.mark}",
+            (time.time(),),
+        )
         return {owner for (owner,) in rows if owner}
 
     def leased_event_ids(self, owners: set[str]) -> set[Any]:
         """The "id" property of every event leased by one of `owners`."""
         if not owners:
             return set()
-        marks = ",".join("?" * len(owners))
-        rows = self.conn.execute(
-            f"SELECT payload FROM outbox WHERE lease_owner IN ({marks}) AND lease_expires_at > ?",
+        marks = ",".join([self.mark] * len(owners))
+        rows = self.rows(
+            f"SELECT payload FROM outbox WHERE lease_owner IN ({marks})"
+            f" AND lease_expires_at > {self.mark}",
             (*owners, time.time()),
-        ).fetchall()
+        )
         return {json.loads(payload)["properties"]["id"] for (payload,) in rows}
+
+
+class SqlitePeek(OutboxPeek):
+    """The outbox file through stdlib sqlite3, opened read-only."""
+
+    def __init__(self, db_url: str) -> None:
+        self.path = sqlite_path(db_url)
+        self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+
+    def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def status(self) -> dict[str, Any]:
+        return read_status(self.path)
+
+    @contextmanager
+    def hold_writes(self) -> Iterator[None]:
+        with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # the file's one write lock: every writer waits
+            try:
+                yield
+            finally:
+                conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresPeek(OutboxPeek):
+    """The outbox database through psycopg: a read-only session in autocommit (each look is
+    its own snapshot, and holds no lock between looks)."""
+
+    mark = "%s"
+
+    def __init__(self, db_url: str) -> None:
+        import psycopg
+
+        self.url = db_url
+        self.conninfo = "postgresql://" + db_url.partition("://")[2]
+        self.conn = psycopg.connect(
+            self.conninfo, autocommit=True, options="-c default_transaction_read_only=on"
+        )
+
+    def rows(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def status(self) -> dict[str, Any]:
+        return read_pg_status(self.url)
+
+    @contextmanager
+    def hold_writes(self) -> Iterator[None]:
+        import psycopg
+
+        with psycopg.connect(self.conninfo) as conn:  # its own session: the peek's reads only
+            # EXCLUSIVE conflicts with every lock a write takes (ROW EXCLUSIVE; FOR UPDATE's
+            # ROW SHARE), not with plain reads: SQLite's BEGIN IMMEDIATE, for these tables.
+            conn.execute("LOCK TABLE outbox, settling IN EXCLUSIVE MODE")
+            try:
+                yield
+            finally:
+                conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_peek(db_url: str) -> OutboxPeek:
+    return PostgresPeek(db_url) if is_postgresql(db_url) else SqlitePeek(db_url)
 
 
 @dataclass
@@ -260,19 +353,18 @@ class Killer:
     ) -> bool:
         """SIGKILL mid-drain, then restart; True if a batch was leased when it began.
 
-        hold_settle: the test holds the outbox's write lock while the batch in flight is
-        applied, so the daemon dies after the server acted and before its settle commit (the
-        case that produces duplicates)."""
+        hold_settle: the test holds off every write to the outbox and `settling` while the
+        batch in flight is applied, so the daemon dies after the server acted and before that
+        batch's outcome is committed, recorded or settled (the case that produces duplicates;
+        a batch queued behind it is not sent before that commit)."""
         began = time.monotonic()
         mid_batch = self.wait_for_live_lease(lease_wait)
         waited = time.monotonic() - began
         before = self.receipts()
         if hold_settle:
-            with closing(sqlite3.connect(self.peek_path, timeout=10, isolation_level=None)) as c:
-                c.execute("BEGIN IMMEDIATE")  # the daemon's settle now waits for us
+            with self.peek.hold_writes():  # the daemon's outcome commit now waits for us
                 time.sleep(self.fake.latency + 0.5)  # the server applies and answers meanwhile
                 self.daemon.kill()
-                c.execute("ROLLBACK")
         else:
             time.sleep(self.rng.uniform(0, KILL_OFFSET_SECONDS))
             self.daemon.kill()
@@ -289,15 +381,11 @@ class Killer:
         """How many times the server received each event id so far."""
         return Counter(e["properties"]["id"] for e in self.fake.received_events)
 
-    @property
-    def peek_path(self) -> str:
-        return self.daemon.env["TRACKER_AGENT_DATABASE_URL"].removeprefix("sqlite:///")
 
-
-def storm_schedule(rng: random.Random) -> list[tuple[str, float]]:
-    """(mode, seconds) phases: each fault mode STORM_ROUNDS times, healthy spells between some."""
+def storm_schedule(rng: random.Random, rounds: int) -> list[tuple[str, float]]:
+    """(mode, seconds) phases: each fault mode `rounds` times, healthy spells between some."""
     phases: list[tuple[str, float]] = [("healthy", 1.5)]
-    for _ in range(STORM_ROUNDS):
+    for _ in range(rounds):
         modes = list(FAULT_MODES)
         rng.shuffle(modes)
         for mode in modes:
@@ -330,11 +418,11 @@ def enter_mode(fake: FakeExponea, mode: str, rng: random.Random) -> None:
         assert mode == "healthy", mode
 
 
-def fault_reached_daemon(fake: FakeExponea, db_path: Path, mode: str) -> bool:
+def fault_reached_daemon(fake: FakeExponea, peek: OutboxPeek, mode: str) -> bool:
     """Revoked: delivery paused (visible in status) rather than dead-lettering. Queued fault
     modes: at least one request got the fault."""
     if mode == "revoked":
-        return "Could not authenticate" in (read_status(str(db_path))["paused_reason"] or "")
+        return "Could not authenticate" in (peek.status()["paused_reason"] or "")
     if mode in ("5xx", "429", "drop", "spike", "lost-answer"):
         return fake.pending_faults < MODE_USES
     return True
@@ -348,14 +436,14 @@ def leave_mode(fake: FakeExponea) -> int:
     return MODE_USES - left if left else 0
 
 
-def start_producers(fake: FakeExponea, tmp_path: Path, db_path: Path) -> list[subprocess.Popen]:
+def start_producers(fake: FakeExponea, tmp_path: Path, db_url: str) -> list[subprocess.Popen]:
     config = {
         "agent": {
             "project_token": fake.project_token,
             "username": fake.username,
             "password": fake.password,
             "url": fake.url,
-            "database_url": f"sqlite:///{db_path}",
+            "database_url": db_url,
             "drain": False,  # producer-only: the daemon delivers
         },
         "customers": CUSTOMERS_PER_PRODUCER,
@@ -405,9 +493,9 @@ def status_json(env: dict[str, str], cwd: Path) -> dict[str, Any]:
     return stats
 
 
-def wait_until_drained(db_path: Path, timeout: float) -> None:
+def wait_until_drained(peek: OutboxPeek, timeout: float) -> None:
     def empty() -> bool:
-        stats = read_status(str(db_path))
+        stats = peek.status()
         return stats["pending"] == 0 and stats["in_flight"] == 0
 
     assert wait_for(empty, timeout), "timed out waiting for the outbox to drain"
@@ -429,29 +517,33 @@ def assert_clean_daemon_log(text: str) -> None:
 
 
 @pytest.mark.chaos
+@both_backends
 def test_storm_of_kills_and_flapping_api_delivers_every_accepted_event_in_customer_order(
-    fake: FakeExponea, tmp_path: Path
+    fake: FakeExponea, tmp_path: Path, database_url: str
 ) -> None:
     rng = random.Random(SEED)
-    db_path = tmp_path / "outbox.db"
-    with open_agent(fake, db_path):
-        pass  # create and migrate the file once, as a deployment would
-    env = daemon_env(fake, tmp_path, db_path, STORM_LEASE_SECONDS)
-    schedule = storm_schedule(rng)
+    with open_agent(fake, database_url):
+        pass  # create and migrate the outbox once, as a deployment would
+    env = daemon_env(fake, tmp_path, database_url, STORM_LEASE_SECONDS)
+    postgresql = is_postgresql(database_url)
+    schedule = storm_schedule(rng, PG_STORM_ROUNDS if postgresql else STORM_ROUNDS)
     storm_seconds = sum(seconds for _, seconds in schedule)
-    kill_at = sorted(rng.uniform(2.0, storm_seconds - 1.0) for _ in range(rng.randint(5, 8)))
+    fewest, most = PG_STORM_KILLS if postgresql else STORM_KILLS
+    kill_at = sorted(
+        rng.uniform(2.0, storm_seconds - 1.0) for _ in range(rng.randint(fewest, most))
+    )
     fake.latency = HEALTHY_LATENCY_SECONDS
     planned_kills = len(kill_at)
 
     daemon = Daemon(env, tmp_path)
-    peek = OutboxPeek(db_path)
+    peek = open_peek(database_url)
     killer = Killer(daemon, peek, fake, rng)
     producers: list[subprocess.Popen] = []
     lost_answers = 0
     phases_run: list[tuple[str, bool]] = []  # (mode, its fault reached the daemon)
     try:
         daemon.start()
-        producers = start_producers(fake, tmp_path, db_path)
+        producers = start_producers(fake, tmp_path, database_url)
         started = time.monotonic()
         for mode, seconds in schedule:
             enter_mode(fake, mode, rng)
@@ -463,13 +555,13 @@ def test_storm_of_kills_and_flapping_api_delivers_every_accepted_event_in_custom
                 if kill_at and time.monotonic() - started >= kill_at[0]:
                     kill_at.pop(0)
                     killer.kill_and_restart(mode)
-                reached = reached or fault_reached_daemon(fake, db_path, mode)
+                reached = reached or fault_reached_daemon(fake, peek, mode)
                 time.sleep(0.05)
             phases_run.append((mode, reached))
             used = leave_mode(fake)
             if mode == "lost-answer":
                 lost_answers += used
-            assert read_status(str(db_path))["dead"] == 0, f"dead letters after {mode}"
+            assert peek.status()["dead"] == 0, f"dead letters after {mode}"
         while kill_at:  # a kill the loop did not reach (phases ran short of it)
             kill_at.pop(0)
             killer.kill_and_restart("healthy")
@@ -479,7 +571,7 @@ def test_storm_of_kills_and_flapping_api_delivers_every_accepted_event_in_custom
         (tmp_path / "stop-producers").write_text("stop")
         for proc in producers:
             assert proc.wait(PROCESS_TIMEOUT_SECONDS) == 0, "a producer failed"
-        wait_until_drained(db_path, DRAIN_TIMEOUT_SECONDS)
+        wait_until_drained(peek, DRAIN_TIMEOUT_SECONDS)
         assert daemon.terminate() == 0
     finally:
         (tmp_path / "stop-producers").write_text("stop")
@@ -530,30 +622,31 @@ def test_storm_of_kills_and_flapping_api_delivers_every_accepted_event_in_custom
 
 
 @pytest.mark.chaos
+@both_backends
 def test_daemon_killed_mid_batch_repeatedly_loses_nothing_and_resends_only_applied_batches(
-    fake: FakeExponea, tmp_path: Path
+    fake: FakeExponea, tmp_path: Path, database_url: str
 ) -> None:
     rng = random.Random(SEED + 1)
-    db_path = tmp_path / "outbox.db"
     customers, total = 6, 1000
-    with open_agent(fake, db_path) as agent:
+    with open_agent(fake, database_url) as agent:
         for i in range(total):
             agent.tracking.add_event(
                 {"registered": f"c{i % customers}"}, "kill", {"id": i, "seq": i // customers}
             )
     fake.latency = 0.2  # every batch is in flight a while: the kills land inside requests
-    env = daemon_env(fake, tmp_path, db_path, KILL_TEST_LEASE_SECONDS)
+    env = daemon_env(fake, tmp_path, database_url, KILL_TEST_LEASE_SECONDS)
     daemon = Daemon(env, tmp_path)
-    peek = OutboxPeek(db_path)
+    peek = open_peek(database_url)
     killer = Killer(daemon, peek, fake, rng)
     try:
         daemon.start()
         for n in range(6):
-            # Every other kill waits until the server applied the batch, before the settle.
+            # Every other kill waits until the server applied the batch, before its outcome
+            # is committed.
             # The new daemon first waits out the dead one's leases (they block every customer).
             wait = KILL_TEST_LEASE_SECONDS + PROCESS_TIMEOUT_SECONDS
             assert killer.kill_and_restart("healthy", hold_settle=n % 2 == 1, lease_wait=wait)
-        wait_until_drained(db_path, DRAIN_TIMEOUT_SECONDS)
+        wait_until_drained(peek, DRAIN_TIMEOUT_SECONDS)
         assert daemon.terminate() == 0
     finally:
         daemon.close()
