@@ -334,3 +334,86 @@ def test_an_agent_waits_out_lost_connections_and_never_shows_the_password(fake, 
         agent.tracking.add_event({"registered": "a"}, "second", {})  # a new connection
         assert wait_for(lambda: len(fake.events) == 2)  # the drain reconnected on its own
     assert [e["event_type"] for e in fake.events] == ["first", "second"]
+
+
+def test_a_claim_skips_a_record_another_drainer_is_applying_instead_of_waiting(url):
+    """Two drainers each applying its own recorded outcome while reading the other's used to
+    wait for each other until the server broke the deadlock, failing one of them."""
+    a, b = open_store(url), open_store(url)
+    try:
+        a.enqueue([command(f"c{i}", i) for i in range(4)])
+        terms = {"limit": 1, "max_bytes": 10**6, "lease_seconds": 30}
+        mine = a.claim("a", now=0, **terms)
+        theirs = b.claim("b", now=0, **terms)
+        rec_a = a.record_settlement("a", Settlement(delivered=[r.id for r in mine]), 0)
+        rec_b = b.record_settlement("b", Settlement(delivered=[r.id for r in theirs]), 0)
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                outcome = Settlement(delivered=[r.id for r in theirs])
+                b.settle_and_claim("b", outcome, 0, recorded=rec_b, **terms)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        with a._drain_connection() as conn, a.backend.transaction(conn) as cur:
+            cur.execute("DELETE FROM settling WHERE id = ?", (rec_a,))  # a applies its own...
+            thread = threading.Thread(target=other)
+            thread.start()
+            # ...and b, meanwhile, claims without waiting for a's transaction to end.
+            assert done.wait(10), "b's claim waited for a's record"
+        thread.join()
+        assert errors == []
+    finally:
+        close_store(a)
+        close_store(b)
+
+
+def test_drainers_recording_outcomes_concurrently_deliver_each_row_once_in_order(url):
+    stores = [open_store(url) for _ in range(4)]
+    rows = [
+        NewCommand("customers/events", json.dumps({"c": c}), json.dumps({"c": c, "n": i}))
+        for i in range(CUSTOMERS * 40)
+        for c in [f"c{i % CUSTOMERS}"]
+    ]
+    stores[0].enqueue(rows)
+    delivered: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def drain(store: OutboxStore, owner: str) -> None:
+        terms = {"limit": 20, "max_bytes": 10**6, "lease_seconds": 30}
+        try:
+            batch = store.claim(owner, now=0, **terms)
+            while batch:
+                with lock:
+                    delivered.extend((customer_of(r), r.id) for r in batch)
+                outcome = Settlement(delivered=[r.id for r in batch])
+                recorded = store.record_settlement(owner, outcome, 0)
+                _, _, batch = store.settle_and_claim(
+                    owner, outcome, 0, recorded=recorded, follow_own=True, **terms
+                )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=drain, args=(s, f"d{k}")) for k, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert failures == []
+        assert sorted(i for _, i in delivered) == sorted(set(i for _, i in delivered))
+        assert len(delivered) == len(rows)
+        by_customer: dict[str, list[int]] = defaultdict(list)
+        for customer, row_id in delivered:
+            by_customer[customer].append(row_id)
+        disorder = {c: ids for c, ids in by_customer.items() if ids != sorted(ids)}
+        assert disorder == {}
+        assert stores[0].stats(now=0)["delivered"] == len(rows)
+    finally:
+        for store in stores:
+            close_store(store)

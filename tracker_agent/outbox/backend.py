@@ -87,6 +87,10 @@ class Backend(ABC):
     add_to_counter_sql: str = ""
     #: dead-letter filter: reason contains the parameter, case-insensitively.
     contains_sql: str = ""
+    #: Appended to a SELECT of rows this transaction is about to delete, so that rows another
+    #: transaction is deleting are skipped instead of waited for (settling.pending). SQLite
+    #: has one writer at a time: nothing to skip.
+    skip_locked_sql: str = ""
 
     @abstractmethod
     def transaction(self, conn: Any) -> AbstractContextManager[Any]:

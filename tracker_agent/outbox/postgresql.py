@@ -136,6 +136,7 @@ class PostgresBackend(Backend):
     name = POSTGRESQL
     add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "strpos(lower(reason), lower(?)) > 0"
+    skip_locked_sql = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, engine: Any) -> None:
         import psycopg

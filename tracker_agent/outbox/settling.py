@@ -12,8 +12,9 @@ Who applies: the drainer that recorded it, in its next claim (`take` tells it wh
 was still there). Every claim, export and reclaim first applies whatever the table holds,
 whoever wrote it (`pending`): a record left by a crash between the two commits is applied
 before any of its rows can be leased again, so its rows are never sent twice. A record is
-deleted in the transaction that applies it; on PostgreSQL two appliers of one record meet on
-that row's lock, and the second finds it gone (applied once).
+deleted in the transaction that applies it; on PostgreSQL a claim skips the records another
+transaction holds (SKIP LOCKED), and an owner that finds its record gone counts it as applied
+(applied once).
 
 Applying an outcome twice (a record, then the same outcome settled again after an error) is
 harmless: settle only touches rows the owner still leases.
@@ -82,15 +83,20 @@ def take(cur: Any, record_id: int) -> bool:
     return int(cur.rowcount) == 1
 
 
-def pending(cur: Any) -> list[Recorded]:
+def pending(backend: Any, cur: Any) -> list[Recorded]:
     """Every record not applied yet, oldest first, each already taken (deleted) by this
     transaction: the caller applies them before it commits. Usually none: one read of an
     empty table. A record that cannot be read (a damaged file, a hand edit) is dropped with
     a warning: its rows go out again when their lease ends (at-least-once), instead of
-    every claim failing on it."""
+    every claim failing on it.
+
+    On PostgreSQL a record another transaction holds (its owner applying it, or another
+    claim) is skipped, not waited for: two drainers each applying its own record while
+    reading the other's waited for each other (a deadlock the server broke after a second,
+    failing one of the two: 2 drainers delivered 103 events/s where 1 delivered 1,871)."""
     found: list[Recorded] = []
     for record_id, owner, text in cur.execute(
-        "SELECT id, owner, outcome FROM settling ORDER BY id"
+        f"SELECT id, owner, outcome FROM settling ORDER BY id{backend.skip_locked_sql}"
     ).fetchall():
         if not take(cur, int(record_id)):
             continue

@@ -441,7 +441,7 @@ class OutboxStore:
 
     def _apply_recorded(self, cur: Any, now: float) -> int:
         """Apply every recorded outcome (usually none); returns rows delivered."""
-        records = settling.pending(cur)
+        records = settling.pending(self.backend, cur)
         stamped = self.backend.clock(cur, now) if records else now
         return sum(self._apply(cur, r.owner, r.outcome, stamped) for r in records)
 
