@@ -432,3 +432,34 @@ def test_two_drainers_a_slow_server_short_leases_and_a_poison_command(fake, data
     finally:
         first.close()
         second.close()
+
+
+@both_backends
+def test_an_outcome_that_cannot_be_recorded_holds_the_queued_batch_back_and_loses_nothing(
+    fake, store, client
+):
+    from tracker_agent.exceptions import StorageFullError
+
+    enqueue_events(store, "alice", 400)
+    record = store.record_settlement
+    recorded: list[int] = []
+
+    def disk_full_on_the_second(owner, outcome, now):
+        recorded.append(len(outcome.delivered))
+        if len(recorded) == 2:  # the server applied batch 2; its outcome cannot be written
+            raise StorageFullError("the disk is full")
+        return record(owner, outcome, now)
+
+    store.record_settlement = disk_full_on_the_second
+    drainer = drainer_for(store, client)
+    with pytest.raises(StorageFullError):
+        drainer.drain()
+    # Batch 3 was queued behind batch 2 (same customer): it never went out, since batch 2's
+    # outcome was not durable. Batch 2's answer is settled when its rows are given back.
+    assert [len(b) for b in fake.batches] == [50, 50]
+    assert store.stats()["delivered"] == 100
+    store.record_settlement = record
+    report = drainer_for(store, client).drain()
+    assert report.delivered == 300
+    assert delivered_ns(fake) == list(range(400))
+    assert sum(len(b) for b in fake.batches) == 400  # nothing sent twice
