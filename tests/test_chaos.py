@@ -63,6 +63,8 @@ CONNECT_TIMEOUT_SECONDS = 0.3  # leases must outlive two deadlines (2.2 s)
 STORM_LEASE_SECONDS = 3.0
 KILL_TEST_LEASE_SECONDS = 2.5
 RETRY_AFTER_SECONDS = 0.2
+#: How long hold_writes keeps trying to take the outbox's tables from a busy daemon.
+LOCK_WAIT_SECONDS = 10.0
 HEALTHY_LATENCY_SECONDS = 0.05  # a real network's round trip: batches are in flight a while
 SLOW_SECONDS = 0.3  # latency well under the request timeout: slow but answered
 SPIKE_SECONDS = 2.0  # twice the request timeout: the client has long hung up
@@ -303,7 +305,18 @@ class PostgresPeek(OutboxPeek):
         with psycopg.connect(self.conninfo) as conn:  # its own session: the peek's reads only
             # EXCLUSIVE conflicts with every lock a write takes (ROW EXCLUSIVE; FOR UPDATE's
             # ROW SHARE), not with plain reads: SQLite's BEGIN IMMEDIATE, for these tables.
-            conn.execute("LOCK TABLE outbox, settling IN EXCLUSIVE MODE")
+            # Both at once or neither (NOWAIT, then again): a daemon transaction holding one
+            # table while it waits for the other (a settle writes outbox, then its claim
+            # reads settling) would otherwise deadlock with a hold that got the other first.
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    conn.execute("LOCK TABLE settling, outbox IN EXCLUSIVE MODE NOWAIT")
+                    break
+                except psycopg.errors.LockNotAvailable:
+                    conn.rollback()
+                    assert time.monotonic() < deadline, "the daemon held the outbox too long"
+                    time.sleep(0.002)
             try:
                 yield
             finally:
