@@ -29,6 +29,9 @@ log = logging.getLogger("tracker_agent.drain")
 
 #: human_seconds rounds to whole milliseconds: below this a delay would read "0 ms".
 SUB_MILLISECOND = 0.0005
+#: The time of the last success is stored to about this many seconds: a drain delivering a
+#: hundred batches a second writes it about once a second, not with every batch.
+LAST_SUCCESS_RESOLUTION = 1.0
 
 
 @dataclass
@@ -123,8 +126,10 @@ def settle_results(
     *,
     now: float,
     policy: DrainPolicy,
+    state: dict[str, Any] | None = None,
 ) -> None:
-    """A 200 answer: each row delivered, retried (no result for it) or dead-lettered."""
+    """A 200 answer: each row delivered, retried (no result for it) or dead-lettered. With
+    `state` (what the batch was claimed under), only the agent state it changes is written."""
     for row, result in zip(rows, results, strict=True):
         if result.get("success"):
             outcome.delivered.append(row.id)
@@ -140,17 +145,33 @@ def settle_results(
             errors = result.get("errors") or ["rejected without a message"]
             reason = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
             outcome.dead.append((row.id, f"rejected by the server: {reason}", 200))
-    outcome.state.update(
-        {
-            state_keys.STATE_LAST_SUCCESS: now,
-            state_keys.STATE_FAILURES: 0,
-            state_keys.STATE_BACKOFF_UNTIL: 0,
-            state_keys.STATE_BACKOFF_UNREACHABLE: None,
-            state_keys.STATE_PAUSED_REASON: None,
-            state_keys.STATE_PROBE_AT: None,
-            state_keys.STATE_PAUSE_PROBES: None,
-        }
-    )
+    success = {
+        state_keys.STATE_LAST_SUCCESS: now,
+        state_keys.STATE_FAILURES: 0,
+        state_keys.STATE_BACKOFF_UNTIL: 0,
+        state_keys.STATE_BACKOFF_UNREACHABLE: None,
+        state_keys.STATE_PAUSED_REASON: None,
+        state_keys.STATE_PROBE_AT: None,
+        state_keys.STATE_PAUSE_PROBES: None,
+    }
+    outcome.state.update(success if state is None else changes(success, state, now))
+
+
+def changes(values: dict[str, Any], state: dict[str, Any], now: float) -> dict[str, Any]:
+    """`values` less what `state` holds already, and less a last-success time when the one
+    held is under LAST_SUCCESS_RESOLUTION old. Every key written is a row every other drainer's
+    settle must then wait for (PostgreSQL holds its lock to the commit): a success in the
+    steady state writes nothing but that time, about once a second."""
+    kept = {}
+    for key, value in values.items():
+        held = state.get(key)
+        if key == state_keys.STATE_LAST_SUCCESS:
+            if isinstance(held, (int, float)) and 0 <= now - held < LAST_SUCCESS_RESOLUTION:
+                continue
+        elif held == value:  # an absent key holds None
+            continue
+        kept[key] = value
+    return kept
 
 
 def pause(

@@ -83,7 +83,7 @@ class AnswerHandler:
                     now=now, policy=self._policy, rng=self._rng,
                 )  # fmt: skip
             return
-        settle_results(rows, answer, outcome, now=self._now(), policy=self._policy)
+        settle_results(rows, answer, outcome, now=self._now(), policy=self._policy, state=state)
 
     def _split(
         self,
