@@ -547,3 +547,33 @@ def test_a_damaged_record_is_dropped_and_its_rows_go_out_again_instead_of_stoppi
     assert [r.id for r in again] == [r.id for r in rows]  # at-least-once: sent again
     assert settling_rows(store) == 0
     assert "dropped recorded outcome" in caplog.text
+
+
+class _Rows:
+    def __init__(self, rows):
+        self._rows = rows
+
+    def execute(self, _sql):
+        return self
+
+    def fetchall(self):
+        return self._rows
+
+
+def test_read_state_sums_a_counters_slots_and_ignores_a_damaged_one():
+    from tracker_agent.outbox.state import read_state
+
+    state = read_state(
+        _Rows(
+            [
+                ("delivered_total", "7"),  # written before counters were spread
+                ("delivered_total#3", "5"),
+                ("delivered_total#11", "30"),
+                ("dead_lettered_total#2", "1"),
+                ("dead_lettered_total#4", '"x"'),  # damaged: not a count
+                ("dead_lettered_total#5", "true"),
+                ("last_error", '"boom"'),
+            ]
+        )
+    )
+    assert state == {"delivered_total": 42, "dead_lettered_total": 1, "last_error": "boom"}

@@ -417,3 +417,63 @@ def test_drainers_recording_outcomes_concurrently_deliver_each_row_once_in_order
     finally:
         for store in stores:
             close_store(store)
+
+
+def test_concurrent_settles_add_to_the_delivered_count_without_waiting_on_one_row(url):
+    """The count is spread over rows by server backend: a drainer whose settle is open (its
+    rows' locks held to the commit) does not hold up another drainer's."""
+    from tracker_agent.outbox.postgresql import _ADD_TO_COUNTER, COUNTER_SLOTS, PgCursor
+
+    store = open_store(url)
+    plain = url.replace("+psycopg", "")
+    conns = [psycopg.connect(plain)]
+    while True:  # two sessions in different slots (backend pids differ mod COUNTER_SLOTS)
+        conn = psycopg.connect(plain)
+        if conn.info.backend_pid % COUNTER_SLOTS != conns[0].info.backend_pid % COUNTER_SLOTS:
+            conns.append(conn)
+            break
+        conn.close()
+    try:
+        first, second = (PgCursor(c.cursor()) for c in conns)
+        first.execute(_ADD_TO_COUNTER, ("delivered_total", 50))  # open, not committed
+        second.execute("SET LOCAL lock_timeout = '2s'")
+        second.execute(_ADD_TO_COUNTER, ("delivered_total", 20))  # no wait for the first
+        for conn in reversed(conns):
+            conn.commit()
+        assert store.stats()["delivered"] == 70
+    finally:
+        for conn in conns:
+            conn.close()
+        close_store(store)
+
+
+def test_a_claim_reads_at_most_a_triangle_of_index_entries_whatever_the_customers(url):
+    """Counted, not timed: each chosen customer yields at most limit - k + 1 ids (the k-th by
+    start), so the per-customer scans of a claim of 50 read at most 50 x 51 / 2 entries, not
+    50 per customer (2,500 here; 5,900 once with the customers a drain passes)."""
+    from tracker_agent.outbox.leases import NO_STOP
+    from tracker_agent.outbox.pg_claim import PG_CLAIM_SQL
+
+    store = open_store(url)
+    try:
+        store.enqueue([command(f"c{k:03d}", n) for n in range(60) for k in range(100)])
+    finally:
+        close_store(store)
+    params = {
+        "now": time.time(), "limit": 50, "no_stop": NO_STOP, "follow": None,
+        "max_bytes": 10**7, "owner": "drainer", "expires": time.time() + 60,
+    }  # fmt: skip
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + PG_CLAIM_SQL, params).fetchone()
+        conn.rollback()  # EXPLAIN ANALYZE ran the lease UPDATE too
+
+    def scans(node, inside_picked=False):
+        inside_picked = inside_picked or node.get("Subplan Name") == "CTE picked"
+        if inside_picked and node.get("Index Name") == "ix_outbox_customer":
+            yield node["Actual Rows"] * node["Actual Loops"]
+        for child in node.get("Plans", []):
+            yield from scans(child, inside_picked)
+
+    # EXPLAIN gives rows per loop as a rounded average: 25.5 (1,275 / 50 loops) shows as 26.
+    read = sum(scans(plan[0]["Plan"]))
+    assert 50 <= read <= 50 * 26, read

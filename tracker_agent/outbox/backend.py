@@ -152,9 +152,17 @@ class Backend(ABC):
 
     @abstractmethod
     def pick(
-        self, cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+        self,
+        cur: Any,
+        now: float,
+        limit: int,
+        max_bytes: int,
+        follow: str | None,
+        owner: str,
+        expires: float,
     ) -> list[ClaimedRow]:
-        """The rows a claim leases (see leases.claim), read inside the claim's transaction."""
+        """The rows a claim takes (see leases.claim), leased to `owner` until `expires` inside
+        the claim's transaction; returned as they were before the lease."""
 
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         """Before rows are inserted or deleted: serialise with other writers of the same

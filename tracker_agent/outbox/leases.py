@@ -97,7 +97,7 @@ NO_STOP = 2**63 - 1
 
 
 #: pick(cur, now, limit, max_bytes, follow) -> the rows a claim leases.
-PickFn = Callable[[Any, float, int, int, "str | None"], "list[ClaimedRow]"]
+PickFn = Callable[[Any, float, int, int, "str | None", str, float], "list[ClaimedRow]"]
 #: lock_customers(cur, select_keys, params): see Backend.lock_customers.
 LockFn = Callable[[Any, str, Sequence[Any]], None]
 
@@ -162,18 +162,12 @@ def claim(
     state = read_state(cur)
     if may_claim is not None and not may_claim(state):
         return state, []
-    picked = (pick or pick_sqlite)(cur, now, limit, max_bytes, owner if follow_own else None)
-    if picked:  # one statement (at most batch_size ids): a fifth cheaper than 50
-        if fix_clock:
-            fixed = dict(clock.decide(cur, picked, state, now, add_to_counter_sql))
-            if fixed:
-                picked = [r._replace(payload=fixed.get(r.id, r.payload)) for r in picked]
-        marks = ",".join("?" * len(picked))
-        cur.execute(
-            "UPDATE outbox SET lease_owner = ?, lease_expires_at = ?, boot_id = NULL"
-            f" WHERE id IN ({marks})",
-            (owner, now + lease_seconds, *(r.id for r in picked)),
-        )
+    follow = owner if follow_own else None
+    picked = (pick or pick_sqlite)(cur, now, limit, max_bytes, follow, owner, now + lease_seconds)
+    if picked and fix_clock:  # the rows as they were before the lease (boot_id included)
+        fixed = dict(clock.decide(cur, picked, state, now, add_to_counter_sql))
+        if fixed:
+            picked = [r._replace(payload=fixed.get(r.id, r.payload)) for r in picked]
     return state, picked
 
 
@@ -228,12 +222,27 @@ def settle(
 
 
 def pick_sqlite(
-    cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+    cur: Any,
+    now: float,
+    limit: int,
+    max_bytes: int,
+    follow: str | None,
+    owner: str,
+    expires: float,
 ) -> list[ClaimedRow]:
     """Up to `limit` due rows in id order that no blocked row of their customer precedes (rows
-    leased to `follow` excepted, see claim), within `max_bytes` (at least one row)."""
+    leased to `follow` excepted, see claim), within `max_bytes` (at least one row), leased to
+    `owner` until `expires`; returned as they were before the lease (boot_id included)."""
     params = {"now": now, "limit": limit, "no_stop": NO_STOP, "follow": follow}
-    return within_bytes(cur.execute(CLAIM_SQL, params), max_bytes)
+    picked = within_bytes(cur.execute(CLAIM_SQL, params), max_bytes)
+    if picked:  # one statement (at most batch_size ids): a fifth cheaper than 50
+        marks = ",".join("?" * len(picked))
+        cur.execute(
+            "UPDATE outbox SET lease_owner = ?, lease_expires_at = ?, boot_id = NULL"
+            f" WHERE id IN ({marks})",
+            (owner, expires, *(r.id for r in picked)),
+        )
+    return picked
 
 
 def within_bytes(rows: Iterable[Sequence[Any]], max_bytes: int) -> list[ClaimedRow]:

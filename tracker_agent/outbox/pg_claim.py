@@ -5,15 +5,19 @@ Plain `FOR UPDATE SKIP LOCKED` does not keep per-customer order: two drainers ea
 customer as free in their snapshots. So claims are serialised by a transaction-level advisory
 lock (PG_CLAIM_LOCK), taken in its own statement first: in READ COMMITTED the claim statement
 that follows takes a fresh snapshot, which holds every earlier claim (committed before the lock
-was released). The lock is held for one statement and one UPDATE (about a millisecond), so
-drainers serialise only their claims, never their sends.
+was released). The statement that follows chooses the rows and leases them (the byte cap
+applied in SQL), so the lock is held for one statement and the commit: drainers serialise
+only their claims, never their sends.
 
 The statement's cost is bounded by the batch and the blocked customers, as on SQLite: blocked
 rows come from the two partial indexes, customers in the id order of their oldest row from
 ix_outbox_heads (a blocked one costs an index entry and a jsonb key lookup), and each chosen
 customer's next rows from ix_outbox_customer (PostgreSQL's
 recursive CTEs cannot keep a priority queue, so each chosen customer yields up to `limit` ids
-and the smallest `limit` of those are taken).
+and the smallest `limit` of those are taken). The customer whose start is the k-th smallest
+yields at most limit - k + 1: the k - 1 before it each give a smaller id. Each yielded
+`limit` before, 5,900 index entries read for a claim of 50 with 150 customers passed (3.6 of
+6.9 ms); at most limit x (limit + 1) / 2 now.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..constants import PG_CLAIM_LOCK
-from .leases import NO_STOP, ClaimedRow, within_bytes
+from .leases import NO_STOP, ClaimedRow
 
 __all__ = ["CLAIM_LOCK_SQL", "PG_CLAIM_SQL", "pick_postgresql"]
 
@@ -73,22 +77,49 @@ heads AS MATERIALIZED (
     WHERE h.is_head = 1 AND s.start < s.stop
     ORDER BY h.id
     LIMIT %(limit)s + (SELECT follow_count FROM maps)),
+ranked AS MATERIALIZED (
+    SELECT customer_key, start, stop, row_number() OVER (ORDER BY start) AS rank FROM heads),
 picked AS MATERIALIZED (
-    SELECT r.id FROM heads AS c CROSS JOIN LATERAL (
+    SELECT r.id FROM ranked AS c CROSS JOIN LATERAL (
         SELECT x.id FROM outbox AS x
         WHERE x.customer_key = c.customer_key AND x.id >= c.start AND x.id < c.stop
-        ORDER BY x.id LIMIT %(limit)s) AS r
-    ORDER BY r.id LIMIT %(limit)s)
-SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt, o.boot_id, o.mono_at
-FROM picked JOIN outbox AS o ON o.id = picked.id
-ORDER BY o.id
+        ORDER BY x.id LIMIT %(limit)s - c.rank + 1) AS r
+    WHERE c.rank <= %(limit)s
+    ORDER BY r.id LIMIT %(limit)s),
+chosen AS MATERIALIZED (
+    SELECT o.id, o.kind, o.payload, o.size, o.attempts, o.created_at, o.receipt, o.boot_id,
+           o.mono_at, sum(o.size) OVER (ORDER BY o.id) AS running,
+           row_number() OVER (ORDER BY o.id) AS n
+    FROM picked JOIN outbox AS o ON o.id = picked.id),
+kept AS MATERIALIZED (
+    SELECT * FROM chosen WHERE running <= %(max_bytes)s OR n = 1),
+leased AS (
+    UPDATE outbox SET lease_owner = %(owner)s, lease_expires_at = %(expires)s, boot_id = NULL
+    FROM kept WHERE outbox.id = kept.id)
+SELECT id, kind, payload, size, attempts, created_at, receipt, boot_id, mono_at
+FROM kept ORDER BY id
 """
 
 
 def pick_postgresql(
-    cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+    cur: Any,
+    now: float,
+    limit: int,
+    max_bytes: int,
+    follow: str | None,
+    owner: str,
+    expires: float,
 ) -> list[ClaimedRow]:
-    """The claim's rows (see leases.claim), under the claim lock (held to the commit)."""
+    """The claim's rows (see leases.claim), chosen and leased in one statement under the
+    claim lock (held to the commit): one round trip less while every other drainer waits."""
     cur.execute(CLAIM_LOCK_SQL)
-    params = {"now": now, "limit": limit, "no_stop": NO_STOP, "follow": follow}
-    return within_bytes(cur.execute(PG_CLAIM_SQL, params).fetchall(), max_bytes)
+    params = {
+        "now": now,
+        "limit": limit,
+        "no_stop": NO_STOP,
+        "follow": follow,
+        "max_bytes": max_bytes,
+        "owner": owner,
+        "expires": expires,
+    }
+    return [ClaimedRow(*row) for row in cur.execute(PG_CLAIM_SQL, params).fetchall()]

@@ -34,6 +34,7 @@ from .ledger import KeyedCommands
 from .pg_claim import pick_postgresql
 from .pg_engine import shown_url
 from .pg_errors import translate_pg_error
+from .state import COUNTER_SLOT
 
 if TYPE_CHECKING:
     from .commands import NewCommand, Request
@@ -81,8 +82,14 @@ _LOCK_SELECTED = (
     f"SELECT count(pg_advisory_xact_lock({PG_CUSTOMER_LOCK_CLASS}, h))"
     " FROM (SELECT DISTINCT hashtext(customer_key) AS h FROM ({}) AS k ORDER BY h) AS s"
 )
+#: Rows each agent_state counter is spread over (see state.read_state).
+COUNTER_SLOTS = 16
+# Into one of COUNTER_SLOTS rows per counter, chosen by the server backend: concurrent
+# drainers' settles (each holds its row's lock to its commit) rarely meet on one row.
 _ADD_TO_COUNTER = (
-    "INSERT INTO agent_state (key, value) VALUES (?, CAST(? AS text)) ON CONFLICT (key)"
+    "INSERT INTO agent_state (key, value)"
+    f" VALUES (? || '{COUNTER_SLOT}' || mod(pg_backend_pid(), {COUNTER_SLOTS})::text,"
+    " CAST(? AS text)) ON CONFLICT (key)"
     " DO UPDATE SET value = CAST(coalesce(CAST(agent_state.value AS bigint), 0)"
     " + CAST(excluded.value AS bigint) AS text)"
 )
@@ -299,9 +306,16 @@ class PostgresBackend(Backend):
     # -- drain ---------------------------------------------------------------------------------
 
     def pick(
-        self, cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+        self,
+        cur: Any,
+        now: float,
+        limit: int,
+        max_bytes: int,
+        follow: str | None,
+        owner: str,
+        expires: float,
     ) -> list[ClaimedRow]:
-        return pick_postgresql(cur, now, limit, max_bytes, follow)
+        return pick_postgresql(cur, now, limit, max_bytes, follow, owner, expires)
 
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         cur.execute(_LOCK_SELECTED.format(select_keys), list(params))

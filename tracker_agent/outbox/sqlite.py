@@ -212,9 +212,16 @@ class SqliteBackend(Backend):
     # -- drain ---------------------------------------------------------------------------------
 
     def pick(
-        self, cur: Any, now: float, limit: int, max_bytes: int, follow: str | None
+        self,
+        cur: Any,
+        now: float,
+        limit: int,
+        max_bytes: int,
+        follow: str | None,
+        owner: str,
+        expires: float,
     ) -> list[ClaimedRow]:
-        return leases.pick_sqlite(cur, now, limit, max_bytes, follow)
+        return leases.pick_sqlite(cur, now, limit, max_bytes, follow, owner, expires)
 
     # -- the file ------------------------------------------------------------------------------
 

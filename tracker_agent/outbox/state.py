@@ -61,10 +61,21 @@ def host_keys(values: dict[str, Any], host: str) -> dict[str, Any]:
     return {**values, **{f"{k}@{host}": v for k, v in values.items() if k in HOST_STATE}}
 
 
+#: A counter spread over rows "key#n" (PostgreSQL: one per server backend slot, so that
+#: concurrent drainers never wait on one row); read_state sums them into "key".
+COUNTER_SLOT = "#"
+
+
 def read_state(conn: Any) -> dict[str, Any]:
-    """All agent_state values, JSON-decoded."""
+    """All agent_state values, JSON-decoded; a spread counter's slots summed into its key."""
     rows = conn.execute("SELECT key, value FROM agent_state").fetchall()
-    return {key: (json.loads(value) if value is not None else None) for key, value in rows}
+    state = {key: (json.loads(value) if value is not None else None) for key, value in rows}
+    for key in [k for k in state if COUNTER_SLOT in k]:
+        count = state.pop(key)
+        base = key.partition(COUNTER_SLOT)[0]
+        if isinstance(count, int) and not isinstance(count, bool):
+            state[base] = int(state.get(base) or 0) + count
+    return state
 
 
 def set_state(cur: Any, values: dict[str, Any]) -> None:
