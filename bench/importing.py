@@ -1,4 +1,4 @@
-"""Figure 8: `import` of JSON Lines with the ledger of imported lines, next to the import
+"""Figure 10: `import` of JSON Lines with the ledger of imported lines, next to the import
 without it (what `tracker-agent import` did before issue 12).
 
 Both sides read the same in-memory file of event lines without timestamps (the typical export)
@@ -161,7 +161,7 @@ def run(scale: Scale, workdir: str) -> Section:
     data = make_file(lines)
     section = Section(
         "importing",
-        f"8. Import of {lines:,} JSON lines (lines per second)",
+        f"10. Import of {lines:,} JSON lines (lines per second)",
         ["workload", "with the ledger", "without (the import before)", "ratio"],
     )
     sides: dict[str, tuple[Callable[[Any], int], Callable[[Any], Any] | None]] = {

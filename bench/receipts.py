@@ -1,4 +1,4 @@
-"""Figure 8: receipts on next to off, for enqueue and drain (goal: within 10%).
+"""Figure 9: receipts on next to off, for enqueue and drain (goal: within 10%).
 
 Off: the seed's calls (add_event, batch_commands, enqueue_many), whose rows carry no receipt.
 On: the same events through track_event / track_commands, each row flagged and its id handed
@@ -117,7 +117,7 @@ def _pairs(measure: Callable[[bool, int], tuple[int, float]]) -> tuple[float, fl
 def run(scale: Scale, workdir: str) -> Section:
     section = Section(
         "receipts",
-        "8. Receipts on vs off (events/s)",
+        "9. Receipts on vs off (events/s)",
         ["workload", "receipts off", "receipts on", "on / off"],
     )
     path = os.path.join(workdir, "receipts.db")
