@@ -19,7 +19,6 @@ Each drain stops after the window or after MAX_DRAIN_SECONDS, whichever comes fi
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ from bench.common import (
     Section,
     Target,
     agent_kwargs,
+    copy_outbox,
     rate,
     ratio,
     remove_db,
@@ -142,18 +142,7 @@ class _Bench:
         self.fill_seconds[label] = time.perf_counter() - start
 
     def copy(self) -> str:
-        remove_db(self.path)
-        shutil.copyfile(self.template, self.path)
-        os.chmod(self.path, 0o600)  # as the agent creates it (else it warns and fixes it)
-        # On disk before the drain starts, as an outbox that was filled a while ago is: left
-        # to the kernel, the copy's write-back (400 MB at 1M rows) ran during the measured
-        # drain and the first checkpoint's fsync waited for it (a 150-200 ms stall each time).
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return self.path
+        return copy_outbox(self.template, self.path, on_disk=True)
 
     def measure(self, window: int, skip: int = 0) -> dict[str, Drained]:
         """Each limit's agent drain of `window` events, and the bare session posting them.

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import multiprocessing
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from bench.common import (
     Section,
     Target,
     agent_kwargs,
+    copy_outbox,
     fresh_outbox,
     rate,
     ratio,
@@ -209,9 +209,7 @@ class _Runner:
         self.path = os.path.join(workdir, "enqueue.db")
 
     def _fresh(self) -> str:
-        remove_db(self.path)
-        shutil.copyfile(self.template, self.path)
-        return self.path
+        return copy_outbox(self.template, self.path)
 
     def once(
         self, side: str, mode: str, threads: int, processes: int, sync: str, seconds: float

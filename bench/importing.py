@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from bench.common import (
     Section,
     Target,
     agent_kwargs,
+    copy_outbox,
     fresh_outbox,
     median,
     rate,
@@ -124,8 +124,7 @@ class _Runner:
         """Lines per second of `run` on a fresh outbox (after `before`, not timed)."""
         from tracker_agent import TrackerAgent
 
-        remove_db(self.path)
-        shutil.copyfile(self.big if big_ledger else self.template, self.path)
+        copy_outbox(self.big if big_ledger else self.template, self.path)
         agent = TrackerAgent(**agent_kwargs(NO_SERVER_URL, "sqlite:///" + self.path, drain=False))
         try:
             if before is not None:
