@@ -25,7 +25,7 @@ from ..exceptions import ConfigError, OutboxError
 
 if TYPE_CHECKING:
     from .commands import NewCommand, Request
-    from .leases import ClaimedRow
+    from .leases import PickFn
 
 __all__ = [
     "POSTGRESQL",
@@ -150,19 +150,10 @@ class Backend(ABC):
         """queued(), as the enqueue's bound check reads it inside write_round."""
         return self.queued(cur)
 
-    @abstractmethod
-    def pick(
-        self,
-        cur: Any,
-        now: float,
-        limit: int,
-        max_bytes: int,
-        follow: str | None,
-        owner: str,
-        expires: float,
-    ) -> list[ClaimedRow]:
-        """The rows a claim takes (see leases.claim), leased to `owner` until `expires` inside
-        the claim's transaction; returned as they were before the lease."""
+    #: pick(cur, now, limit, max_bytes, follow, owner, expires): the rows a claim takes (see
+    #: leases.claim), leased to `owner` until `expires` inside the claim's transaction;
+    #: returned as they were before the lease.
+    pick: PickFn
 
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         """Before rows are inserted or deleted: serialise with other writers of the same

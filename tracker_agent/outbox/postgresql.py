@@ -38,7 +38,6 @@ from .state import COUNTER_SLOT
 
 if TYPE_CHECKING:
     from .commands import NewCommand, Request
-    from .leases import ClaimedRow
 
 __all__ = ["PgCursor", "PostgresBackend"]
 
@@ -305,17 +304,7 @@ class PostgresBackend(Backend):
 
     # -- drain ---------------------------------------------------------------------------------
 
-    def pick(
-        self,
-        cur: Any,
-        now: float,
-        limit: int,
-        max_bytes: int,
-        follow: str | None,
-        owner: str,
-        expires: float,
-    ) -> list[ClaimedRow]:
-        return pick_postgresql(cur, now, limit, max_bytes, follow, owner, expires)
+    pick = staticmethod(pick_postgresql)
 
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         cur.execute(_LOCK_SELECTED.format(select_keys), list(params))

@@ -25,7 +25,6 @@ from .ledger import KeyedCommands
 
 if TYPE_CHECKING:
     from .commands import NewCommand, Request
-    from .leases import ClaimedRow
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +210,7 @@ class SqliteBackend(Backend):
 
     # -- drain ---------------------------------------------------------------------------------
 
-    def pick(
-        self,
-        cur: Any,
-        now: float,
-        limit: int,
-        max_bytes: int,
-        follow: str | None,
-        owner: str,
-        expires: float,
-    ) -> list[ClaimedRow]:
-        return leases.pick_sqlite(cur, now, limit, max_bytes, follow, owner, expires)
+    pick = staticmethod(leases.pick_sqlite)
 
     # -- the file ------------------------------------------------------------------------------
 
