@@ -526,3 +526,81 @@ def test_a_steady_drain_writes_the_delivered_count_and_little_else(fake, store, 
     assert stats["last_success_at"] == pytest.approx(first_success + 1.5)
     assert stats["delivered"] == 600
     assert delivered_ns(fake, "kiosk") == list(range(600))
+
+
+class CountingStore:
+    """The store, counting the drain's transactions by kind."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name not in ("record_settlement", "settle_and_claim", "settle", "claim_if"):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def settling_rows(store) -> int:
+    with store.engine.begin() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM settling").scalar_one())
+
+
+@both_backends
+def test_a_claim_of_two_batches_settles_both_in_one_transaction(fake, store, client):
+    """claim_batches=2: one claim leases two batches; the first's outcome is only recorded
+    when it lets the second go, and the next claim's transaction applies both. Order, counts
+    and receipts are as with one batch per claim, and nothing is left in flight."""
+    enqueue_events(store, "kiosk", 300)
+    enqueue_events(store, "shop", 120, start=1000)
+    counting = CountingStore(store)
+    report = Drainer(
+        counting,
+        client.tracking.send_stored_batch,
+        DrainPolicy(rate_limit=10_000.0, claim_batches=2),
+    ).drain()
+    assert report.delivered == 420
+    assert delivered_ns(fake, "kiosk") == list(range(300))
+    assert delivered_ns(fake, "shop") == list(range(1000, 1120))
+    assert all(len(b) <= 50 for b in fake.batches) and len(fake.batches) == 9
+    # Nine batches: every outcome recorded (the last one settled instead), and about one
+    # claim-and-settle transaction per two batches (was one per batch).
+    assert counting.calls["settle_and_claim"] <= 5, counting.calls
+    stats = store.stats()
+    assert (stats["pending"], stats["in_flight"], stats["delivered"]) == (0, 0, 420)
+    assert settling_rows(store) == 0
+
+
+@both_backends
+def test_a_failed_batch_gives_back_the_batch_claimed_with_it(fake, store, client):
+    """The second batch of a claim may hold the next commands of the first's customers: when
+    the first fails, it is given back unsent, and the retry keeps each customer's order."""
+    enqueue_events(store, "kiosk", 100)
+    # Real time (PostgreSQL keeps the backoff on its own clock): a 50 ms backoff.
+    drainer = drainer_for(store, client, claim_batches=2, backoff_base=0.05)
+    fake.fail_next(1, status=503)
+    first = drainer.drain()
+    assert first.delivered == 0 and len(fake.requests) == 1
+    stats = store.stats()
+    assert (stats["pending"], stats["in_flight"]) == (100, 0)
+    time.sleep(0.2)
+    assert drainer.drain().delivered == 100
+    assert delivered_ns(fake, "kiosk") == list(range(100))
+
+
+@pytest.mark.parametrize(
+    ("lease", "deadline", "batches"),
+    [(60.0, 15.0, 2), (45.0, 15.0, 1), (45.1, 15.0, 2), (31.0, 15.0, 1), (3600.0, 1.0, 2)],
+)
+def test_a_claim_takes_only_as_many_batches_as_its_lease_outlives(lease, deadline, batches):
+    from tracker_agent.policy import claim_batches
+
+    # The last of K batches goes out after the one in flight and the K - 1 before it.
+    assert claim_batches(lease, deadline) == batches
+    assert lease > (batches + 1) * deadline or batches == 1

@@ -123,7 +123,10 @@ class Drainer:
         without a durable outcome, so a crash re-sends at most one batch. The outcome is made
         durable as one small record (outbox/settling.py), so the next batch goes out without
         waiting for the outbox writes; those are applied in the transaction that claims the
-        batch after it. `deadline` is on the `now` clock. With `stop_on_partial` the pass ends
+        batch after it. A claim may take two batches (policy.claim_batches, as many as the lease
+        outlives): the second joins the window when the first is sent, and the outcome that
+        lets it go is only recorded, so one transaction applies two batches' outcomes and
+        claims the next two. `deadline` is on the `now` clock. With `stop_on_partial` the pass ends
         after a batch smaller than batch_size (the scheduler's ticks). Only one pass runs at a
         time per Drainer.
 
@@ -158,7 +161,9 @@ class Drainer:
         self.store.reclaim_dead_owners(self._now(), self._machine)
         self._prune_receipts()
         window: deque[Batch] = deque()  # [0] in flight; [1] queued behind it
-        pending: Claim | None = None  # claimed in the last settlement's transaction
+        # Claimed, not yet in the window: by the last settlement's transaction, or the
+        # batches after the first of a claim of several (policy.claim_batches).
+        pending: Claim | None = None
         caught_up = False  # a short batch went out alone: nothing more was due then
 
         def done() -> bool:
@@ -173,17 +178,23 @@ class Drainer:
                         if claim.batch is not None:
                             caught_up = caught_up if window else not self._is_full(claim.batch)
                             window.append(self._launch(claim.batch, after=last(window)))
+                            pending = claim.after_first()
                             continue
                     elif claim is not None:
-                        self._give_back(claim)  # claimed, then told to stop
+                        pending = self._keep_or_give_back(claim, done())
                     if not window:
                         report.add_waits(claim.report if claim is not None else None)
                         break
-                    claim_next = not done() and self._has_room(list(window)[1:])
-                    finished, pending = self._land(window[0], claim_next)
+                    # The next batch is claimed with this settlement, unless one is in hand:
+                    # then this outcome is only recorded, and applied with the next claim.
+                    in_hand = pending is not None and not done()
+                    claim_next = not in_hand and not done() and self._has_room(list(window)[1:])
+                    finished, begun = self._land(window[0], claim_next, defer=in_hand)
+                    pending = begun or pending
                     window.popleft()  # only now: a batch that failed to land is abandoned
-                    if finished is None:  # held back: so is the batch queued behind it
-                        self._release_held_back(window)
+                    if finished is None:  # held back: so is what was claimed behind it
+                        self._release_held_back(window, pending)
+                        pending = None
                     if finished is not None and self._record(report, finished, progress):
                         break
             finally:
@@ -205,22 +216,32 @@ class Drainer:
             progress(report)
         return finished.waits
 
-    def _release_held_back(self, window: deque[Batch]) -> None:
-        """Empty the window behind a batch that was never sent: what waits behind it is held
-        back too (it may follow that batch's customers), and a batch claimed now must not
-        queue behind it, or each claim would take the rows just released and be held back in
-        turn."""
+    def _release_held_back(self, window: deque[Batch], pending: Claim | None) -> None:
+        """Empty the window behind a batch that was never sent, and give back the batches
+        claimed after them: what waits behind it is held back too (it may follow that batch's
+        customers), and a batch claimed now must not queue behind it, or each claim would
+        take the rows just released and be held back in turn."""
         while window:
             self._land(window[0])
             window.popleft()
+        if pending is not None:
+            self._give_back(pending)
+
+    def _keep_or_give_back(self, claim: Claim, stopping: bool) -> Claim | None:
+        """A claim that cannot join the window now: kept for when the batch in flight is
+        answered, or given back if the pass is stopping."""
+        if stopping:
+            self._give_back(claim)
+            return None
+        return claim
 
     def _give_back(self, claim: Claim) -> None:
-        if claim.batch is not None:
-            self._lander.release(claim.batch)
+        for batch in claim.batches():
+            self._lander.release(batch)
 
     def _abandon_all(self, pending: Claim | None, window: deque[Batch]) -> None:
-        if pending is not None and pending.batch is not None:
-            self._lander.abandon(pending.batch)
+        for batch in pending.batches() if pending is not None else []:
+            self._lander.abandon(batch)
         for batch in window:
             self._lander.abandon(batch)
 
@@ -248,10 +269,11 @@ class Drainer:
         return batch
 
     def _land(
-        self, batch: Batch, claim_next: bool = False
+        self, batch: Batch, claim_next: bool = False, defer: bool = False
     ) -> tuple[DrainReport | None, Claim | None]:
         """Wait for the answer of `batch` and settle it (report None if it was never sent);
-        with `claim_next`, also claim the next batch in the same transaction."""
+        with `claim_next`, also claim the next batch in the same transaction; with `defer`,
+        only record its outcome when it lets the batch behind it go (see Lander.finish)."""
         assert batch.answer is not None
         cleared = False
         try:
@@ -259,7 +281,7 @@ class Drainer:
             if answer is NOT_SENT:
                 self._lander.release(batch)
                 return None, None
-            finished = self._lander.finish(batch, claim_next)
+            finished = self._lander.finish(batch, claim_next, defer=defer)
             cleared = answered_in_full(answer)
             return finished
         finally:
@@ -288,7 +310,7 @@ class Drainer:
         now = self._now()
         terms, report = claim_terms(self.policy, now)
         state, rows = self.store.claim_if(self.owner, now=now, follow_own=follow_own, **terms)
-        return Claim(Batch(rows, state, report) if rows else None, report)
+        return self._lander.claimed(rows, state, report)
 
     def _send(self, batch: Batch) -> Answer:
         """In the sending thread: post `batch`, unless it was queued behind a batch that was

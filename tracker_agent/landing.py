@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .outbox import state as state_keys
-from .outbox.leases import Settlement
+from .outbox.leases import ClaimedRow, Settlement
 from .outbox.store import OutboxStore
 from .outcomes import DrainReport, claim_terms
 from .policy import DrainPolicy
@@ -46,11 +46,20 @@ class Lander:
         self._claim = claim  # claim(follow_own) -> Claim: the Drainer's own claim
         self._resumed_from: tuple[Any, ...] | None = None  # the failure last logged as over
 
-    def finish(self, batch: Batch, claim_next: bool = False) -> tuple[DrainReport, Claim | None]:
+    def claimed(self, rows: list[ClaimedRow], state: dict[str, Any], report: DrainReport) -> Claim:
+        """A claim's rows as the batches they go out in (policy.claim_batches at most)."""
+        p = self._policy
+        return Claim.of(rows, state, report, p.batch_size, p.batch_max_bytes)
+
+    def finish(
+        self, batch: Batch, claim_next: bool = False, *, defer: bool = False
+    ) -> tuple[DrainReport, Claim | None]:
         """Settle `batch` from its answer; with `claim_next`, claim the next batch (returned
         second) in the same transaction. A batch queued behind this one goes out once this
         outcome is durable: recorded first (outbox/settling.py), or settled if it will be
-        held back."""
+        held back. With `defer` (the drain holds the next batch already), an outcome that
+        lets the queued batch go is only recorded: the next claim's transaction applies it,
+        so one transaction settles two batches."""
         rows, state, report = batch.rows, batch.state, batch.report
         assert batch.answer is not None
         answer = batch.answer.result()
@@ -67,7 +76,11 @@ class Lander:
         outcome.receipts = {r.id: r.attempts + 1 for r in rows if r.receipt}
         begun: Claim | None = None
         now = self._now()
-        if not claim_next:
+        if defer and batch.followed and answered_in_full(answer):
+            self._store.record_settlement(self._owner, outcome, now)
+            batch.clear_the_way(True)
+            delivered = len(outcome.delivered)  # as recorded: applied with the next claim
+        elif not claim_next:
             delivered = self._store.settle(self._owner, outcome, now)
         elif batch.followed and not answered_in_full(answer):
             # The batch queued behind this one will be held back: settle, tell it, claim.
@@ -88,7 +101,7 @@ class Lander:
             delivered, next_state, next_rows = self._store.settle_and_claim(
                 self._owner, outcome, now, follow_own=True, recorded=recorded, **terms
             )
-            begun = Claim(Batch(next_rows, next_state, why_not) if next_rows else None, why_not)
+            begun = self.claimed(next_rows, next_state, why_not)
         self._count(report, outcome, delivered)
         self._log_resumed(state, report)
         return report, begun

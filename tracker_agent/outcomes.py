@@ -110,8 +110,8 @@ def claim_terms(policy: DrainPolicy, now: float) -> tuple[dict[str, Any], DrainR
         return True
 
     terms = {
-        "limit": policy.batch_size,
-        "max_bytes": policy.batch_max_bytes,
+        "limit": policy.batch_size * policy.claim_batches,
+        "max_bytes": policy.batch_max_bytes * policy.claim_batches,
         "lease_seconds": policy.lease_seconds,
         "may_claim": may_claim,
         "fix_clock": policy.clock_correction,

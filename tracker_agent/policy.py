@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import constants as c
 from .constants import DRAIN_MAX_RETRY_AFTER_SECONDS
@@ -125,11 +126,29 @@ class DrainPolicy:
     clock_correction: bool = True
     receipt_retention: float = c.DEFAULT_RECEIPT_RETENTION_SECONDS
     receipt_max_rows: int = c.DEFAULT_RECEIPT_MAX_ROWS
+    #: Batches one claim takes (Drainer): its rows are leased until the last of them goes
+    #: out, so only as many as the lease outlives (from_settings; 1 when it is not known).
+    claim_batches: int = 1
 
     @classmethod
-    def from_settings(cls, settings: object) -> DrainPolicy:
-        """The policy of a Settings (any object with these attributes)."""
-        return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(cls)})
+    def from_settings(cls, settings: Any) -> DrainPolicy:
+        """The policy of a Settings (any object with these attributes, and the timeouts)."""
+        values = {
+            f.name: getattr(settings, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name != "claim_batches"
+        }
+        deadline = settings.request_timeout + settings.connect_timeout
+        return cls(**values, claim_batches=claim_batches(settings.lease_seconds, deadline))
+
+
+def claim_batches(lease_seconds: float, deadline: float) -> int:
+    """How many batches one claim may take: the last of K goes out after the batch in flight
+    and the K - 1 before it, each within one request deadline, so its lease must outlive
+    K + 1 deadlines. At most MAX_CLAIM_BATCHES; at least 1 (Settings requires a lease longer
+    than two deadlines)."""
+    fits = math.ceil(lease_seconds / deadline) - 2 if deadline > 0 else 1
+    return max(1, min(c.MAX_CLAIM_BATCHES, fits))
 
 
 class Limiter(Protocol):

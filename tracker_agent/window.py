@@ -65,7 +65,45 @@ class Batch:
 @dataclass
 class Claim:
     """What asking for the next batch gave: a batch, or the report of why there is none
-    (`report.waits`: a backoff or pause is in force; otherwise nothing is due)."""
+    (`report.waits`: a backoff or pause is in force; otherwise nothing is due). A claim of
+    several batches holds the ones after the first in `rest`, in order: each may hold the
+    next commands of the customers of the one before it."""
 
     batch: Batch | None
     report: DrainReport
+    rest: list[Batch] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        rows: list[ClaimedRow],
+        state: dict[str, Any],
+        report: DrainReport,
+        batch_size: int,
+        batch_max_bytes: int,
+    ) -> Claim:
+        """The claimed `rows` (in id order) cut into batches of at most `batch_size` rows and
+        `batch_max_bytes` of payload (at least one row each), the first with `report`."""
+        cuts: list[list[ClaimedRow]] = []
+        size = 0
+        for row in rows:
+            if not cuts or len(cuts[-1]) >= batch_size or size + row.size > batch_max_bytes:
+                cuts.append([])
+                size = 0
+            cuts[-1].append(row)
+            size += row.size
+        if not cuts:
+            return cls(None, report)
+        first, *rest = cuts
+        return cls(
+            Batch(first, state, report), report, [Batch(r, state, DrainReport()) for r in rest]
+        )
+
+    def after_first(self) -> Claim | None:
+        """The claim of the batches after the first (None if there are none)."""
+        if not self.rest:
+            return None
+        return Claim(self.rest[0], self.rest[0].report, self.rest[1:])
+
+    def batches(self) -> list[Batch]:
+        return ([self.batch] if self.batch is not None else []) + self.rest

@@ -408,9 +408,13 @@ class OutboxStore:
         return (state if host is None else host_view(state, host)), rows
 
     def settle(self, owner: str, outcome: Settlement, now: float) -> int:
-        """Apply `outcome` to rows still leased by `owner`; returns rows delivered."""
+        """Apply `outcome` to rows still leased by `owner`; returns rows delivered. Recorded
+        outcomes are applied first (a drainer that recorded its last batches' outcomes
+        without applying them, see Lander.finish, leaves nothing in flight at the end)."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return self._settle(cur, owner, outcome, now)
+            db_now = self.backend.clock(cur, now)
+            self._apply_recorded(cur, now, db_now)
+            return self._settle(cur, owner, outcome, now, db_now)
 
     def _settle(
         self, cur: Any, owner: str, outcome: Settlement, now: float, db_now: float | None = None
@@ -479,7 +483,10 @@ class OutboxStore:
         and deleted instead; if another drainer's claim applied it already, the outcome's
         deliveries are counted as they were recorded."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            db_now = self.backend.clock(cur, now)  # once for both (PostgreSQL: a round trip)
+            db_now = self.backend.clock(cur, now)  # once for all (PostgreSQL: a round trip)
+            # Records first, in the order they were made (this outcome's, and the ones
+            # recorded without being applied before it, see Lander.finish).
+            self._apply_recorded(cur, now, db_now)
             if recorded is None or settling.take(cur, recorded):
                 delivered = self._settle(cur, owner, outcome, now, db_now)
             else:
