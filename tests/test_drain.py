@@ -604,3 +604,15 @@ def test_a_claim_takes_only_as_many_batches_as_its_lease_outlives(lease, deadlin
     # The last of K batches goes out after the one in flight and the K - 1 before it.
     assert claim_batches(lease, deadline) == batches
     assert lease > (batches + 1) * deadline or batches == 1
+
+
+def test_an_sqlite_agent_claims_one_batch_at_a_time_and_postgresql_two(fake, tmp_path):
+    """Two batches per claim halve the turns at PostgreSQL's claim lock; on a local file at a
+    raised rate the bigger settle every other batch slowed the drain (see Backend)."""
+    from tracker_agent.outbox.postgresql import PostgresBackend
+    from tracker_agent.outbox.sqlite import SqliteBackend
+
+    with make_agent(fake, tmp_path / "outbox.db") as agent:
+        assert agent.drainer.policy.claim_batches == 1
+    assert SqliteBackend.max_claim_batches == 1
+    assert PostgresBackend.max_claim_batches == 2

