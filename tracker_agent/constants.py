@@ -89,7 +89,7 @@ DAY_SECONDS = 86_400
 #: so chunks need not be small; the write lock is held ~20 ms per chunk.
 DEFAULT_IMPORT_CHUNK_SIZE = 2000
 #: A longer line stops `import` (a command is under 800 KB as JSON, but a line may spell it
-#: with \uXXXX escapes). Without a limit a file with no newline is read to exhaustion.
+#: with six-byte \u escapes). Without a limit a file with no newline is read to exhaustion.
 MAX_IMPORT_LINE_BYTES = 8 * 1024 * 1024
 #: Bad lines an import reports one by one; the rest are counted.
 MAX_REPORTED_BAD_LINES = 20

@@ -381,10 +381,12 @@ class OutboxStore:
         fix_clock: bool = False,
         db_now: float | None = None,
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
+        """leases.claim in the caller's transaction. `db_now`: the database's clock, read by
+        a caller that has also applied the recorded outcomes in this transaction."""
         if db_now is None:
             db_now = self.backend.clock(cur, now)
-        # A crashed drainer's outcome: applied before its rows can go out again.
-        self._apply_recorded(cur, now, db_now)
+            # A crashed drainer's outcome: applied before its rows can go out again.
+            self._apply_recorded(cur, now, db_now)
         host = self._host
         if host is not None:  # a backoff is this host's: see HOST_STATE
             outer = gate
