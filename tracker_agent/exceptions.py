@@ -233,6 +233,12 @@ class OutboxLockedError(OutboxError):
     """Another process kept the database locked longer than the busy timeout."""
 
 
+class OutboxConflictError(OutboxLockedError):
+    """The database aborted a transaction that met another host's in a deadlock or a
+    serialization conflict (PostgreSQL): nothing of it was written and running it again is
+    safe. The drain's transactions are run again a few times before it is raised."""
+
+
 class DatabaseUnavailableError(OutboxError):
     """The database server cannot be reached, or is shutting down or starting up (PostgreSQL):
     nothing was written. Enqueue raises it; the drain waits it out."""

@@ -3,8 +3,9 @@ tree in one place (raise the result `from` the original). psycopg is imported la
 
     53100 disk full                         -> StorageFullError
     25006 read-only transaction (a standby) -> StorageReadOnlyError
-    55P03 lock timeout, 57014 cancelled,    -> OutboxLockedError
-    40P01 deadlock, 40001 serialization
+    55P03 lock timeout, 57014 cancelled     -> OutboxLockedError
+    40P01 deadlock, 40001 serialization     -> OutboxConflictError (an OutboxLockedError that
+                                               the drain runs again)
     08xxx connection, 57P01-57P03 shutdown  -> DatabaseUnavailableError (enqueue raises it,
     or start-up, 53300 too many connections,   the drain waits it out)
     no SQLSTATE (refused, timed out)
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 
 from ..exceptions import (
     DatabaseUnavailableError,
+    OutboxConflictError,
     OutboxError,
     OutboxLockedError,
     StorageFullError,
@@ -27,7 +29,8 @@ __all__ = ["translate_pg_error", "translating"]
 
 _FULL = {"53100"}
 _READ_ONLY = {"25006"}
-_LOCKED = {"55P03", "57014", "40P01", "40001"}
+_LOCKED = {"55P03", "57014"}
+_CONFLICT = {"40P01", "40001"}
 _UNAVAILABLE = {"57P01", "57P02", "57P03", "53300", "53000"}
 _AUTH = {"28000", "28P01"}
 _NO_DATABASE = {"3D000"}
@@ -46,7 +49,9 @@ def translate_pg_error(exc: BaseException, where: str) -> OutboxError:
     if state in _READ_ONLY:
         return StorageReadOnlyError(f"{where}: the database is read-only ({detail})")
     if state in _LOCKED:
-        return OutboxLockedError(f"{where}: a lock was held too long or a deadlock ({detail})")
+        return OutboxLockedError(f"{where}: a lock was held too long ({detail})")
+    if state in _CONFLICT:
+        return OutboxConflictError(f"{where}: a deadlock with another transaction ({detail})")
     if state in _AUTH:
         return OutboxError(f"{where}: the database refused the credentials ({detail})")
     if state in _NO_DATABASE:

@@ -79,9 +79,11 @@ def read_state(conn: Any) -> dict[str, Any]:
 
 
 def set_state(cur: Any, values: dict[str, Any]) -> None:
+    """Upsert `values`, in key order: two hosts' transactions that write the same keys take
+    their row locks in one order (PostgreSQL), so they wait for each other, never deadlock."""
     if values:
         cur.executemany(
             "INSERT INTO agent_state (key, value) VALUES (?, ?)"
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(key, json.dumps(value)) for key, value in values.items()],
+            [(key, json.dumps(values[key])) for key in sorted(values)],
         )

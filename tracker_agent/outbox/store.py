@@ -15,11 +15,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from ..clock import wall_clock
 from ..constants import DAY_SECONDS, DEFAULT_IMPORT_LEDGER_DAYS
-from ..exceptions import ConfigError, OutboxError, OutboxFullError
+from ..exceptions import ConfigError, OutboxConflictError, OutboxError, OutboxFullError
 from . import clock, deadletters, export, leases, ledger, owners, receipts, resume, settling
 from .backend import SQLITE
 from .backends import backend_for_engine
@@ -46,6 +46,11 @@ from .state import (
 from .stats import collect_stats
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: Times a drain transaction is run again after the database aborted it in a deadlock with
+#: another host's (see _drain_transaction).
+CONFLICT_RETRIES = 3
 
 OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
@@ -327,6 +332,20 @@ class OutboxStore:
                     self._drain_conn = None
                 raise
 
+    def _drain_transaction(self, body: Callable[[Any], T]) -> T:
+        """body(cur) in one transaction on the drain's connection. A transaction the database
+        aborted in a deadlock (PostgreSQL: drainers on several hosts applying each other's
+        recorded outcomes take customers' locks in different orders) wrote nothing and runs
+        again, up to CONFLICT_RETRIES times, rather than failing the drain pass."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                with self._drain_connection() as conn, self._transaction(conn) as cur:
+                    return body(cur)
+            except OutboxConflictError as exc:
+                log.info("%s; running the transaction again (%d)", exc, attempt + 1)
+        with self._drain_connection() as conn, self._transaction(conn) as cur:
+            return body(cur)
+
     def claim(
         self,
         owner: str,
@@ -363,10 +382,11 @@ class OutboxStore:
         """The agent state and, if `may_claim(state)` allows (no pause or backoff in force),
         the rows leased as claim() does; one transaction, so the state is the one acted on."""
         gate = self._project_gate(may_claim)
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
-            return self._claim(
+        return self._drain_transaction(
+            lambda cur: self._claim(
                 cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock
             )
+        )
 
     def _claim(
         self,
@@ -413,10 +433,13 @@ class OutboxStore:
         """Apply `outcome` to rows still leased by `owner`; returns rows delivered. Recorded
         outcomes are applied first (a drainer that recorded its last batches' outcomes
         without applying them, see Lander.finish, leaves nothing in flight at the end)."""
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
+
+        def body(cur: Any) -> int:
             db_now = self.backend.clock(cur, now)
             self._apply_recorded(cur, now, db_now)
             return self._settle(cur, owner, outcome, now, db_now)
+
+        return self._drain_transaction(body)
 
     def _settle(
         self, cur: Any, owner: str, outcome: Settlement, now: float, db_now: float | None = None
@@ -450,11 +473,16 @@ class OutboxStore:
     def record_settlement(self, owner: str, outcome: Settlement, now: float) -> int:
         """Commit `outcome` as a record (see settling.py), not yet applied to the outbox: the
         batch queued behind it may go out now. Pass the returned id to settle_and_claim."""
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
+
+        def body(cur: Any) -> int:
             # The database's clock only for a retry time (recorded_at is for people): on
             # PostgreSQL one round trip less before the batch queued behind this one goes.
-            outcome, stamped = self._stamped(cur, outcome, now, None if outcome.retry else now)
-            return settling.record(self.backend, cur, owner, outcome, stamped)
+            stamped_outcome, stamped = self._stamped(
+                cur, outcome, now, None if outcome.retry else now
+            )
+            return settling.record(self.backend, cur, owner, stamped_outcome, stamped)
+
+        return self._drain_transaction(body)
 
     def _apply_recorded(self, cur: Any, now: float, db_now: float | None = None) -> int:
         """Apply every recorded outcome (usually none); returns rows delivered."""
@@ -484,7 +512,9 @@ class OutboxStore:
         With `recorded` (record_settlement's id for this `outcome`), the record is applied
         and deleted instead; if another drainer's claim applied it already, the outcome's
         deliveries are counted as they were recorded."""
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
+        gate = self._project_gate(may_claim)
+
+        def body(cur: Any) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
             db_now = self.backend.clock(cur, now)  # once for all (PostgreSQL: a round trip)
             # Records first, in the order they were made (this outcome's, and the ones
             # recorded without being applied before it, see Lander.finish).
@@ -493,22 +523,26 @@ class OutboxStore:
                 delivered = self._settle(cur, owner, outcome, now, db_now)
             else:
                 delivered = len(outcome.delivered)
-            gate = self._project_gate(may_claim)
             state, rows = self._claim(
                 cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock,
                 db_now,
             )  # fmt: skip
             return delivered, state, rows
 
+        return self._drain_transaction(body)
+
     def release_all(self, owner: str) -> int:
         """Drop every lease `owner` holds (shutdown): those rows are due again at once."""
-        with self._drain_connection() as conn, self._transaction(conn) as cur:
+
+        def body(cur: Any) -> int:
             self._apply_recorded(cur, self._now())  # delivered rows are never given back
             cur.execute(
                 "UPDATE outbox SET lease_owner = NULL, lease_expires_at = 0 WHERE lease_owner = ?",
                 (owner,),
             )
             return int(cur.rowcount)
+
+        return self._drain_transaction(body)
 
     def state(self) -> dict[str, Any]:
         with self._reading() as conn:
