@@ -28,29 +28,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from .clock import wall_clock
-from .exceptions import APIException
 from .landing import Lander
 from .outbox import owners
 from .outbox.store import OutboxStore
-from .outcomes import DrainReport, claim_terms, request_outcome
+from .outcomes import DrainReport, claim_terms
 from .policy import DrainPolicy, Limiter, RateLimiter
 from .pruning import ReceiptPruner
 from .reach import ClockGate, Probe, ReachProbe
+from .sending import SendBatch, Sender
 from .settle import AnswerHandler
 from .tally import DeliveryTally
-from .window import NOT_SENT, Answer, Batch, Claim, answered_in_full, last
+from .window import NOT_SENT, Batch, Claim, answered_in_full, last
 
 __all__ = ["Drainer", "SendBatch"]
 
 log = logging.getLogger(__name__)
-
-#: Sends one batch request of stored commands, given as (name, data JSON text, command_id)
-#: triples, and returns one result dict per command in order (Tracking.send_stored_batch).
-SendBatch = Callable[[list[tuple[str, str, str]]], list[dict[str, Any]]]
 
 
 class Drainer:
@@ -70,20 +64,23 @@ class Drainer:
         probe: Probe | None = None,
     ) -> None:
         self.store = store
-        #: Requests by outcome, their durations, rate-limit waits (None: not counted).
-        self.tally = tally
-        self.send_batch = send_batch
+        self.send_batch = send_batch  # looked up at each request (tests replace it)
         self.policy = policy or DrainPolicy()
         self._machine = owners.Machine.here()
         self.owner = owner or owners.make_owner_id(self._machine)
         self._now = now or wall_clock
-        self._rng = rng
-        self._limiter = limiter or RateLimiter(self.policy.rate_limit)
         self._lock = threading.Lock()
         self.stopping = threading.Event()
-        self._pool: ThreadPoolExecutor | None = None
+        #: The sending thread; its tally counts requests by outcome, durations, waits.
+        self.sender = Sender(
+            lambda commands: self.send_batch(commands),
+            limiter or RateLimiter(self.policy.rate_limit),
+            self.stopping,
+            alive=self._alive,
+            tally=tally,
+        )
         self._answers = AnswerHandler(
-            post=lambda rows, state, report: self._post(Batch(list(rows), state, report)),
+            post=lambda rows, state, report: self.sender.post(Batch(list(rows), state, report)),
             renew=lambda: self.store.renew_leases(
                 self.owner, self._now() + self.policy.lease_seconds
             ),
@@ -177,7 +174,7 @@ class Drainer:
                         claim = claim or self._claim(follow_own=bool(window))
                         if claim.batch is not None:
                             caught_up = caught_up if window else not self._is_full(claim.batch)
-                            window.append(self._launch(claim.batch, after=last(window)))
+                            window.append(self.sender.launch(claim.batch, after=last(window)))
                             pending = claim.after_first()
                             continue
                     elif claim is not None:
@@ -258,16 +255,6 @@ class Drainer:
         size = sum(r.size for r in batch.rows)
         return len(batch.rows) >= p.batch_size or size * 2 >= p.batch_max_bytes
 
-    def _launch(self, batch: Batch, after: Batch | None = None) -> Batch:
-        """Hand `batch` to the sending thread. With `after`, it waits in that thread until
-        `after`'s outcome is committed, and goes out at once if that batch was answered in
-        full, or not at all."""
-        batch.after = after
-        if after is not None:
-            after.followed = True
-        batch.answer = self._executor().submit(self._send, batch)
-        return batch
-
     def _land(
         self, batch: Batch, claim_next: bool = False, defer: bool = False
     ) -> tuple[DrainReport | None, Claim | None]:
@@ -287,61 +274,20 @@ class Drainer:
         finally:
             batch.clear_the_way(cleared)
 
-    def _should_stop(self, deadline: float | None) -> bool:
-        return self.stopping.is_set() or (deadline is not None and self._now() >= deadline)
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracker-agent-send")
-        return self._pool
-
     def close(self, wait: bool = True) -> None:
         """Stop the sending thread (idle between passes; a new pass starts it again)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=wait)
+        self.sender.close(wait)
+
+    def _should_stop(self, deadline: float | None) -> bool:
+        return self.stopping.is_set() or (deadline is not None and self._now() >= deadline)
 
     # -- one batch: begin (state, claim), send, finish (settle) --------------------------------
 
     def _claim(self, follow_own: bool = False) -> Claim:
         """Claim the next batch, or say why not. With `follow_own` (a batch of ours is in
         flight), the batch may hold the next commands of that batch's customers: it is then
-        sent only behind an answer in full (see _send)."""
+        sent only behind an answer in full (see Sender)."""
         now = self._now()
         terms, report = claim_terms(self.policy, now)
         state, rows = self.store.claim_if(self.owner, now=now, follow_own=follow_own, **terms)
         return self._lander.claimed(rows, state, report)
-
-    def _send(self, batch: Batch) -> Answer:
-        """In the sending thread: post `batch`, unless it was queued behind a batch that was
-        not answered in full or the pass is stopping."""
-        after, batch.after = batch.after, None  # no chain of batches kept alive
-        if after is not None:
-            # Sent once the outcome of the batch before it is durable (recorded or settled),
-            # never sooner: a crash then leaves at most one batch applied by the server but
-            # not settled (DESIGN.md's duplicate bound), even when this one holds the next
-            # commands of the same customers.
-            after.settled.wait()
-            # Held back unless the request just before was answered in full (the drain thread
-            # decides what comes next: back off, pause, split, or retry a command the server
-            # returned no result for, which a later command of its customer must not
-            # overtake), or if the pass is stopping. A batch queued behind one that was
-            # itself held back is held back too: it may follow that one's customers.
-            if not after.cleared or self.stopping.is_set():
-                return NOT_SENT
-        return self._post(batch)
-
-    def _post(self, batch: Batch) -> list[dict[str, Any]] | APIException:
-        waited = self._limiter.acquire()
-        self.last_progress = started = time.monotonic()  # bounded by the request's deadline
-        batch.report.requests += 1
-        answer: list[dict[str, Any]] | APIException
-        try:
-            # Payloads were validated and serialised at enqueue: they go out as stored.
-            answer = self.send_batch([(r.kind, r.payload, str(r.id)) for r in batch.rows])
-        except APIException as exc:
-            answer = exc
-        if self.tally is not None:
-            took = time.monotonic() - started
-            self.tally.request_done(request_outcome(answer), took, float(waited or 0.0))
-        return answer
