@@ -119,7 +119,25 @@ class Backend(ABC):
 
     @abstractmethod
     def prepare_drain(self, conn: Any) -> None:
-        """Set up the drain's connection once (SQLite: synchronous=NORMAL)."""
+        """Set up the drain's connection once (SQLite: synchronous=NORMAL, and the thread that
+        checkpoints what the drain writes)."""
+
+    def close_drain(self) -> None:
+        """Stop what prepare_drain started (SQLite: the checkpoint thread)."""
+        return None
+
+    def hold_for_fork(self) -> None:
+        """Before fork(), after the store's own lock: no background work of ours in progress
+        (SQLite: no checkpoint)."""
+        return None
+
+    def release_after_fork(self) -> None:
+        """In the parent after fork(): undo hold_for_fork."""
+        return None
+
+    def forget_drain(self) -> None:
+        """In a forked child: drop what prepare_drain started, without touching it."""
+        return None
 
     def clock(self, cur: Any, now: float) -> float:
         """The time leases and retries are stamped with in this transaction: `now` (the

@@ -127,6 +127,7 @@ class OutboxStore:
 
     def close(self) -> None:
         self.backend.close_writer()
+        self.backend.close_drain()
         if self._drain_conn is not None:
             self._drain_conn.close()
         self._drain_conn = None
@@ -134,15 +135,18 @@ class OutboxStore:
     def hold_for_fork(self) -> None:
         """Before fork(): wait for the statement in progress and block new ones."""
         self._io_lock.acquire()
+        self.backend.hold_for_fork()
 
     def release_after_fork(self) -> None:
         """In the parent after fork()."""
+        self.backend.release_after_fork()
         self._io_lock.release()
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connections and locks without touching them."""
         self._drain_conn = None
         self.backend.forget_writer()
+        self.backend.forget_drain()
         self._drain_lock = threading.Lock()
         self._io_lock = threading.Lock()
         self._committer.reset_after_fork()
