@@ -228,6 +228,11 @@ class OutboxPeek(ABC):
         `settling` (readers go on); nothing is written, and the hold ends in a rollback."""
 
     @abstractmethod
+    def end_dead_sessions(self) -> None:
+        """After a kill inside hold_writes: make the database drop what the dead daemon had
+        sent but not committed."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def lease_owners(self) -> set[str]:
@@ -263,6 +268,9 @@ class SqlitePeek(OutboxPeek):
 
     def status(self) -> dict[str, Any]:
         return read_status(self.path)
+
+    def end_dead_sessions(self) -> None:
+        pass  # the dead process held its write transaction: it died with it
 
     @contextmanager
     def hold_writes(self) -> Iterator[None]:
@@ -322,6 +330,20 @@ class PostgresPeek(OutboxPeek):
             finally:
                 conn.rollback()
 
+    def end_dead_sessions(self) -> None:
+        # A drainer's outcome record is one autocommitted INSERT: sent before the kill, it
+        # waits for the hold and then commits on its own, the process gone or not (the
+        # outcome is true: that batch is not sent again). The window this test is after is
+        # the one before the INSERT reached the server: ending the dead daemon's blocked
+        # sessions makes it so, as a crash a moment earlier would have.
+        import psycopg
+
+        with psycopg.connect(self.conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'tracker-agent' AND wait_event_type = 'Lock'"
+            )
+
     def close(self) -> None:
         self.conn.close()
 
@@ -378,6 +400,7 @@ class Killer:
             with self.peek.hold_writes():  # the daemon's outcome commit now waits for us
                 time.sleep(self.fake.latency + 0.5)  # the server applies and answers meanwhile
                 self.daemon.kill()
+                self.peek.end_dead_sessions()
         else:
             time.sleep(self.rng.uniform(0, KILL_OFFSET_SECONDS))
             self.daemon.kill()

@@ -521,6 +521,51 @@ def test_settle_and_claim_applies_its_own_record_and_claims_in_one_go(make_store
 
 
 @both_backends
+def test_one_owners_consecutive_records_are_applied_as_one_settle(make_store, monkeypatch):
+    """The two batches of a claim are recorded one after the other and applied by the next
+    claim: as one settle (one DELETE, one counter update), the same rows as two would."""
+    store = make_store()
+    store.enqueue([cmd(f"c{i % 2}", i) for i in range(6)])
+    first = claim(store, "me", limit=2)
+    second = store.claim(
+        "me", limit=2, max_bytes=10**7, lease_seconds=LEASE, now=NOW, follow_own=True
+    )  # the next rows of the same two customers
+    assert {r.id for r in first}.isdisjoint(r.id for r in second) and len(second) == 2
+    store.record_settlement("me", delivered_outcome(first), NOW)
+    store.record_settlement("me", delivered_outcome(second), NOW)
+    applied: list[Settlement] = []
+    real = store._apply
+
+    def counted(cur, owner, outcome, stamped):
+        applied.append(outcome)
+        return real(cur, owner, outcome, stamped)
+
+    monkeypatch.setattr(store, "_apply", counted)
+    rest = claim(store, "me", limit=5)
+    assert [sorted(s.delivered) for s in applied] == [sorted(r.id for r in [*first, *second])]
+    assert len(rest) == 2 and store.stats(now=NOW)["delivered"] == 4 and settling_rows(store) == 0
+
+
+def test_merged_outcomes_keep_each_ones_rows_and_the_later_state():
+    early = Settlement(delivered=[1], release=[2], state={"a": 1, "b": 1}, receipts={1: 1})
+    late = Settlement(
+        delivered=[3], retry=[4], retry_at=9.0, error="503", state={"b": 2}, receipts={3: 2}
+    )
+    both = early.merged(late)
+    assert both == Settlement(
+        delivered=[1, 3],
+        retry=[4],
+        release=[2],
+        retry_at=9.0,
+        error="503",
+        state={"a": 1, "b": 2},
+        receipts={1: 1, 3: 2},
+    )
+    # Two retries keep their own retry times and errors: applied one after the other.
+    assert late.merged(Settlement(retry=[5], retry_at=1.0, error="429")) is None
+
+
+@both_backends
 def test_giving_leases_back_or_exporting_never_resends_a_recorded_delivery(make_store):
     store = make_store()
     store.enqueue([cmd("one", i) for i in range(4)])

@@ -372,6 +372,83 @@ def test_a_claim_skips_a_record_another_drainer_is_applying_instead_of_waiting(u
         close_store(b)
 
 
+def test_a_drainer_never_waits_for_its_own_record_while_another_claim_applies_it(url):
+    """A claim takes every record no other transaction holds, the owner's own included.
+    Its owner then looked its record up again and waited for whichever claim held it to
+    end: with four drainers, up to a whole other claim (about 40 ms) on each batch."""
+    a, b = open_store(url), open_store(url)
+    try:
+        a.enqueue([command(f"c{i}", i) for i in range(4)])
+        terms = {"limit": 1, "max_bytes": 10**6, "lease_seconds": 30}
+        mine = a.claim("a", now=0, **terms)
+        outcome = Settlement(delivered=[r.id for r in mine])
+        recorded = a.record_settlement("a", outcome, 0)
+        done = threading.Event()
+        answers: list[int] = []
+        errors: list[BaseException] = []
+
+        def own_claim() -> None:
+            try:
+                delivered, _, _ = a.settle_and_claim("a", outcome, 0, recorded=recorded, **terms)
+                answers.append(delivered)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            finally:
+                done.set()
+
+        with b._drain_connection() as conn, b.backend.transaction(conn) as cur:
+            cur.execute("SELECT id FROM settling WHERE id = ? FOR UPDATE", (recorded,))
+            thread = threading.Thread(target=own_claim)
+            thread.start()
+            # b holds a's record (as a claim applying it does) until this block ends.
+            assert done.wait(10), "a's claim waited for the transaction holding its record"
+        thread.join()
+        assert (errors, answers) == ([], [1])  # counted as recorded, whoever applies it
+    finally:
+        close_store(a)
+        close_store(b)
+
+
+def test_a_record_is_one_autocommitted_statement_and_the_drain_connection_stays_transactional(
+    url,
+):
+    store = open_store(url)
+    try:
+        store.enqueue([command("c", i) for i in range(2)])
+        rows = store.claim("me", now=0, limit=2, max_bytes=10**6, lease_seconds=30)
+        store.record_settlement("me", Settlement(delivered=[r.id for r in rows]), 0)
+        with psycopg.connect(url.replace("+psycopg", "")) as other:  # committed: seen
+            assert other.execute("SELECT count(*) FROM settling").fetchone() == (1,)
+        with store._drain_connection() as conn:
+            assert conn.driver_connection.autocommit is False  # claims stay transactions
+        store.claim("me", now=0, limit=2, max_bytes=10**6, lease_seconds=30)  # applies it
+        assert store.stats(now=0)["delivered"] == 2
+    finally:
+        close_store(store)
+
+
+def test_a_record_on_a_lost_connection_fails_clearly_and_the_next_one_reconnects(url):
+    store = open_store(url)
+    try:
+        store.enqueue([command("c", i) for i in range(2)])
+        rows = store.claim("me", now=0, limit=1, max_bytes=10**6, lease_seconds=30)
+        with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'tracker-agent'"
+            )
+        outcome = Settlement(delivered=[r.id for r in rows])
+        with pytest.raises(DatabaseUnavailableError):
+            store.record_settlement("me", outcome, 0)
+        recorded = store.record_settlement("me", outcome, 0)  # a new connection
+        delivered, _, _ = store.settle_and_claim(
+            "me", outcome, 0, recorded=recorded, limit=1, max_bytes=10**6, lease_seconds=30
+        )
+        assert delivered == 1 and store.stats(now=0)["delivered"] == 1
+    finally:
+        close_store(store)
+
+
 def test_drainers_recording_outcomes_concurrently_deliver_each_row_once_in_order(url):
     stores = [open_store(url) for _ in range(4)]
     rows = [

@@ -96,10 +96,20 @@ class Backend(ABC):
     #: drained at a raised rate it outlasted the request on the wire, and the drain lost
     #: 10-20% (bench backlog: 0.45-0.64x a bare session with two, 0.53-0.69x with one).
     max_claim_batches: int = 1
+    #: One statement that deletes every settling record no other transaction holds and
+    #: returns them (id, owner, outcome): settling.pending's read and takes in one round
+    #: trip. None: read them, then delete each (SQLite: statements cost no round trip).
+    take_records_sql: str | None = None
 
     @abstractmethod
     def transaction(self, conn: Any) -> AbstractContextManager[Any]:
         """BEGIN .. COMMIT on a raw pooled connection, yielding a cursor; errors translated."""
+
+    def single_statement(self, conn: Any) -> AbstractContextManager[Any]:
+        """Like transaction(), for a body whose each statement stands alone (one write, and
+        reads that need no snapshot of it): PostgreSQL runs each as its own transaction, one
+        round trip instead of BEGIN, statement and COMMIT."""
+        return self.transaction(conn)
 
     @abstractmethod
     def reading(self, conn: Any) -> AbstractContextManager[Any]:

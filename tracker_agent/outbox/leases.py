@@ -130,6 +130,25 @@ class Settlement:
     # The batch's rows that carry a receipt -> requests made for each, this one included.
     receipts: dict[int, int] = field(default_factory=dict)
 
+    def merged(self, later: Settlement) -> Settlement | None:
+        """This outcome and the `later` one of the same owner as one (applied by one settle:
+        one DELETE, one counter update), or None when they cannot be: both retry rows (each
+        has its own retry time and error). Applying the result is applying the two in order:
+        their rows are distinct, and a state key both set takes the later value."""
+        if self.retry and later.retry:
+            return None
+        retrying = self if self.retry else later
+        return Settlement(
+            delivered=[*self.delivered, *later.delivered],
+            dead=[*self.dead, *later.dead],
+            retry=[*self.retry, *later.retry],
+            release=[*self.release, *later.release],
+            retry_at=retrying.retry_at,
+            error=retrying.error,
+            state={**self.state, **later.state},
+            receipts={**self.receipts, **later.receipts},
+        )
+
     def release_the_rest(self, ids: Iterable[int]) -> None:
         """Release every id of `ids` that no other outcome covers (nothing is left leased)."""
         covered = {*self.delivered, *(d[0] for d in self.dead), *self.retry, *self.release}

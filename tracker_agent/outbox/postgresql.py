@@ -143,6 +143,11 @@ class PostgresBackend(Backend):
     add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "strpos(lower(reason), lower(?)) > 0"
     skip_locked_sql = " FOR UPDATE SKIP LOCKED"
+    take_records_sql = (
+        "DELETE FROM settling WHERE id IN"
+        " (SELECT id FROM settling ORDER BY id FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, owner, outcome"
+    )
     # Half the turns at the claim lock and a quarter less server CPU per batch: 4 drainers
     # with 20 ms answers went from 2.35x to 2.6-2.7x one drainer.
     max_claim_batches = MAX_CLAIM_BATCHES
@@ -176,6 +181,28 @@ class PostgresBackend(Backend):
             raise
         finally:
             cur.close()
+
+    @contextmanager
+    def single_statement(self, conn: Any) -> Iterator[Any]:
+        # Autocommit: each statement commits on its own. A settling record went out as
+        # BEGIN, INSERT and COMMIT, three round trips between an answer and the next
+        # request; with four drainers on a 2-core host each cost about 0.8 ms.
+        driver = conn.driver_connection
+        cur: PgCursor | None = None
+        try:
+            driver.autocommit = True
+            cur = PgCursor(driver.cursor())
+            yield cur
+        except self._errors as exc:
+            raise self.translate(exc) from exc
+        finally:
+            if cur is not None:
+                cur.close()
+            if not driver.closed:
+                try:
+                    driver.autocommit = False
+                except self._errors:  # broken meanwhile: broken() tells the store
+                    log.warning("could not leave autocommit on %s", self.where, exc_info=True)
 
     def _rollback(self, driver: Any) -> None:
         if driver.closed:

@@ -8,13 +8,13 @@ the next request it held a drain at a raised rate limit to about half a bare ses
 Recording it is one INSERT of a JSON Settlement: the queued batch goes out after that commit,
 and the outcome is applied in the drainer's next transaction, the one that claims.
 
-Who applies: the drainer that recorded it, in its next claim (`take` tells it whether the row
-was still there). Every claim, export and reclaim first applies whatever the table holds,
-whoever wrote it (`pending`): a record left by a crash between the two commits is applied
-before any of its rows can be leased again, so its rows are never sent twice. A record is
-deleted in the transaction that applies it; on PostgreSQL a claim skips the records another
-transaction holds (SKIP LOCKED), and an owner that finds its record gone counts it as applied
-(applied once).
+Who applies: the first claim that takes it, usually the recording drainer's next one. Every
+claim, export and reclaim first applies whatever the table holds, whoever wrote it (`pending`):
+a record left by a crash between the two commits is applied before any of its rows can be
+leased again, so its rows are never sent twice. A record is deleted in the transaction that
+applies it; on PostgreSQL a claim skips the records another transaction holds (SKIP LOCKED),
+never waiting for them. The recording drainer counts its outcome's deliveries as recorded,
+whoever applies it (counted once).
 
 Applying an outcome twice (a record, then the same outcome settled again after an error) is
 harmless: settle only touches rows the owner still leases.
@@ -85,7 +85,8 @@ def take(cur: Any, record_id: int) -> bool:
 
 def pending(backend: Any, cur: Any) -> list[Recorded]:
     """Every record not applied yet, oldest first, each already taken (deleted) by this
-    transaction: the caller applies them before it commits. Usually none: one read of an
+    transaction (on PostgreSQL in one statement: Backend.take_records_sql): the caller
+    applies them before it commits. Usually none: one read of an
     empty table. A record that cannot be read (a damaged file, a hand edit) is dropped with
     a warning: its rows go out again when their lease ends (at-least-once), instead of
     every claim failing on it.
@@ -95,11 +96,14 @@ def pending(backend: Any, cur: Any) -> list[Recorded]:
     reading the other's waited for each other (a deadlock the server broke after a second,
     failing one of the two: 2 drainers delivered 103 events/s where 1 delivered 1,871)."""
     found: list[Recorded] = []
-    for record_id, owner, text in cur.execute(
-        f"SELECT id, owner, outcome FROM settling ORDER BY id{backend.skip_locked_sql}"
-    ).fetchall():
-        if not take(cur, int(record_id)):
-            continue
+    if backend.take_records_sql is not None:  # read and taken in one statement
+        taken = sorted(cur.execute(backend.take_records_sql).fetchall())
+    else:
+        listed = cur.execute(
+            f"SELECT id, owner, outcome FROM settling ORDER BY id{backend.skip_locked_sql}"
+        ).fetchall()
+        taken = [row for row in listed if take(cur, int(row[0]))]
+    for record_id, owner, text in taken:
         try:
             found.append(Recorded(int(record_id), str(owner), decode(text)))
         except (ValueError, TypeError, KeyError, AttributeError):

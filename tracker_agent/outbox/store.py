@@ -486,7 +486,13 @@ class OutboxStore:
             )
             return settling.record(self.backend, cur, owner, stamped_outcome, stamped)
 
-        return self._drain_transaction(body)
+        # One INSERT, a transaction of its own (PostgreSQL: no BEGIN and COMMIT round trips).
+        with (
+            self._drain_connection() as conn,
+            self._io_lock,
+            self.backend.single_statement(conn) as cur,
+        ):
+            return body(cur)
 
     def _apply_recorded(self, cur: Any, now: float, db_now: float | None = None) -> int:
         """Apply every recorded outcome (usually none); returns rows delivered."""
@@ -494,7 +500,17 @@ class OutboxStore:
         if not records:
             return 0
         stamped = self.backend.clock(cur, now) if db_now is None else db_now
-        return sum(self._apply(cur, r.owner, r.outcome, stamped) for r in records)
+        # An owner's consecutive records (the two batches of a claim) as one settle: on
+        # PostgreSQL three statements fewer per claim, while the claim lock waits.
+        runs: list[tuple[str, Settlement]] = []
+        for record in records:
+            last = runs[-1] if runs else None
+            joined = last[1].merged(record.outcome) if last and last[0] == record.owner else None
+            if joined is not None:
+                runs[-1] = (record.owner, joined)
+            else:
+                runs.append((record.owner, record.outcome))
+        return sum(self._apply(cur, owner, outcome, stamped) for owner, outcome in runs)
 
     def settle_and_claim(
         self,
@@ -514,8 +530,8 @@ class OutboxStore:
         ones share table pages, so one commit writes a third less WAL than two.
 
         With `recorded` (record_settlement's id for this `outcome`), the record is applied
-        and deleted instead; if another drainer's claim applied it already, the outcome's
-        deliveries are counted as they were recorded."""
+        and deleted with the others instead (or by another drainer's claim that took it
+        first); the outcome's deliveries are counted as they were recorded."""
         gate = self._project_gate(may_claim)
 
         def body(cur: Any) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
@@ -523,9 +539,12 @@ class OutboxStore:
             # Records first, in the order they were made (this outcome's, and the ones
             # recorded without being applied before it, see Lander.finish).
             self._apply_recorded(cur, now, db_now)
-            if recorded is None or settling.take(cur, recorded):
+            if recorded is None:
                 delivered = self._settle(cur, owner, outcome, now, db_now)
             else:
+                # Applied just now with the other records, or by another drainer's claim
+                # (gone, or held by a transaction applying it: never waited for; waiting for
+                # it held a drainer up to a whole other claim, about 40 ms with 4 drainers).
                 delivered = len(outcome.delivered)
             state, rows = self._claim(
                 cur, owner, limit, max_bytes, lease_seconds, now, gate, follow_own, fix_clock,
