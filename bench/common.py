@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +185,80 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by this process (all its threads), or by
+    process `pid` (read from /proc; 0.0 once it is gone): what a figure divides by the
+    batches it sent, to show where a drain's time goes on a machine of few cores."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    seen = _proc_cpu(str(pid))
+    return seen[1] if seen is not None else 0.0
+
+
+def _proc_cpu(entry: str) -> tuple[str, float] | None:
+    """(name, CPU seconds so far) of process `entry` (a pid) from /proc; None if gone."""
+    try:
+        with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """CPU seconds used over a span by groups of processes (e.g. "postgres": every process so
+    named), sampled from /proc every INTERVAL seconds by a thread, so that processes which
+    exit before the span ends still count: each counts from its first sample in the span to
+    its last (what it used in its last interval before exiting is missed)."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, groups: dict[str, Callable[[int, str], bool]]) -> None:
+        self._groups = groups
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-cpu-watch", daemon=True)
+
+    def _sample(self) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            seen = _proc_cpu(entry)
+            if seen is None or not any(match(pid, seen[0]) for match in self._groups.values()):
+                continue
+            self._first.setdefault(pid, seen[1])
+            self._last[pid] = seen
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self._sample()
+
+    def __enter__(self) -> CpuWatch:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def seconds(self) -> dict[str, float]:
+        """CPU seconds per group over the span."""
+        totals = dict.fromkeys(self._groups, 0.0)
+        for pid, (name, last) in self._last.items():
+            for group, match in self._groups.items():
+                if match(pid, name):
+                    totals[group] += last - self._first[pid]
+                    break
+        return totals
 
 
 def vmhwm_kib() -> int:

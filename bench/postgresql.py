@@ -20,6 +20,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bench import workload
@@ -28,6 +29,7 @@ from bench.common import (
     ROOT,
     TOKEN,
     USERNAME,
+    CpuWatch,
     Scale,
     Section,
     Target,
@@ -47,6 +49,7 @@ DRAINER_COUNTS = (1, 2, 4)
 CLAIM_BACKLOGS = (10_000, 1_000_000)
 CLAIM_ROUNDS = 50
 DRAIN_CUSTOMERS = 1000
+BATCH_COMMANDS = 50  # the default batch_size: one request per 50 events
 TARGET_ENQUEUE_RATIO = 0.8
 TARGET_DRAIN_SCALING = 3.5
 
@@ -180,7 +183,21 @@ def _fill(url: str, count: int) -> None:
                 copy.write_row((*workload.fast_row(i, i % DRAIN_CUSTOMERS), time.time()))
 
 
-def _drain(pg: _Pg, server: ServerProcess, drainers: int, events: int, workdir: str) -> float:
+@dataclass
+class _Drained:
+    rate: float  # events/s
+    seconds: float
+    cpu: dict[str, float]  # CPU seconds per process group over the drain (CpuWatch)
+
+    def note(self, drainers: int, events: int) -> str:
+        requests = events / BATCH_COMMANDS
+        per = ", ".join(f"{group} {1000 * used / requests:.1f}" for group, used in self.cpu.items())
+        busy = sum(self.cpu.values()) / self.seconds
+        cores = os.cpu_count()
+        return f"{drainers} drainer(s): {per} ms per request; {busy:.2f} of {cores} cores busy"
+
+
+def _drain(pg: _Pg, server: ServerProcess, drainers: int, events: int, workdir: str) -> _Drained:
     url = pg.fresh()
     _fill(url, events)
     server.call("reset")  # which also clears the latency
@@ -203,16 +220,25 @@ def _drain(pg: _Pg, server: ServerProcess, drainers: int, events: int, workdir: 
         )
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    start = time.perf_counter()
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    for proc in procs:
-        proc.wait(600)
-    seconds = time.perf_counter() - start
+    pids = {proc.pid for proc in procs}
+    watch = CpuWatch(
+        {
+            "drainers": lambda pid, _name: pid in pids,
+            "PostgreSQL": lambda _pid, name: name.startswith("postgres"),
+            "FakeExponea": lambda pid, _name: pid == server.pid,
+        }
+    )
+    with watch:
+        start = time.perf_counter()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            proc.wait(600)
+        seconds = time.perf_counter() - start
     delivered = server.call("count")["events"]
-    return float(delivered) / seconds
+    return _Drained(float(delivered) / seconds, seconds, watch.seconds())
 
 
 # -- claim -----------------------------------------------------------------------------------
@@ -302,7 +328,8 @@ def _enqueue(section: Section, pg: _Pg, scale: Scale) -> None:
 def _drains(section: Section, pg: _Pg, scale: Scale, workdir: str) -> None:
     events = 4_000 if scale.quick else 40_000
     with ServerProcess("fake") as server:
-        rates = {n: _drain(pg, server, n, events, workdir) for n in DRAINER_COUNTS}
+        drained = {n: _drain(pg, server, n, events, workdir) for n in DRAINER_COUNTS}
+    rates = {n: d.rate for n, d in drained.items()}
     for n in DRAINER_COUNTS:
         label = f"drain {events:,} events, {n} drainer host(s) at {HOST_RATE_LIMIT:.0f} req/s"
         section.rows.append([label, rate(rates[n]), rate(rates[1]), ratio(rates[n], rates[1])])
@@ -318,6 +345,13 @@ def _drains(section: Section, pg: _Pg, scale: Scale, workdir: str) -> None:
     section.notes.append(
         f"FakeExponea answers each request after {FAKE_LATENCY_SECONDS * 1000:.0f} ms; each "
         "drainer process has its own state directory, so its own request budget (as a host)."
+    )
+    section.notes.append(
+        "CPU while draining (every process of each group, sampled from /proc every "
+        f"{CpuWatch.INTERVAL * 1000:.0f} ms; per request of {BATCH_COMMANDS} events): "
+        + "; ".join(drained[n].note(n, events) for n in DRAINER_COUNTS)
+        + ". The drainers, the server and the fake share this machine's cores: where they are "
+        "all busy, more drainers cannot add throughput, whatever the claim does."
     )
 
 

@@ -20,7 +20,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from bench.common import PASSWORD, ROOT, TOKEN, USERNAME, child_env
+from bench.common import PASSWORD, ROOT, TOKEN, USERNAME, child_env, cpu_seconds
 
 
 class ServerProcess:
@@ -55,6 +55,14 @@ class ServerProcess:
         self._proc.stdin.write(json.dumps({"cmd": cmd}) + "\n")
         self._proc.stdin.flush()
         return self._read()["answer"]
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def cpu(self) -> float:
+        """CPU seconds the server process has used so far (see common.cpu_seconds)."""
+        return cpu_seconds(self.pid) if self.pid is not None else 0.0
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
