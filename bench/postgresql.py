@@ -334,7 +334,7 @@ def _drains(section: Section, pg: _Pg, scale: Scale, workdir: str) -> None:
     with ServerProcess("fake") as server:
         for round_ in range(1 if scale.quick else DRAIN_ROUNDS):
             # Each round in another order: a burst of other work lands on every count alike.
-            for n in DRAINER_COUNTS[round_ % 2 :: 1] + DRAINER_COUNTS[: round_ % 2]:
+            for n in DRAINER_COUNTS[round_ % 2 :] + DRAINER_COUNTS[: round_ % 2]:
                 runs[n].append(_drain(pg, server, n, events, workdir))
     drained = {n: sorted(r, key=lambda d: d.rate)[len(r) // 2] for n, r in runs.items()}
     rates = {n: d.rate for n, d in drained.items()}

@@ -87,18 +87,15 @@ class Backend(ABC):
     add_to_counter_sql: str = ""
     #: dead-letter filter: reason contains the parameter, case-insensitively.
     contains_sql: str = ""
-    #: Appended to a SELECT of rows this transaction is about to delete, so that rows another
-    #: transaction is deleting are skipped instead of waited for (settling.pending). SQLite
-    #: has one writer at a time: nothing to skip.
-    skip_locked_sql: str = ""
     #: At most this many batches per drain claim (DrainPolicy.claim_batches). One settle for
     #: two batches means a transaction twice as big every other batch: on a local file
     #: drained at a raised rate it outlasted the request on the wire, and the drain lost
     #: 10-20% (bench backlog: 0.45-0.64x a bare session with two, 0.53-0.69x with one).
     max_claim_batches: int = 1
-    #: One statement that deletes every settling record no other transaction holds and
-    #: returns them (id, owner, outcome): settling.pending's read and takes in one round
-    #: trip. None: read them, then delete each (SQLite: statements cost no round trip).
+    #: One statement that deletes every settling record no other transaction holds (skipped,
+    #: not waited for) and returns them (id, owner, outcome): settling.pending's read and
+    #: takes in one round trip. None: read them, then delete each (SQLite: one writer at a
+    #: time, nothing to skip, and statements cost no round trip).
     take_records_sql: str | None = None
 
     @abstractmethod

@@ -142,7 +142,6 @@ class PostgresBackend(Backend):
     name = POSTGRESQL
     add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "strpos(lower(reason), lower(?)) > 0"
-    skip_locked_sql = " FOR UPDATE SKIP LOCKED"
     take_records_sql = (
         "DELETE FROM settling WHERE id IN"
         " (SELECT id FROM settling ORDER BY id FOR UPDATE SKIP LOCKED)"

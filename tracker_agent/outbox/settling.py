@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from .leases import Settlement
 
-__all__ = ["Recorded", "decode", "encode", "pending", "record", "take"]
+__all__ = ["Recorded", "decode", "encode", "pending", "record"]
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,12 @@ def decode(text: str) -> Settlement:
 
 
 def record(backend: Any, cur: Any, owner: str, outcome: Settlement, now: float) -> int:
-    """Record `outcome` of `owner`'s batch; returns the record's id (for `take`)."""
+    """Record `outcome` of `owner`'s batch; returns the record's id."""
     return int(backend.insert_id(cur, _INSERT, (owner, encode(outcome), now)))
 
 
-def take(cur: Any, record_id: int) -> bool:
-    """Delete the record `record_id`; False if it is gone (another claim applied it)."""
+def _take(cur: Any, record_id: int) -> bool:
+    """Delete the record `record_id`; False if it is gone."""
     cur.execute("DELETE FROM settling WHERE id = ?", (record_id,))
     return int(cur.rowcount) == 1
 
@@ -99,10 +99,8 @@ def pending(backend: Any, cur: Any) -> list[Recorded]:
     if backend.take_records_sql is not None:  # read and taken in one statement
         taken = sorted(cur.execute(backend.take_records_sql).fetchall())
     else:
-        listed = cur.execute(
-            f"SELECT id, owner, outcome FROM settling ORDER BY id{backend.skip_locked_sql}"
-        ).fetchall()
-        taken = [row for row in listed if take(cur, int(row[0]))]
+        listed = cur.execute("SELECT id, owner, outcome FROM settling ORDER BY id").fetchall()
+        taken = [row for row in listed if _take(cur, int(row[0]))]
     for record_id, owner, text in taken:
         try:
             found.append(Recorded(int(record_id), str(owner), decode(text)))
