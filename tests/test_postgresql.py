@@ -30,6 +30,7 @@ from tracker_agent.outbox import schema
 from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outbox.leases import Settlement
 from tracker_agent.outbox.pg_engine import pg_revision, pg_url, shown_url
+from tracker_agent.outbox.postgresql import PgCursor, PostgresBackend
 from tracker_agent.outbox.revisions import HEAD_REVISION
 from tracker_agent.outbox.store import NewCommand, OutboxStore
 
@@ -422,6 +423,46 @@ def test_a_record_is_one_autocommitted_statement_and_the_drain_connection_stays_
         with store._drain_connection() as conn:
             assert conn.driver_connection.autocommit is False  # claims stay transactions
         store.claim("me", now=0, limit=2, max_bytes=10**6, lease_seconds=30)  # applies it
+        assert store.stats(now=0)["delivered"] == 2
+    finally:
+        close_store(store)
+
+
+def test_a_drain_transaction_reads_the_clock_with_the_records_in_one_statement(url, monkeypatch):
+    """settle_and_claim begins with one statement for the database's clock and the records
+    (not a clock query, then the records): and that clock is the one the lease is stamped
+    with, not the caller's `now`."""
+    store = open_store(url)
+    try:
+        store.enqueue([command("c", i) for i in range(4)])
+        rows = store.claim("me", now=0, limit=2, max_bytes=10**6, lease_seconds=30)
+        recorded = store.record_settlement("me", Settlement(delivered=[r.id for r in rows]), 0)
+        seen: list[str] = []
+        execute = PgCursor.execute
+
+        def spy(self: PgCursor, sql: str, params: object = None) -> PgCursor:
+            seen.append(sql)
+            return execute(self, sql, params)
+
+        monkeypatch.setattr(PgCursor, "execute", spy)
+        delivered, _, more = store.settle_and_claim(
+            "me",
+            Settlement(delivered=[r.id for r in rows]),
+            0,
+            limit=2,
+            max_bytes=10**6,
+            lease_seconds=30,
+            recorded=recorded,
+        )
+        monkeypatch.undo()
+        assert (delivered, len(more)) == (2, 2)
+        assert seen[0] == PostgresBackend.take_records_sql
+        assert "clock_timestamp()" not in " ".join(seen[1:])  # read once, with the records
+        with psycopg.connect(url.replace("+psycopg", "")) as other:
+            now, expires = other.execute(
+                "SELECT extract(epoch FROM clock_timestamp()), max(lease_expires_at) FROM outbox"
+            ).fetchone()
+        assert now + 20 < expires <= now + 30  # the database's clock, not now=0
         assert store.stats(now=0)["delivered"] == 2
     finally:
         close_store(store)

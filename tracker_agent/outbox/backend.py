@@ -92,10 +92,12 @@ class Backend(ABC):
     #: drained at a raised rate it outlasted the request on the wire, and the drain lost
     #: 10-20% (bench backlog: 0.45-0.64x a bare session with two, 0.53-0.69x with one).
     max_claim_batches: int = 1
-    #: One statement that deletes every settling record no other transaction holds (skipped,
-    #: not waited for) and returns them (id, owner, outcome): settling.pending's read and
-    #: takes in one round trip. None: read them, then delete each (SQLite: one writer at a
-    #: time, nothing to skip, and statements cost no round trip).
+    #: One statement that reads the database's clock and deletes every settling record no
+    #: other transaction holds (skipped, not waited for), returning (clock, id, owner,
+    #: outcome) per record, or one row (clock, NULL, NULL, NULL) when there is none:
+    #: settling.pending's clock, read and takes in one round trip. None: clock(), then read
+    #: the records and delete each (SQLite: one writer at a time, nothing to skip, and
+    #: statements cost no round trip).
     take_records_sql: str | None = None
 
     @abstractmethod

@@ -43,7 +43,8 @@ __all__ = ["PgCursor", "PostgresBackend"]
 
 log = logging.getLogger(__name__)
 
-_NOW_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8"
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_NOW_SQL = f"SELECT {_NOW}"
 _COUNTERS = "SELECT coalesce(sum(rows), 0), coalesce(sum(bytes), 0) FROM queue_counters"
 # One statement for a whole round; ORDER BY n draws the ids in the callers' order (so the ids
 # RETURNING gives, sorted, are the rows' in that order).
@@ -142,10 +143,13 @@ class PostgresBackend(Backend):
     name = POSTGRESQL
     add_to_counter_sql = _ADD_TO_COUNTER
     contains_sql = "strpos(lower(reason), lower(?)) > 0"
+    # With the clock: every drain transaction begins with both (one round trip, not two).
     take_records_sql = (
-        "DELETE FROM settling WHERE id IN"
+        "WITH taken AS (DELETE FROM settling WHERE id IN"
         " (SELECT id FROM settling ORDER BY id FOR UPDATE SKIP LOCKED)"
-        " RETURNING id, owner, outcome"
+        " RETURNING id, owner, outcome)"
+        f" SELECT {_NOW}, t.id, t.owner, t.outcome"
+        " FROM (SELECT 1) AS one LEFT JOIN taken AS t ON true"
     )
     # Half the turns at the claim lock and a quarter less server CPU per batch: 4 drainers
     # with 20 ms answers went from 2.35x to 2.6-2.7x one drainer.

@@ -83,24 +83,27 @@ def _take(cur: Any, record_id: int) -> bool:
     return int(cur.rowcount) == 1
 
 
-def pending(backend: Any, cur: Any) -> list[Recorded]:
-    """Every record not applied yet, oldest first, each already taken (deleted) by this
-    transaction (on PostgreSQL in one statement: Backend.take_records_sql): the caller
-    applies them before it commits. Usually none: one read of an
-    empty table. A record that cannot be read (a damaged file, a hand edit) is dropped with
-    a warning: its rows go out again when their lease ends (at-least-once), instead of
-    every claim failing on it.
+def pending(backend: Any, cur: Any, now: float) -> tuple[float, list[Recorded]]:
+    """The transaction's clock (Backend.clock) and every record not applied yet, oldest
+    first, each already taken (deleted) by this transaction (on PostgreSQL clock and records
+    in one statement: Backend.take_records_sql): the caller applies them before it commits.
+    Usually none: one read of an empty table. A record that cannot be read (a damaged file,
+    a hand edit) is dropped with a warning: its rows go out again when their lease ends
+    (at-least-once), instead of every claim failing on it.
 
     On PostgreSQL a record another transaction holds (its owner applying it, or another
     claim) is skipped, not waited for: two drainers each applying its own record while
     reading the other's waited for each other (a deadlock the server broke after a second,
     failing one of the two: 2 drainers delivered 103 events/s where 1 delivered 1,871)."""
     found: list[Recorded] = []
-    if backend.take_records_sql is not None:  # read and taken in one statement
-        taken = sorted(cur.execute(backend.take_records_sql).fetchall())
+    if backend.take_records_sql is not None:  # clock, read and takes in one statement
+        rows = cur.execute(backend.take_records_sql).fetchall()
+        stamped = float(rows[0][0]) if backend.db_clock else now
+        taken = sorted(tuple(row[1:]) for row in rows if row[1] is not None)
     else:
+        stamped = backend.clock(cur, now)
         listed = cur.execute("SELECT id, owner, outcome FROM settling ORDER BY id").fetchall()
-        taken = [row for row in listed if _take(cur, int(row[0]))]
+        taken = [tuple(row) for row in listed if _take(cur, int(row[0]))]
     for record_id, owner, text in taken:
         try:
             found.append(Recorded(int(record_id), str(owner), decode(text)))
@@ -111,4 +114,4 @@ def pending(backend: Any, cur: Any) -> list[Recorded]:
                 record_id,
                 owner,
             )
-    return found
+    return stamped, found

@@ -407,10 +407,8 @@ class OutboxStore:
     ) -> tuple[dict[str, Any], list[ClaimedRow]]:
         """leases.claim in the caller's transaction. `db_now`: the database's clock, read by
         a caller that has also applied the recorded outcomes in this transaction."""
-        if db_now is None:
-            db_now = self.backend.clock(cur, now)
-            # A crashed drainer's outcome: applied before its rows can go out again.
-            self._apply_recorded(cur, now, db_now)
+        if db_now is None:  # a crashed drainer's outcome: applied before its rows go again
+            db_now = self._apply_recorded(cur, now)
         host = self._host
         if host is not None:  # a backoff is this host's: see HOST_STATE
             outer = gate
@@ -439,8 +437,7 @@ class OutboxStore:
         without applying them, see Lander.finish, leaves nothing in flight at the end)."""
 
         def body(cur: Any) -> int:
-            db_now = self.backend.clock(cur, now)
-            self._apply_recorded(cur, now, db_now)
+            db_now = self._apply_recorded(cur, now)
             return self._settle(cur, owner, outcome, now, db_now)
 
         return self._drain_transaction(body)
@@ -494,12 +491,10 @@ class OutboxStore:
         ):
             return body(cur)
 
-    def _apply_recorded(self, cur: Any, now: float, db_now: float | None = None) -> int:
-        """Apply every recorded outcome (usually none); returns rows delivered."""
-        records = settling.pending(self.backend, cur)
-        if not records:
-            return 0
-        stamped = self.backend.clock(cur, now) if db_now is None else db_now
+    def _apply_recorded(self, cur: Any, now: float) -> float:
+        """Apply every recorded outcome (usually none); returns the transaction's clock
+        (Backend.clock), read with the records."""
+        stamped, records = settling.pending(self.backend, cur, now)
         # An owner's consecutive records (the two batches of a claim) as one settle: on
         # PostgreSQL three statements fewer per claim, while the claim lock waits.
         runs: list[tuple[str, Settlement]] = []
@@ -510,7 +505,9 @@ class OutboxStore:
                 runs[-1] = (record.owner, joined)
             else:
                 runs.append((record.owner, record.outcome))
-        return sum(self._apply(cur, owner, outcome, stamped) for owner, outcome in runs)
+        for owner, outcome in runs:
+            self._apply(cur, owner, outcome, stamped)
+        return stamped
 
     def settle_and_claim(
         self,
@@ -535,10 +532,10 @@ class OutboxStore:
         gate = self._project_gate(may_claim)
 
         def body(cur: Any) -> tuple[int, dict[str, Any], list[ClaimedRow]]:
-            db_now = self.backend.clock(cur, now)  # once for all (PostgreSQL: a round trip)
             # Records first, in the order they were made (this outcome's, and the ones
-            # recorded without being applied before it, see Lander.finish).
-            self._apply_recorded(cur, now, db_now)
+            # recorded without being applied before it, see Lander.finish); the database's
+            # clock once for all, read with them (PostgreSQL: one round trip).
+            db_now = self._apply_recorded(cur, now)
             if recorded is None:
                 delivered = self._settle(cur, owner, outcome, now, db_now)
             else:
@@ -672,8 +669,8 @@ class OutboxStore:
         """Lease the next `limit` rows after `after_id` that no drainer holds to `owner`."""
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             local = self._now()
-            self._apply_recorded(cur, local)  # a recorded delivery is never exported
-            stamped = self.backend.clock(cur, local)  # the lease on the database's clock
+            # A recorded delivery is never exported; the lease on the database's clock.
+            stamped = self._apply_recorded(cur, local)
             return export.lease_for_export(
                 cur, owner, after_id, limit, stamped, until - local + stamped
             )
@@ -706,8 +703,7 @@ class OutboxStore:
         if not dead:
             return 0
         with self._drain_connection() as conn, self._transaction(conn) as cur:
-            self._apply_recorded(cur, now)  # the dead owner's delivered rows are not released
-            stamped = self.backend.clock(cur, now)
+            stamped = self._apply_recorded(cur, now)  # its delivered rows are not released
             freed = owners.release_owners(cur, owners.dead_owners(cur, stamped, here))
         if freed:
             log.info("took back %d commands leased by a drainer that died", freed)
