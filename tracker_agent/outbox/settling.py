@@ -99,11 +99,11 @@ def pending(backend: Any, cur: Any, now: float) -> tuple[float, list[Recorded]]:
     if backend.take_records_sql is not None:  # clock, read and takes in one statement
         rows = cur.execute(backend.take_records_sql).fetchall()
         stamped = float(rows[0][0]) if backend.db_clock else now
-        taken = sorted(tuple(row[1:]) for row in rows if row[1] is not None)
+        taken = sorted(row[1:] for row in rows if row[1] is not None)
     else:
         stamped = backend.clock(cur, now)
         listed = cur.execute("SELECT id, owner, outcome FROM settling ORDER BY id").fetchall()
-        taken = [tuple(row) for row in listed if _take(cur, int(row[0]))]
+        taken = [row for row in listed if _take(cur, int(row[0]))]
     for record_id, owner, text in taken:
         try:
             found.append(Recorded(int(record_id), str(owner), decode(text)))
