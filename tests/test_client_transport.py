@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from unittest import mock
 
 import pytest
 import requests
@@ -667,3 +668,131 @@ def test_import_is_light_and_configures_no_logging():
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+class RawServer:
+    """Answers every request with `answers` in turn (the last one again and again) and keeps
+    each request's bytes as they came off the socket."""
+
+    def __init__(self, *answers: bytes) -> None:
+        self.answers = list(answers)
+        self.requests: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                buffer = b""
+                while True:
+                    head, sep, rest = buffer.partition(b"\r\n\r\n")
+                    if not sep:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        buffer += chunk
+                        continue
+                    length = next(
+                        (
+                            int(line.split(b":", 1)[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        0,
+                    )
+                    while len(rest) < length:
+                        rest += conn.recv(65536)
+                    self.requests.append(head + sep + rest[:length])
+                    buffer = rest[length:]
+                    answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+                    conn.sendall(answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _ok(body: bytes = b'{"success": true}', extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def _post_twice(url: str, full_path: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = HTTPTransport(url, username=USERNAME, password=PASSWORD, public_key=PUBLIC_KEY)
+    if full_path:
+        monkeypatch.setattr(transport, "_prepared", lambda *args: None)
+    try:
+        for body, public in ((b'{"a":1}', False), (b'{"b":"\xc3\xa9\xc3\xa9"}', True)):
+            transport.request("POST", "/x", body=body, idempotent=False, public_key_ok=public)
+        transport.request("GET", "/y", idempotent=True)
+    finally:
+        transport.close()
+
+
+def test_requests_from_prepared_templates_go_out_byte_for_byte_as_requests_prepares_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    servers = [RawServer(_ok()), RawServer(_ok())]
+    try:
+        _post_twice(servers[0].url, False, monkeypatch)
+        _post_twice(servers[1].url, True, monkeypatch)
+    finally:
+        for server in servers:
+            server.close()
+    fast, full = (server.requests for server in servers)
+    assert len(fast) == 3
+    port = [server.url.rsplit(":", 1)[1].encode() for server in servers]
+    assert [r.replace(port[0], b"PORT") for r in fast] == [
+        r.replace(port[1], b"PORT") for r in full
+    ]
+    assert fast[1].endswith(b'\r\n\r\n{"b":"\xc3\xa9\xc3\xa9"}')
+    assert b"Content-Length: 12\r\n" in fast[1]  # bytes, not characters
+    assert b"Authorization: Token " in fast[1] and b"Authorization: Basic " in fast[0]
+
+
+def test_a_cookie_the_server_sets_goes_back_with_the_next_request() -> None:
+    server = RawServer(_ok(extra=b"Set-Cookie: lb=node-7; Path=/\r\n"), _ok())
+    transport = HTTPTransport(server.url, username=USERNAME, password=PASSWORD)
+    try:
+        for _ in range(2):
+            transport.request("POST", "/x", body=b"{}", idempotent=False)
+    finally:
+        transport.close()
+        server.close()
+    assert b"Cookie:" not in server.requests[0]
+    assert b"Cookie: lb=node-7\r\n" in server.requests[1]
+
+
+def test_a_mock_of_session_request_still_sees_every_request() -> None:
+    # Users' suites patch requests.Session.request; the prepared-template path must not
+    # go around it (it would reach the network behind their mock).
+    real = requests.Session.request
+    seen: list[tuple[str, str]] = []
+
+    def spy(session: requests.Session, method: str, url: str, **kwargs: object) -> object:
+        seen.append((method, url))
+        return real(session, method, url, **kwargs)
+
+    server = RawServer(_ok())
+    transport = HTTPTransport(server.url, username=USERNAME, password=PASSWORD)
+    try:
+        transport.request("POST", "/x", body=b"{}", idempotent=False)  # template made
+        with mock.patch.object(requests.Session, "request", spy):
+            transport.request("POST", "/x", body=b"{}", idempotent=False)
+    finally:
+        transport.close()
+        server.close()
+    assert seen == [("POST", server.url + "/x")]
+    assert len(server.requests) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from tracker_agent.api import Namespace
 from tracker_agent.constants import (
@@ -45,8 +45,14 @@ def sdk_event_command(data: Mapping[str, Any], properties: object) -> dict[str, 
     }
 
 
+def _is_mapping(raw: object) -> TypeGuard[Mapping[str, Any]]:
+    """isinstance(raw, Mapping), without the ABC check for a plain dict (what JSON gives):
+    three checks per command on every batch answer."""
+    return type(raw) is dict or isinstance(raw, Mapping)
+
+
 def _result(command_id: str, raw: object) -> dict[str, Any]:
-    if not isinstance(raw, Mapping):
+    if not _is_mapping(raw):
         return {
             "command_id": command_id,
             "success": False,
@@ -81,14 +87,14 @@ def align_batch_results(
     by_id = {
         raw["command_id"]: raw
         for raw in results
-        if isinstance(raw, Mapping) and isinstance(raw.get("command_id"), str)
+        if _is_mapping(raw) and isinstance(raw.get("command_id"), str)
     }
     aligned = []
     for index, command_id in enumerate(command_ids):
         raw = by_id.get(command_id)
         if raw is None and index < len(results):
             candidate = results[index]
-            if isinstance(candidate, Mapping) and candidate.get("command_id") in (None, command_id):
+            if _is_mapping(candidate) and candidate.get("command_id") in (None, command_id):
                 raw = candidate
         aligned.append(_result(command_id, raw))
     return aligned
@@ -109,7 +115,7 @@ def check_results_readable(command_ids: Sequence[str], results: Sequence[object]
     echoed = {
         raw.get("command_id")
         for raw in results
-        if isinstance(raw, Mapping) and isinstance(raw.get("command_id"), str)
+        if _is_mapping(raw) and isinstance(raw.get("command_id"), str)
     }
     unmatched = sum(1 for command_id in command_ids if command_id not in echoed)
     if not unmatched:
