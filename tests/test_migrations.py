@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from conftest import both_backends
 from sqlalchemy import Engine, Identity, create_engine
 
-from tracker_agent.outbox import schema
+from tracker_agent.outbox import removal, schema
 from tracker_agent.outbox.engine import current_revision, open_outbox
 from tracker_agent.outbox.revisions import HEAD_REVISION, OUTBOX_TABLES, alembic_config
 
@@ -114,7 +114,7 @@ def test_initial_migration_seeds_the_single_counters_row(engine):
         ]
 
 
-def test_counter_triggers_keep_rows_and_bytes_exact(engine):
+def test_the_insert_trigger_and_delete_rows_keep_rows_and_bytes_exact(engine):
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -126,7 +126,7 @@ def test_counter_triggers_keep_rows_and_bytes_exact(engine):
         )
         cursor.execute("COMMIT")
         cursor.execute("BEGIN IMMEDIATE")
-        cursor.execute("DELETE FROM outbox WHERE size IN (250, 77)")
+        assert removal.delete_rows(cursor, "size IN (?, ?)", (250, 77)) == 2
         cursor.execute("COMMIT")
         counters = cursor.execute("SELECT rows, bytes FROM queue_counters WHERE id = 1").fetchone()
         actual = cursor.execute("SELECT COUNT(*), SUM(size) FROM outbox").fetchone()

@@ -187,6 +187,13 @@ class Backend(ABC):
     #: returned as they were before the lease.
     pick: PickFn
 
+    def delete_rows(self, cur: Any, where: str, params: Sequence[Any]) -> int:
+        """`DELETE FROM outbox WHERE <where>`; returns the rows deleted. The queue counters and
+        flags follow: here by the database's statement-level triggers (PostgreSQL); SQLite
+        has none and keeps them itself (outbox/removal.py)."""
+        cur.execute(f"DELETE FROM outbox WHERE {where}", params)
+        return int(cur.rowcount)
+
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         """Before rows are inserted or deleted: serialise with other writers of the same
         customers (`select_keys` selects their customer_key). Nothing to do on SQLite,

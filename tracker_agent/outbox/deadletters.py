@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from . import removal
+
 _COLUMNS = "id, kind, customer_key, payload, created_at, dead_at, attempts, reason, status_code"
 
 
@@ -30,9 +32,18 @@ class DeadLetter:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now: float) -> bool:
+def bury(
+    cur: Any,
+    row_id: int,
+    owner: str,
+    reason: str,
+    status: int | None,
+    now: float,
+    *,
+    delete: removal.DeleteFn = removal.delete_rows,
+) -> bool:
     """Move one leased outbox row to dead_letters (only while `owner` still holds its lease);
-    True if it was moved."""
+    True if it was moved. It leaves the outbox through `delete` (Backend.delete_rows)."""
     cur.execute(
         "INSERT INTO dead_letters (id, kind, customer_key, payload, size, created_at, attempts,"
         " dead_at, reason, status_code, receipt)"
@@ -42,7 +53,7 @@ def bury(cur: Any, row_id: int, owner: str, reason: str, status: int | None, now
     )
     if not cur.rowcount:
         return False
-    cur.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+    delete(cur, "id = ?", (row_id,))
     return True
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, NamedTuple
 
+from . import removal
 from .state import read_state, set_state
 
 __all__ = ["ExportRow", "delete_exported", "lease_for_export", "outbox_id"]
@@ -58,13 +59,15 @@ def lease_for_export(
     return rows
 
 
-def delete_exported(cur: Any, owner: str, ids: list[int]) -> int:
-    """Delete exported rows still leased by `owner` (the bundle holding them is complete)."""
+def delete_exported(
+    cur: Any, owner: str, ids: list[int], delete: removal.DeleteFn = removal.delete_rows
+) -> int:
+    """Delete exported rows still leased by `owner` (the bundle holding them is complete),
+    through `delete` (Backend.delete_rows)."""
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
-    cur.execute(f"DELETE FROM outbox WHERE lease_owner = ? AND id IN ({marks})", (owner, *ids))
-    return int(cur.rowcount)
+    return delete(cur, f"lease_owner = ? AND id IN ({marks})", (owner, *ids))
 
 
 def release_exported(cur: Any, owner: str, ids: list[int]) -> None:

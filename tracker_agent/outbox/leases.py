@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from . import clock, deadletters, receipts
+from . import clock, deadletters, receipts, removal
 from .state import STATE_DEAD_LETTERED, STATE_DELIVERED, read_state, set_state
 
 _ADD_TO_COUNTER = (
@@ -198,11 +198,13 @@ def settle(
     *,
     add_to_counter_sql: str = _ADD_TO_COUNTER,
     lock_customers: LockFn | None = None,
+    delete: removal.DeleteFn = removal.delete_rows,
 ) -> int:
     """Apply `outcome` to the rows `owner` still leases; returns rows delivered.
 
     `lock_customers(cur, select_keys, params)` runs first when given (PostgreSQL: the
-    customers whose rows are deleted, see Backend.lock_customers)."""
+    customers whose rows are deleted, see Backend.lock_customers). Rows leave the outbox
+    through `delete` (Backend.delete_rows; SQLite's by default)."""
     delivered = 0
     gone = [*outcome.delivered, *(d[0] for d in outcome.dead)]
     if lock_customers is not None and gone:
@@ -213,13 +215,9 @@ def settle(
             wanted = [i for i in outcome.delivered if i in outcome.receipts]
             receipts.record_delivered(cur, owner, wanted, now)
         marks = ",".join("?" * len(outcome.delivered))
-        cur.execute(
-            f"DELETE FROM outbox WHERE lease_owner = ? AND id IN ({marks})",
-            (owner, *outcome.delivered),
-        )
-        delivered = cur.rowcount
+        delivered = delete(cur, f"lease_owner = ? AND id IN ({marks})", (owner, *outcome.delivered))
     buried = sum(
-        deadletters.bury(cur, row_id, owner, reason, status, now)
+        deadletters.bury(cur, row_id, owner, reason, status, now, delete=delete)
         for row_id, reason, status in outcome.dead
     )
     cur.executemany(

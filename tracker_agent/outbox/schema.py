@@ -63,7 +63,8 @@ outbox = Table(
     # 0 means "not leased"; a lease is live while lease_expires_at > now.
     Column("lease_expires_at", Float, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
-    # 1 on the oldest row of its customer (QUEUE_TRIGGERS keep exactly one per customer), 0 on
+    # 1 on the oldest row of its customer (exactly one per customer: QUEUE_TRIGGERS on insert,
+    # outbox/removal.py on delete; PostgreSQL: triggers on both), 0 on
     # the others. Last: migration 0003 added it with ALTER TABLE (no copy of the backlog).
     Column("is_head", Integer, nullable=False, server_default="0"),
     # 1 if the caller asked for a receipt (delivery is then remembered in `receipts`). Added
@@ -188,19 +189,19 @@ import_ledger_log = Table(
     sqlite_autoincrement=True,
 )
 
-#: Triggers that keep queue_counters exact; created by the initial migration.
+#: SQLite: the trigger that counts inserted rows into queue_counters (the initial migration).
+#: Deleted rows are counted down by the deleting statement's transaction (outbox/removal.py;
+#: migration 0009 dropped the delete trigger).
 COUNTER_TRIGGERS = (
     """CREATE TRIGGER IF NOT EXISTS trg_outbox_count_insert AFTER INSERT ON outbox
     BEGIN UPDATE queue_counters SET rows = rows + 1, bytes = bytes + NEW.size WHERE id = 1; END""",
-    """CREATE TRIGGER IF NOT EXISTS trg_outbox_count_delete AFTER DELETE ON outbox
-    BEGIN UPDATE queue_counters SET rows = rows - 1, bytes = bytes - OLD.size WHERE id = 1; END""",
 )
 
-#: Triggers that keep is_head on exactly the oldest row of each customer, whoever writes the
-#: table (the enqueue, a dead letter put back under its old id, drop_oldest, a delivery);
-#: created by migration 0003. A row that becomes its customer's oldest takes the flag from the
-#: one after it (a dead letter returns ahead of its customer's queue); deleting the oldest row
-#: hands the flag to the next one. Each is one or two seeks in ix_outbox_customer.
+#: SQLite: the trigger that keeps is_head on exactly the oldest row of each customer whoever
+#: inserts (the enqueue, a dead letter put back under its old id, an import); migration 0003.
+#: A row that becomes its customer's oldest takes the flag from the one after it (a dead letter
+#: returns ahead of its customer's queue): one or two seeks in ix_outbox_customer. Deleting the
+#: oldest row hands the flag to the next one in the deleting transaction (outbox/removal.py).
 QUEUE_TRIGGERS = (
     """CREATE TRIGGER IF NOT EXISTS trg_outbox_head_insert AFTER INSERT ON outbox
     WHEN NOT EXISTS (SELECT 1 FROM outbox WHERE customer_key = NEW.customer_key AND id < NEW.id)
@@ -208,11 +209,5 @@ QUEUE_TRIGGERS = (
     UPDATE outbox SET is_head = 0 WHERE is_head = 1 AND id = (SELECT min(id) FROM outbox
         WHERE customer_key = NEW.customer_key AND id > NEW.id);
     UPDATE outbox SET is_head = 1 WHERE id = NEW.id;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS trg_outbox_head_delete AFTER DELETE ON outbox
-    WHEN OLD.is_head = 1
-    BEGIN
-    UPDATE outbox SET is_head = 1 WHERE id = (SELECT min(id) FROM outbox
-        WHERE customer_key = OLD.customer_key);
     END""",
 )

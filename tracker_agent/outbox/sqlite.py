@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import OutboxError
-from . import leases
+from . import leases, removal
 from .backend import SQLITE, Backend, WritesRounds
 from .checkpointer import Checkpointer
 from .engine import record_warning
@@ -235,6 +235,10 @@ class SqliteBackend(Backend):
     # -- drain ---------------------------------------------------------------------------------
 
     pick = staticmethod(leases.pick_sqlite)
+
+    def delete_rows(self, cur: Any, where: str, params: Sequence[Any]) -> int:
+        """No delete triggers on SQLite since 0009: counters and queue flags kept here."""
+        return removal.delete_rows(cur, where, params)
 
     # -- the file ------------------------------------------------------------------------------
 

@@ -52,6 +52,8 @@ T = TypeVar("T")
 #: another host's (see _drain_transaction).
 CONFLICT_RETRIES = 3
 
+#: Rows per DELETE when drop_oldest makes room (SQLite before 3.32 allows 999 parameters).
+DELETE_CHUNK = 500
 OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
 
@@ -282,7 +284,9 @@ class OutboxStore:
             f"SELECT customer_key FROM outbox WHERE id IN ({','.join('?' * len(victims))})",
             victims,
         )
-        cur.executemany("DELETE FROM outbox WHERE id = ?", [(v,) for v in victims])
+        for start in range(0, len(victims), DELETE_CHUNK):
+            chunk = victims[start : start + DELETE_CHUNK]
+            self.backend.delete_rows(cur, f"id IN ({','.join('?' * len(chunk))})", chunk)
         dropped = int(read_state(cur).get(STATE_DROPPED) or 0) + len(victims)
         set_state(cur, {STATE_DROPPED: dropped})
         log.warning(
@@ -469,6 +473,7 @@ class OutboxStore:
             stamped,
             add_to_counter_sql=backend.add_to_counter_sql,
             lock_customers=None if backend.name == SQLITE else backend.lock_customers,
+            delete=backend.delete_rows,
         )
 
     def record_settlement(self, owner: str, outcome: Settlement, now: float) -> int:
@@ -681,7 +686,7 @@ class OutboxStore:
                 marks = ",".join("?" * len(ids))
                 keys = f"SELECT customer_key FROM outbox WHERE id IN ({marks})"
                 self.backend.lock_customers(cur, keys, ids)
-            return export.delete_exported(cur, owner, ids)
+            return export.delete_exported(cur, owner, ids, self.backend.delete_rows)
 
     def release_exported(self, owner: str, ids: list[int]) -> None:
         with self._drain_connection() as conn, self._transaction(conn) as cur:
