@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -481,6 +482,46 @@ def test_migrate_creates_then_reports_head(invoke: Invoke, tmp_path: Path) -> No
     assert first.exit_code == 0 and "migrated from nothing to" in first.stdout
     assert (tmp_path / "outbox.db").exists()
     assert "already at revision" in invoke("migrate").stdout
+
+
+def _track(invoke: Invoke, customer: str, n: int) -> None:
+    doc = {"customer_ids": {"registered": customer}, "event_type": "e", "properties": {"n": n}}
+    assert invoke("track", "event", "--json", json.dumps(doc)).exit_code == 0
+
+
+def test_migrate_repair_recovers_an_outbox_edited_by_hand(
+    invoke: Invoke, fake: FakeExponea, tmp_path: Path
+) -> None:
+    # A DELETE typed into the sqlite3 shell: no trigger counts it down or hands the flag of
+    # the customer's oldest row on (outbox/removal.py), so alice's queue is lost to the claim.
+    for n in range(3):
+        _track(invoke, "alice", n)
+        _track(invoke, "bob", n)
+    conn = sqlite3.connect(tmp_path / "outbox.db")
+    with conn:
+        conn.execute("DELETE FROM outbox WHERE id IN (1, 2)")  # alice's oldest, bob's oldest
+    conn.close()
+    assert status_json(invoke)["pending"] == 6  # the counters still count the two rows
+    stuck = invoke("flush")  # neither customer has a flagged row: nothing is claimed
+    assert stuck.exit_code == 1 and "commands remain" in stuck.output
+    assert fake.events == []
+    assert "queue flags were exact" not in invoke("migrate").stdout  # no repair unasked
+    repaired = invoke("migrate", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "recounted 4 commands" in repaired.stdout and "moved 2 queue flags" in repaired.stdout
+    assert status_json(invoke)["pending"] == 4
+    assert invoke("flush").exit_code == 0
+    delivered = sorted((e["customer_ids"]["registered"], e["properties"]["n"]) for e in fake.events)
+    assert delivered == [("alice", 1), ("alice", 2), ("bob", 1), ("bob", 2)]
+    again = invoke("migrate", "--repair")
+    assert "counters and flags were exact (0 commands)" in again.stdout
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_migrate_repair_on_postgresql_has_nothing_to_do(invoke: Invoke) -> None:
+    result = invoke("migrate", "--repair")
+    assert result.exit_code == 0, result.output
+    assert "nothing to repair: PostgreSQL's triggers keep" in result.stdout
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -21,8 +21,14 @@ HTTP_SERVER_ERROR = 500
 
 
 @click.command()
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Also recount the queue and flag each customer's oldest command again (SQLite: "
+    "after rows were deleted from the outbox by hand).",
+)
 @pass_cli
-def migrate(cli: CliContext) -> None:
+def migrate(cli: CliContext, repair: bool) -> None:
     """Create the outbox or bring its schema to the current version."""
     from tracker_agent.outbox.backend import POSTGRESQL, backend_name
     from tracker_agent.outbox.engine import current_revision, open_outbox
@@ -43,11 +49,31 @@ def migrate(cli: CliContext) -> None:
         path = sqlite_path(url)
         before = current_revision(path) if _exists(path) else None
     engine = open_outbox(url)
-    engine.dispose()
-    if before == HEAD_REVISION:
-        click.echo(f"{path}: already at revision {HEAD_REVISION}")
-    else:
-        click.echo(f"{path}: migrated from {before or 'nothing'} to {HEAD_REVISION}")
+    try:
+        if before == HEAD_REVISION:
+            click.echo(f"{path}: already at revision {HEAD_REVISION}")
+        else:
+            click.echo(f"{path}: migrated from {before or 'nothing'} to {HEAD_REVISION}")
+        if repair:
+            click.echo(f"{path}: {_repair(engine, backend_name(url) == POSTGRESQL)}")
+    finally:
+        engine.dispose()
+
+
+def _repair(engine: Any, postgresql: bool) -> str:
+    """Run engine.repair (SQLite's write lock held); what it found, in words."""
+    if postgresql:
+        return "nothing to repair: PostgreSQL's triggers keep the counters and flags"
+    from tracker_agent.outbox.engine import repair as repair_outbox
+
+    found = repair_outbox(engine)
+    if found.exact:
+        return f"the queue's counters and flags were exact ({found.actual[0]:,} commands)"
+    (rows, size), (was_rows, was_size) = found.actual, found.counted
+    return (
+        f"recounted {rows:,} commands, {size:,} bytes (counted: {was_rows:,}, "
+        f"{was_size:,}); moved {found.flags_fixed:,} queue flags"
+    )
 
 
 @click.command("clear-warning")

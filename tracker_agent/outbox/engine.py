@@ -29,6 +29,7 @@ from .files import (
     wal_was_lost,
 )
 from .preflight import inspect_existing, read_catalog, read_header
+from .removal import Repair, repair_books
 from .revisions import (
     HEAD_REVISION,
     REVISION_SQL,
@@ -52,6 +53,7 @@ __all__ = [
     "migrate",
     "open_outbox",
     "record_warning",
+    "repair",
 ]
 
 log = logging.getLogger(__name__)
@@ -250,6 +252,20 @@ def migrate(engine: Engine) -> None:
             revision = _connection_revision(conn)
             if revision != HEAD_REVISION:  # another process may have done it meanwhile
                 _upgrade_locked(conn, path, revision)
+
+
+def repair(engine: Engine) -> Repair:
+    """Recount the queue and re-flag each customer's oldest row (removal.repair_books) under
+    SQLite's write lock, as migrate() takes it; for `tracker-agent migrate --repair`."""
+    path = engine.url.database or ""
+    with _translating(path), engine.connect() as conn:
+        conn.execution_options(**{BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                return repair_books(cursor)
+            finally:
+                cursor.close()
 
 
 @contextlib.contextmanager

@@ -18,15 +18,17 @@ inserted by any means (a dead letter put back, an import) is counted and flagged
 
 A row deleted by hand (a DELETE typed into the sqlite3 shell) is not counted down, and a
 customer whose oldest row it was keeps no flag, so the claim no longer sees its queue: use the
-CLI (dead-letters, export) to take rows out of the outbox.
+CLI (dead-letters, export) to take rows out of the outbox. After such an edit, repair_books
+(`tracker-agent migrate --repair`) recounts the queue and flags each customer's oldest row
+again, in one pass over the table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["DeleteFn", "HANDOVER_CHUNK", "delete_rows"]
+__all__ = ["DeleteFn", "HANDOVER_CHUNK", "Repair", "delete_rows", "repair_books"]
 
 #: delete_rows(cur, where, params) -> rows deleted: `DELETE FROM outbox WHERE <where>`, with
 #: whatever bookkeeping the database does not do itself (see Backend.delete_rows).
@@ -63,3 +65,37 @@ def delete_rows(cur: Any, where: str, params: Sequence[Any]) -> int:
         chunk = heads[start : start + HANDOVER_CHUNK]
         cur.execute(_handover_sql(len(chunk)), chunk)
     return len(gone)
+
+
+class Repair(NamedTuple):
+    """What repair_books found: the counters before and after, and the flags it moved."""
+
+    counted: tuple[int, int]  # rows, bytes
+    actual: tuple[int, int]
+    flags_fixed: int
+
+    @property
+    def exact(self) -> bool:
+        return self.counted == self.actual and not self.flags_fixed
+
+
+_OLDEST = "SELECT min(id) FROM outbox GROUP BY customer_key"
+_COUNTERS = "SELECT rows, bytes FROM queue_counters WHERE id = 1"
+_ACTUAL = "SELECT count(*), coalesce(sum(size), 0) FROM outbox"
+
+
+def repair_books(cur: Any) -> Repair:
+    """Recount queue_counters and put is_head on exactly each customer's oldest row (SQLite;
+    in the caller's write transaction). One pass over the outbox and its customer index: for
+    an operator after rows were deleted by hand, not for the drain."""
+    counted = tuple(cur.execute(_COUNTERS).fetchone() or (0, 0))
+    actual = tuple(cur.execute(_ACTUAL).fetchone())
+    if counted != actual:
+        cur.execute(
+            "UPDATE queue_counters SET rows = ?, bytes = ? WHERE id = 1", (actual[0], actual[1])
+        )
+    cur.execute(f"UPDATE outbox SET is_head = 0 WHERE is_head = 1 AND id NOT IN ({_OLDEST})")
+    fixed = cur.rowcount
+    cur.execute(f"UPDATE outbox SET is_head = 1 WHERE is_head = 0 AND id IN ({_OLDEST})")
+    fixed += cur.rowcount
+    return Repair((int(counted[0]), int(counted[1])), (int(actual[0]), int(actual[1])), fixed)
