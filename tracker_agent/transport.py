@@ -112,13 +112,6 @@ def _request_replaced(session: requests.Session) -> bool:
     )
 
 
-def _with(request: Any, kwargs: Mapping[str, Any]) -> Any:
-    """`request` with the headers and auth of _request_kwargs."""
-    request.headers = dict(kwargs["headers"])
-    request.auth = kwargs.get("auth")
-    return request
-
-
 def _requests() -> ModuleType:
     import requests
 
@@ -287,7 +280,6 @@ class HTTPTransport:
         public_key_ok: bool,
         require: Requirements | None,
     ) -> dict[str, Any]:
-        kwargs = self._request_kwargs(body is not None, public_key_ok)
         session = self._get_session()
         refuse_escaping_test_request(session, method, path)  # not retried, never sent
         started = time.monotonic()
@@ -296,7 +288,7 @@ class HTTPTransport:
         failure: Exception | None = None
         content = b""
         try:
-            prepared = self._prepared(session, method, path, body, params, public_key_ok, kwargs)
+            prepared = self._prepared(session, method, path, body, params, public_key_ok)
             if prepared is not None:
                 response = session.send(
                     prepared,
@@ -316,7 +308,7 @@ class HTTPTransport:
                     timeout=self.timeout,
                     allow_redirects=False,
                     stream=True,
-                    **kwargs,
+                    **self._request_kwargs(body is not None, public_key_ok),
                 )
             if not watch.attached:  # a session of the caller's: cut off the body, at least
                 watch.attach(body_closer(response))
@@ -358,7 +350,6 @@ class HTTPTransport:
         body: bytes | None,
         params: Mapping[str, Any] | None,
         public_key_ok: bool,
-        kwargs: dict[str, Any],
     ) -> Any:
         """The request as session.request would prepare it, from a template the session
         prepared once (URL, headers, auth), with this `body`; None where only the full path
@@ -375,8 +366,11 @@ class HTTPTransport:
         key = (method, path, body is not None, public_key_ok)
         template = self._templates.get(key)
         if template is None:
-            request = _requests().Request(method, self.url + path, data=b"" if body else None)
-            template = session.prepare_request(_with(request, kwargs))
+            kwargs = self._request_kwargs(body is not None, public_key_ok)
+            request = _requests().Request(
+                method, self.url + path, headers=kwargs["headers"], auth=kwargs.get("auth")
+            )
+            template = session.prepare_request(request)
             self._templates[key] = template
         prepared = template.copy()
         if body is not None:
