@@ -26,9 +26,10 @@ except ImportError:  # the `postgresql` extra is not installed
     pytest.skip("PostgreSQL tests need psycopg 3 (the postgresql extra)", allow_module_level=True)
 
 from tracker_agent import DatabaseUnavailableError, OutboxError
+from tracker_agent.constants import PG_CLAIM_LOCK
 from tracker_agent.outbox import schema
 from tracker_agent.outbox.engine import open_outbox
-from tracker_agent.outbox.leases import Settlement
+from tracker_agent.outbox.leases import ClaimedRow, Settlement
 from tracker_agent.outbox.pg_engine import pg_revision, pg_url, shown_url
 from tracker_agent.outbox.postgresql import PgCursor, PostgresBackend
 from tracker_agent.outbox.revisions import HEAD_REVISION
@@ -719,4 +720,82 @@ def test_a_drain_transaction_that_loses_a_deadlock_runs_again(url, caplog):
         assert (state["x_first"], state["x_last"]) == (2, 2)  # the drain's, run again last
     finally:
         other.close()
+        close_store(store)
+
+
+def test_an_enqueue_never_waits_for_this_processs_drain_blocked_on_another_hosts_claim(url):
+    """On PostgreSQL a process's statements do not queue behind each other (no fork guard):
+    while its drain transaction waits for the claim lock another host holds, add_event in
+    another thread of the same process still commits at once."""
+    store = open_store(url)
+    other_host = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
+    claimed: list[list[ClaimedRow]] = []
+    try:
+        store.enqueue([command("c0", 0)])
+        other_host.execute("SELECT pg_advisory_lock(%s)", (PG_CLAIM_LOCK,))  # a claim in flight
+        terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
+        drain = threading.Thread(target=lambda: claimed.append(store.claim("d", now=0, **terms)))
+        drain.start()
+        assert wait_for(lambda: _waits_for_advisory_lock(other_host))
+        enqueued = threading.Event()
+
+        def app() -> None:
+            store.enqueue([command("c1", 1)])
+            enqueued.set()
+
+        threading.Thread(target=app, daemon=True).start()
+        assert enqueued.wait(10), "the enqueue waited for the drain's claim"
+        assert drain.is_alive() and not claimed  # the claim still waits for the other host
+        other_host.execute("SELECT pg_advisory_unlock(%s)", (PG_CLAIM_LOCK,))
+        drain.join(10)
+        assert [json.loads(r.payload)["n"] for r in claimed[0]] == [0, 1]
+    finally:
+        other_host.close()
+        close_store(store)
+
+
+def _waits_for_advisory_lock(conn: psycopg.Connection) -> bool:
+    (waiting,) = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    ).fetchone()
+    return bool(waiting)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_fork_while_a_statement_is_in_flight_harms_neither_process(url):
+    """Without the fork guard a statement may be in flight across fork(): the child forgets
+    that connection (never closing it: the parent's statement goes on) and enqueues on its
+    own; the parent's claim then completes on the connection it was using."""
+    store = open_store(url)
+    other_host = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
+    claimed: list[list[ClaimedRow]] = []
+    try:
+        store.enqueue([command("c0", 0)])
+        other_host.execute("SELECT pg_advisory_lock(%s)", (PG_CLAIM_LOCK,))
+        terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
+        drain = threading.Thread(target=lambda: claimed.append(store.claim("d", now=0, **terms)))
+        drain.start()
+        assert wait_for(lambda: _waits_for_advisory_lock(other_host))
+        store.hold_for_fork()
+        pid = os.fork()
+        if pid == 0:  # the child: a pre-fork worker enqueueing on fresh connections
+            code = 1
+            try:
+                store.reset_after_fork()
+                store.enqueue([command("c1", 1)])
+                code = 0
+            finally:
+                os._exit(code)
+        store.release_after_fork()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        other_host.execute("SELECT pg_advisory_unlock(%s)", (PG_CLAIM_LOCK,))
+        drain.join(10)
+        # The claim's snapshot is taken once the lock is granted: the child's row is in it.
+        assert [json.loads(r.payload)["n"] for r in claimed[0]] == [0, 1]
+        store.enqueue([command("c2", 2)])  # the parent's connections still work
+        assert [json.loads(r.payload)["n"] for r in store.claim("d2", now=0, **terms)] == [2]
+    finally:
+        other_host.close()
         close_store(store)

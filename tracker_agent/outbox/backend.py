@@ -99,6 +99,11 @@ class Backend(ABC):
     #: the records and delete each (SQLite: one writer at a time, nothing to skip, and
     #: statements cost no round trip).
     take_records_sql: str | None = None
+    #: Statements of this process wait while fork() runs (OutboxStore.hold_for_fork), and so
+    #: run one at a time: SQLite keeps its file locks' bookkeeping in the process, which a
+    #: child must not inherit half-taken (and one writer at a time is all SQLite allows
+    #: anyway). PostgreSQL needs neither: see PostgresBackend.
+    fork_guard: bool = True
 
     @abstractmethod
     def transaction(self, conn: Any) -> AbstractContextManager[Any]:

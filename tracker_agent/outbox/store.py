@@ -58,6 +58,27 @@ OVERFLOW_RAISE = "raise"
 OVERFLOW_DROP_OLDEST = "drop_oldest"
 
 
+class _Unguarded:
+    """The io lock of a backend without a fork guard (Backend.fork_guard): it holds nothing."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def acquire(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+def _io_lock(guarded: bool) -> threading.Lock | _Unguarded:
+    """OutboxStore's lock around every statement of the process (see hold_for_fork)."""
+    return threading.Lock() if guarded else _Unguarded()
+
+
 class OutboxStore:
     """The durable queue on one database, shared safely by threads, processes and hosts."""
 
@@ -94,7 +115,8 @@ class OutboxStore:
         # Held around every statement this process runs on the file, so that fork() (see
         # hold_for_fork) never happens while one of our connections holds an SQLite lock:
         # the child would inherit SQLite's lock bookkeeping without the locks themselves.
-        self._io_lock = threading.Lock()
+        # None on PostgreSQL (Backend.fork_guard).
+        self._io_lock = _io_lock(self.backend.fork_guard)
         self.project: str | None = None  # set by bind_project
         # A database shared by hosts: each host backs off on its own (see HOST_STATE).
         self._host = None if self.backend.name == SQLITE else (host or owners.host_key())
@@ -135,7 +157,8 @@ class OutboxStore:
         self._drain_conn = None
 
     def hold_for_fork(self) -> None:
-        """Before fork(): wait for the statement in progress and block new ones."""
+        """Before fork(): wait for the statement in progress and block new ones (SQLite; on
+        PostgreSQL statements go on, see Backend.fork_guard)."""
         self._io_lock.acquire()
         self.backend.hold_for_fork()
 
@@ -150,7 +173,7 @@ class OutboxStore:
         self.backend.forget_writer()
         self.backend.forget_drain()
         self._drain_lock = threading.Lock()
-        self._io_lock = threading.Lock()
+        self._io_lock = _io_lock(self.backend.fork_guard)
         self._committer.reset_after_fork()
         self._ledger_log.forget()
         self.engine.dispose(close=False)
