@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -51,6 +53,8 @@ T = TypeVar("T")
 #: Times a drain transaction is run again after the database aborted it in a deadlock with
 #: another host's (see _drain_transaction).
 CONFLICT_RETRIES = 3
+#: Seconds before the first of those runs (then doubling), jittered by +-50%.
+CONFLICT_PAUSE = 0.02
 
 #: Rows per DELETE when drop_oldest makes room (SQLite before 3.32 allows 999 parameters).
 DELETE_CHUNK = 500
@@ -367,13 +371,17 @@ class OutboxStore:
         """body(cur) in one transaction on the drain's connection. A transaction the database
         aborted in a deadlock (PostgreSQL: drainers on several hosts applying each other's
         recorded outcomes take customers' locks in different orders) wrote nothing and runs
-        again, up to CONFLICT_RETRIES times, rather than failing the drain pass."""
+        again, up to CONFLICT_RETRIES times, rather than failing the drain pass: after a pause
+        (CONFLICT_PAUSE, doubling, jittered) in which the transaction that won goes on. Run
+        again at once, it could take back the row the winner was about to lock, and deadlock
+        with it again, the winner aborted this time (seen under load)."""
         for attempt in range(CONFLICT_RETRIES):
             try:
                 with self._drain_connection() as conn, self._transaction(conn) as cur:
                     return body(cur)
             except OutboxConflictError as exc:
                 log.info("%s; running the transaction again (%d)", exc, attempt + 1)
+                time.sleep(CONFLICT_PAUSE * 2**attempt * random.uniform(0.5, 1.5))
         with self._drain_connection() as conn, self._transaction(conn) as cur:
             return body(cur)
 
