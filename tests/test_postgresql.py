@@ -799,3 +799,32 @@ def test_a_fork_while_a_statement_is_in_flight_harms_neither_process(url):
     finally:
         other_host.close()
         close_store(store)
+
+
+def test_a_settle_of_two_batches_sends_statements_psycopg_converts_from_its_cache(url, monkeypatch):
+    """psycopg keeps how it converted a statement of at most 50 parameters and parses a
+    longer one again each time (0.28 ms for a batch's 100 ids). Sets of ids go as one array
+    parameter, so a claim and settle of 100 rows, receipts included, parse nothing again."""
+    import psycopg._queries as queries
+
+    store = open_store(url)
+    try:
+        commands = [
+            NewCommand("customers/events", json.dumps({"c": i}), "{}", receipt=True)
+            for i in range(100)
+        ]
+        store.enqueue(commands)
+        ids = [c.id for c in commands]
+        rows = store.claim("d", limit=100, max_bytes=10**6, lease_seconds=30, now=0)
+        assert [r.id for r in rows] == ids
+        parsed: list[bytes] = []
+        uncached = queries._query2pg_nocache
+        monkeypatch.setattr(
+            queries, "_query2pg_nocache", lambda q, enc: parsed.append(q) or uncached(q, enc)
+        )
+        outcome = Settlement(delivered=ids, receipts={i: 1 for i in ids})
+        assert store.settle("d", outcome, 0) == 100
+        assert parsed == []
+        assert [r.state for r in store.receipts(ids)] == ["delivered"] * 100
+    finally:
+        close_store(store)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.settings import hide_password
 from ..exceptions import ConfigError, OutboxError
+from .leases import ids_in_list
 
 if TYPE_CHECKING:
     from .commands import NewCommand, Request
@@ -198,6 +199,11 @@ class Backend(ABC):
         has none and keeps them itself (outbox/removal.py)."""
         cur.execute(f"DELETE FROM outbox WHERE {where}", params)
         return int(cur.rowcount)
+
+    def ids_in(self, column: str, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        """An SQL condition that `column` is one of `ids`, and its parameters: one `?` per
+        id here (SQLite has no arrays)."""
+        return ids_in_list(column, ids)
 
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         """Before rows are inserted or deleted: serialise with other writers of the same

@@ -100,6 +100,14 @@ NO_STOP = 2**63 - 1
 PickFn = Callable[[Any, float, int, int, "str | None", str, float], "list[ClaimedRow]"]
 #: lock_customers(cur, select_keys, params): see Backend.lock_customers.
 LockFn = Callable[[Any, str, Sequence[Any]], None]
+#: ids_in(column, ids) -> (an SQL condition that `column` is one of `ids`, its parameters):
+#: see Backend.ids_in.
+IdsInFn = Callable[[str, Sequence[int]], "tuple[str, list[Any]]"]
+
+
+def ids_in_list(column: str, ids: Sequence[int]) -> tuple[str, list[Any]]:
+    """`column IN (?, ...)`, one parameter per id (SQLite, which has no arrays)."""
+    return f"{column} IN ({','.join('?' * len(ids))})", list(ids)
 
 
 class ClaimedRow(NamedTuple):
@@ -199,23 +207,25 @@ def settle(
     add_to_counter_sql: str = _ADD_TO_COUNTER,
     lock_customers: LockFn | None = None,
     delete: removal.DeleteFn = removal.delete_rows,
+    ids_in: IdsInFn = ids_in_list,
 ) -> int:
     """Apply `outcome` to the rows `owner` still leases; returns rows delivered.
 
     `lock_customers(cur, select_keys, params)` runs first when given (PostgreSQL: the
     customers whose rows are deleted, see Backend.lock_customers). Rows leave the outbox
-    through `delete` (Backend.delete_rows; SQLite's by default)."""
+    through `delete` (Backend.delete_rows; SQLite's by default). Sets of ids are written as
+    `ids_in` says (Backend.ids_in)."""
     delivered = 0
     gone = [*outcome.delivered, *(d[0] for d in outcome.dead)]
     if lock_customers is not None and gone:
-        marks = ",".join("?" * len(gone))
-        lock_customers(cur, f"SELECT customer_key FROM outbox WHERE id IN ({marks})", gone)
+        among, params = ids_in("id", gone)
+        lock_customers(cur, f"SELECT customer_key FROM outbox WHERE {among}", params)
     if outcome.delivered:  # one statement (at most batch_size ids, 50 by default)
         if outcome.receipts:
             wanted = [i for i in outcome.delivered if i in outcome.receipts]
-            receipts.record_delivered(cur, owner, wanted, now)
-        marks = ",".join("?" * len(outcome.delivered))
-        delivered = delete(cur, f"lease_owner = ? AND id IN ({marks})", (owner, *outcome.delivered))
+            receipts.record_delivered(cur, owner, wanted, now, ids_in)
+        among, params = ids_in("id", outcome.delivered)
+        delivered = delete(cur, f"lease_owner = ? AND {among}", (owner, *params))
     buried = sum(
         deadletters.bury(cur, row_id, owner, reason, status, now, delete=delete)
         for row_id, reason, status in outcome.dead

@@ -345,5 +345,11 @@ class PostgresBackend(Backend):
 
     pick = staticmethod(pick_postgresql)
 
+    def ids_in(self, column: str, ids: Sequence[int]) -> tuple[str, list[Any]]:
+        """`column = ANY(?)`, one array parameter: psycopg keeps how it converted a statement
+        of at most 50 parameters, but parses one with a batch's ids (100 with two batches a
+        claim) again each time, 0.28 ms, twice per settle (against 0.008 ms)."""
+        return f"{column} = ANY(?)", [list(ids)]
+
     def lock_customers(self, cur: Any, select_keys: str, params: Sequence[Any]) -> None:
         cur.execute(_LOCK_SELECTED.format(select_keys), list(params))

@@ -11,7 +11,7 @@ SQL is the same on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,17 +124,24 @@ def lookup(conn: Any, ids: Sequence[int], now: float) -> list[ReceiptStatus]:
     return [found.get(i) or ReceiptStatus(i, UNKNOWN) for i in ids]
 
 
-def record_delivered(cur: Any, owner: str, ids: Sequence[int], now: float) -> None:
+def record_delivered(
+    cur: Any,
+    owner: str,
+    ids: Sequence[int],
+    now: float,
+    ids_in: Callable[[str, Sequence[int]], tuple[str, list[Any]]],
+) -> None:
     """Remember `ids` (receipts being delivered, rows still leased by `owner`, about to be
-    deleted) as delivered now, with the attempt that delivered them counted."""
+    deleted) as delivered now, with the attempt that delivered them counted. `ids_in`
+    writes the set of ids (Backend.ids_in)."""
     if ids:  # one statement (at most batch_size ids)
-        marks = ",".join("?" * len(ids))
+        among, params = ids_in("id", ids)
         cur.execute(
             "INSERT INTO receipts (id, delivered_at, attempts)"
-            f" SELECT id, ?, attempts + 1 FROM outbox WHERE lease_owner = ? AND id IN ({marks})"
+            f" SELECT id, ?, attempts + 1 FROM outbox WHERE lease_owner = ? AND {among}"
             " ON CONFLICT (id) DO UPDATE SET delivered_at = excluded.delivered_at,"
             " attempts = excluded.attempts",
-            (now, owner, *ids),
+            (now, owner, *params),
         )
 
 

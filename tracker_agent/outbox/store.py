@@ -505,6 +505,7 @@ class OutboxStore:
             add_to_counter_sql=backend.add_to_counter_sql,
             lock_customers=None if backend.name == SQLITE else backend.lock_customers,
             delete=backend.delete_rows,
+            ids_in=backend.ids_in,
         )
 
     def record_settlement(self, owner: str, outcome: Settlement, now: float) -> int:
