@@ -75,13 +75,14 @@ def _run_family(
     name: str, run: Callable[[Scale, str], Section], scale: Scale, workdir: str
 ) -> Section:
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
+    start, ticks = time.perf_counter(), sysinfo.cpu_ticks()
     try:
         section = run(scale, workdir)
     except Exception as exc:  # a broken family must not lose the others' figures
         traceback.print_exc()
         section = Section(name, f"{name}: FAILED", ["error"], [[f"{type(exc).__name__}: {exc}"]])
     section.seconds = time.perf_counter() - start
+    section.stolen = sysinfo.stolen_share(ticks, sysinfo.cpu_ticks())
     print(f"bench: {name} done in {section.seconds:.0f} s", file=sys.stderr, flush=True)
     return section
 

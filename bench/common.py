@@ -75,6 +75,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     seconds: float = 0.0
+    stolen: float | None = None  # share of the machine's CPU time the hypervisor took
 
 
 # -- formatting ------------------------------------------------------------------------------

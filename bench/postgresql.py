@@ -333,7 +333,7 @@ def _enqueue(section: Section, pg: _Pg, scale: Scale) -> None:
             Target(
                 f"PG enqueue vs raw psycopg, {threads} thread(s)",
                 f">= {TARGET_ENQUEUE_RATIO:.0%}",
-                f"{share:.0%}",
+                f"{share:.1%}",  # one decimal: 79.6% must not read as 80%
                 share >= TARGET_ENQUEUE_RATIO,
             )
         )

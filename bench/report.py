@@ -50,5 +50,6 @@ def render(
         if section.notes:
             out.append("")
             out += [f"- {note}" for note in section.notes]
-        out.append(f"- (section ran {section.seconds:.0f} s)")
+        stolen = "" if section.stolen is None else f"; CPU stolen by the host {section.stolen:.0%}"
+        out.append(f"- (section ran {section.seconds:.0f} s{stolen})")
     return "\n".join(out) + "\n"
