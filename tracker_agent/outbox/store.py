@@ -119,7 +119,7 @@ class OutboxStore:
         # Held around every statement this process runs on the file, so that fork() (see
         # hold_for_fork) never happens while one of our connections holds an SQLite lock:
         # the child would inherit SQLite's lock bookkeeping without the locks themselves.
-        # None on PostgreSQL (Backend.fork_guard).
+        # On PostgreSQL a lock that holds nothing (Backend.fork_guard).
         self._io_lock = _io_lock(self.backend.fork_guard)
         self.project: str | None = None  # set by bind_project
         # A database shared by hosts: each host backs off on its own (see HOST_STATE).
