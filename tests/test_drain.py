@@ -607,8 +607,9 @@ def test_a_claim_takes_only_as_many_batches_as_its_lease_outlives(lease, deadlin
 
 
 def test_an_sqlite_agent_claims_one_batch_at_a_time_and_postgresql_two(fake, tmp_path):
-    """Two batches per claim halve the turns at PostgreSQL's claim lock; on a local file at a
-    raised rate the bigger settle every other batch slowed the drain (see Backend)."""
+    """Two batches per claim halve PostgreSQL's claims (and its CPU per batch by a quarter); on
+    a local file at a raised rate the bigger settle every other batch slowed the drain (see
+    Backend)."""
     from tracker_agent.outbox.postgresql import PostgresBackend
     from tracker_agent.outbox.sqlite import SqliteBackend
 

@@ -26,7 +26,7 @@ except ImportError:  # the `postgresql` extra is not installed
     pytest.skip("PostgreSQL tests need psycopg 3 (the postgresql extra)", allow_module_level=True)
 
 from tracker_agent import DatabaseUnavailableError, OutboxError
-from tracker_agent.constants import PG_CLAIM_LOCK
+from tracker_agent.constants import PG_CUSTOMER_LOCK_CLASS
 from tracker_agent.outbox import schema
 from tracker_agent.outbox.engine import open_outbox
 from tracker_agent.outbox.leases import ClaimedRow, Settlement
@@ -614,7 +614,7 @@ def test_a_claim_reads_a_bounded_number_of_index_entries_whatever_the_customers(
 def _heads(conn) -> dict[str, tuple[int, ...]]:
     """customer -> the ids flagged as its head, and its oldest id first."""
     rows = conn.execute(
-        "SELECT customer_key, min(id), array_agg(id ORDER BY id) FILTER (WHERE is_head = 1)"
+        "SELECT customer_key, min(id), array_agg(id ORDER BY id) FILTER (WHERE is_head > 0)"
         " FROM outbox GROUP BY customer_key"
     ).fetchall()
     return {key: (oldest, *(flagged or ())) for key, oldest, flagged in rows}
@@ -723,18 +723,30 @@ def test_a_drain_transaction_that_loses_a_deadlock_runs_again(url, caplog):
         close_store(store)
 
 
-def test_an_enqueue_never_waits_for_this_processs_drain_blocked_on_another_hosts_claim(url):
+def _hold_customer(conn: psycopg.Connection, key: str) -> None:
+    """Take the advisory lock of customer `key` (as another host's enqueue of it would)."""
+    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (PG_CUSTOMER_LOCK_CLASS, key))
+
+
+def _free_customer(conn: psycopg.Connection, key: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PG_CUSTOMER_LOCK_CLASS, key))
+
+
+def test_an_enqueue_never_waits_for_this_processs_drain_blocked_on_another_host(url):
     """On PostgreSQL a process's statements do not queue behind each other (no fork guard):
-    while its drain transaction waits for the claim lock another host holds, add_event in
+    while its drain transaction waits for a customer's lock another host holds, add_event in
     another thread of the same process still commits at once."""
     store = open_store(url)
     other_host = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
-    claimed: list[list[ClaimedRow]] = []
+    settled: list[int] = []
     try:
         store.enqueue([command("c0", 0)])
-        other_host.execute("SELECT pg_advisory_lock(%s)", (PG_CLAIM_LOCK,))  # a claim in flight
         terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
-        drain = threading.Thread(target=lambda: claimed.append(store.claim("d", now=0, **terms)))
+        (row,) = store.claim("d", now=0, **terms)
+        key = json.dumps({"c": "c0"})
+        _hold_customer(other_host, key)  # an enqueue of c0 in flight on another host
+        outcome = Settlement(delivered=[row.id])
+        drain = threading.Thread(target=lambda: settled.append(store.settle("d", outcome, 0)))
         drain.start()
         assert wait_for(lambda: _waits_for_advisory_lock(other_host))
         enqueued = threading.Event()
@@ -744,11 +756,12 @@ def test_an_enqueue_never_waits_for_this_processs_drain_blocked_on_another_hosts
             enqueued.set()
 
         threading.Thread(target=app, daemon=True).start()
-        assert enqueued.wait(10), "the enqueue waited for the drain's claim"
-        assert drain.is_alive() and not claimed  # the claim still waits for the other host
-        other_host.execute("SELECT pg_advisory_unlock(%s)", (PG_CLAIM_LOCK,))
+        assert enqueued.wait(10), "the enqueue waited for the drain's settle"
+        assert drain.is_alive() and not settled  # the settle still waits for the other host
+        _free_customer(other_host, key)
         drain.join(10)
-        assert [json.loads(r.payload)["n"] for r in claimed[0]] == [0, 1]
+        assert settled == [1]
+        assert [json.loads(r.payload)["n"] for r in store.claim("d", now=0, **terms)] == [1]
     finally:
         other_host.close()
         close_store(store)
@@ -766,15 +779,18 @@ def _waits_for_advisory_lock(conn: psycopg.Connection) -> bool:
 def test_a_fork_while_a_statement_is_in_flight_harms_neither_process(url):
     """Without the fork guard a statement may be in flight across fork(): the child forgets
     that connection (never closing it: the parent's statement goes on) and enqueues on its
-    own; the parent's claim then completes on the connection it was using."""
+    own; the parent's settle then completes on the connection it was using."""
     store = open_store(url)
     other_host = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
-    claimed: list[list[ClaimedRow]] = []
+    settled: list[int] = []
     try:
         store.enqueue([command("c0", 0)])
-        other_host.execute("SELECT pg_advisory_lock(%s)", (PG_CLAIM_LOCK,))
         terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
-        drain = threading.Thread(target=lambda: claimed.append(store.claim("d", now=0, **terms)))
+        (row,) = store.claim("d", now=0, **terms)
+        key = json.dumps({"c": "c0"})
+        _hold_customer(other_host, key)
+        outcome = Settlement(delivered=[row.id])
+        drain = threading.Thread(target=lambda: settled.append(store.settle("d", outcome, 0)))
         drain.start()
         assert wait_for(lambda: _waits_for_advisory_lock(other_host))
         store.hold_for_fork()
@@ -790,12 +806,13 @@ def test_a_fork_while_a_statement_is_in_flight_harms_neither_process(url):
         store.release_after_fork()
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
-        other_host.execute("SELECT pg_advisory_unlock(%s)", (PG_CLAIM_LOCK,))
+        _free_customer(other_host, key)
         drain.join(10)
-        # The claim's snapshot is taken once the lock is granted: the child's row is in it.
-        assert [json.loads(r.payload)["n"] for r in claimed[0]] == [0, 1]
-        store.enqueue([command("c2", 2)])  # the parent's connections still work
-        assert [json.loads(r.payload)["n"] for r in store.claim("d2", now=0, **terms)] == [2]
+        assert settled == [1]
+        # The child's row, then the parent's: the parent's connections still work.
+        assert [json.loads(r.payload)["n"] for r in store.claim("d2", now=0, **terms)] == [1]
+        store.enqueue([command("c2", 2)])
+        assert [json.loads(r.payload)["n"] for r in store.claim("d3", now=0, **terms)] == [2]
     finally:
         other_host.close()
         close_store(store)
@@ -828,3 +845,224 @@ def test_a_settle_of_two_batches_sends_statements_psycopg_converts_from_its_cach
         assert [r.state for r in store.receipts(ids)] == ["delivered"] * 100
     finally:
         close_store(store)
+
+
+# -- the claim without a claim lock (migration 0010) ------------------------------------------
+
+
+def _flag_errors(conn: psycopg.Connection) -> list[tuple]:
+    """Rows whose is_head breaks 0010's rule: 1 on a customer's oldest row that nothing holds,
+    2 on one that is leased or waits for a retry, 0 on every other row."""
+    return conn.execute(
+        "SELECT o.id, o.customer_key, o.is_head, o.lease_expires_at, o.next_attempt_at"
+        " FROM outbox AS o WHERE o.is_head <> CASE"
+        "  WHEN o.id <> (SELECT min(x.id) FROM outbox AS x WHERE x.customer_key = o.customer_key)"
+        "   THEN 0"
+        "  WHEN o.lease_expires_at > 0 OR o.next_attempt_at > 0 THEN 2 ELSE 1 END"
+    ).fetchall()
+
+
+def _claim_params(owner: str, limit: int, follow: str | None = None) -> dict:
+    from tracker_agent.outbox.leases import NO_STOP
+
+    now = time.time()
+    return {
+        "now": now, "limit": limit, "no_stop": NO_STOP, "follow": follow,
+        "max_bytes": 10**7, "owner": owner, "expires": now + 60,
+    }  # fmt: skip
+
+
+def test_a_claim_skips_the_customers_another_claim_holds_instead_of_waiting(url):
+    """Two claims at once: the second neither waits for the first nor takes the customers
+    whose heads the first has locked; once the first commits, those customers are held (flag
+    2) and stay out of every claim until their rows are settled."""
+    from tracker_agent.outbox.pg_claim import PG_CLAIM_SQL
+
+    store = open_store(url)
+    first = psycopg.connect(url.replace("+psycopg", ""))
+    try:
+        # ids 1..12; a row's n is 10 x its place in its customer's queue + the customer
+        store.enqueue([command(f"c{k}", 10 * n + k) for n in range(3) for k in range(4)])
+        taken = first.execute(PG_CLAIM_SQL, _claim_params("first", 2)).fetchall()
+        assert [json.loads(ClaimedRow(*r).payload)["n"] for r in taken] == [0, 1]  # uncommitted
+        terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
+        second: list[list[ClaimedRow]] = []
+        worker = threading.Thread(
+            target=lambda: second.append(store.claim("second", now=0, **terms))
+        )
+        worker.start()
+        worker.join(10)
+        assert second, "the claim waited for the other claim's transaction"
+        assert {json.loads(r.payload)["n"] % 10 for r in second[0]} == {2, 3}
+        first.commit()
+        assert store.claim("third", now=0, **terms) == []  # c0, c1 held by "first"
+        with psycopg.connect(url.replace("+psycopg", "")) as conn:
+            assert _flag_errors(conn) == []
+            held = conn.execute("SELECT count(*) FROM outbox WHERE is_head = 2").fetchone()[0]
+        assert held == 4
+        store.settle("first", Settlement(delivered=[r[0] for r in taken]), 0)
+        rows = store.claim("third", now=0, **terms)
+        assert [json.loads(r.payload)["n"] for r in rows] == [10, 11, 20, 21]  # c0, c1 go on
+    finally:
+        first.close()
+        close_store(store)
+
+
+def test_a_claim_wakes_a_customer_whose_lease_expired_or_whose_retry_is_due(url):
+    """A held head leaves ix_outbox_heads; the claim finds it again once its block has
+    passed: a lease that expired (its drainer died), a retry whose time came."""
+    store = open_store(url)
+    terms = {"max_bytes": 10**6, "now": 0}
+    try:
+        store.enqueue([command("c0", n) for n in range(3)])
+        dead = store.claim("dead", limit=2, lease_seconds=0.3, **terms)
+        assert [json.loads(r.payload)["n"] for r in dead] == [0, 1]
+        assert store.claim("alive", limit=50, lease_seconds=30, **terms) == []
+        time.sleep(0.5)
+        rows = store.claim("alive", limit=50, lease_seconds=30, **terms)
+        assert [json.loads(r.payload)["n"] for r in rows] == [0, 1, 2]
+        # "dead" comes back: its lease was taken over, its outcome touches nothing.
+        assert store.settle("dead", Settlement(delivered=[r.id for r in dead]), 0) == 0
+        retry = Settlement(retry=[r.id for r in rows], retry_at=0.4, error="503")
+        store.settle("alive", retry, 0)  # due in 0.4 s (a delay from the caller's now)
+        assert store.claim("alive", limit=50, lease_seconds=30, **terms) == []
+        time.sleep(0.6)
+        again = store.claim("other", limit=50, lease_seconds=30, **terms)
+        assert [(json.loads(r.payload)["n"], r.attempts) for r in again] == [(0, 1), (1, 1), (2, 1)]
+        with psycopg.connect(url.replace("+psycopg", "")) as conn:
+            assert _flag_errors(conn) == []
+            # The lease cleared the retry time: the retried rows left ix_outbox_retry.
+            assert conn.execute(
+                "SELECT count(*) FROM outbox WHERE next_attempt_at > 0"
+            ).fetchone() == (0,)
+    finally:
+        close_store(store)
+
+
+def test_head_flags_stay_exact_through_every_way_a_lease_changes(url):
+    """Random claims (own rows followed or not), settles (delivered, retried, released, dead),
+    renewals, releases of all leases, dead letters put back, export leases given back or
+    deleted: after each, every customer's oldest row carries the flag its lease and retry
+    columns give, and in the end every row is delivered in each customer's order."""
+    rng = random.Random(1010)
+    stores = [open_store(url), open_store(url)]
+    customers = 6
+    delivered: dict[str, list[int]] = defaultdict(list)
+    who: dict[int, str] = {}  # n -> its customer
+    buried: set[int] = set()
+    n = 0
+    check = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
+    held: dict[tuple[int, str], list[ClaimedRow]] = defaultdict(list)
+    try:
+        for step in range(160):
+            store_no = rng.randrange(2)
+            store, owner = stores[store_no], f"d{store_no}"
+            op = rng.random()
+            if op < 0.25:
+                keys = [f"c{rng.randrange(customers)}" for _ in range(rng.randint(1, 8))]
+                batch = [command(key, n + i) for i, key in enumerate(keys)]
+                who.update((n + i, key) for i, key in enumerate(keys))
+                n += len(batch)
+                store.enqueue(batch)
+            elif op < 0.55:
+                rows = store.claim(
+                    owner, limit=rng.randint(1, 10), max_bytes=10**6, lease_seconds=30, now=0,
+                    follow_own=rng.random() < 0.5,
+                )  # fmt: skip
+                held[(store_no, owner)].extend(rows)
+            elif op < 0.85 and held[(store_no, owner)]:
+                rows = held.pop((store_no, owner))
+                outcome = Settlement()
+                stopped: set[str] = set()  # a customer's rows after one not delivered wait
+                for r in sorted(rows, key=lambda r: r.id):
+                    pick = rng.random()
+                    key = who[json.loads(r.payload)["n"]]
+                    if key in stopped:
+                        outcome.release.append(r.id)
+                        continue
+                    if pick >= 0.6 and pick < 0.9:
+                        stopped.add(key)
+                    if pick < 0.6:
+                        outcome.delivered.append(r.id)
+                    elif pick < 0.75:
+                        outcome.retry.append(r.id)
+                    elif pick < 0.9:
+                        outcome.release.append(r.id)
+                    else:
+                        outcome.dead.append((r.id, "400 rejected", 400))
+                outcome.retry_at = 0.01
+                outcome.error = "503" if outcome.retry else None
+                store.settle(owner, outcome, 0)
+                for r in rows:
+                    number = json.loads(r.payload)["n"]
+                    if r.id in outcome.delivered:
+                        delivered[who[number]].append(number)
+                    elif any(r.id == d[0] for d in outcome.dead):
+                        buried.add(number)
+            elif op < 0.9:
+                store.release_all(owner)
+                held.pop((store_no, owner), None)
+            elif op < 0.95:
+                store.retry_dead()
+            else:
+                exported = store.lease_for_export("export", 0, rng.randint(1, 5), time.time() + 30)
+                ids = [r.id for r in exported]
+                if rng.random() < 0.5:
+                    store.release_exported("export", ids)
+                else:
+                    store.renew_leases(owner, time.time() + 30)
+                    store.release_exported("export", ids)
+            assert _flag_errors(check) == [], f"step {step}"
+        for key in list(held):
+            stores[key[0]].release_all(key[1])
+        stores[0].retry_dead()
+        time.sleep(0.05)  # the last retries come due
+        for _ in range(200):
+            rows = stores[0].claim("final", limit=50, max_bytes=10**6, lease_seconds=30, now=0)
+            if not rows:
+                break
+            for r in rows:
+                number = json.loads(r.payload)["n"]
+                delivered[who[number]].append(number)
+            stores[0].settle("final", Settlement(delivered=[r.id for r in rows]), 0)
+        assert stores[0].stats()["pending"] == 0
+        assert _flag_errors(check) == []
+        # Every row delivered once, each customer's in order (but for dead letters put back:
+        # they return behind rows that went meanwhile).
+        assert sorted(x for ns in delivered.values() for x in ns) == list(range(n))
+        for key, ns in delivered.items():
+            kept = [x for x in ns if x not in buried]
+            assert kept == sorted(kept), key
+    finally:
+        check.close()
+        for store in stores:
+            close_store(store)
+
+
+@pytest.mark.parametrize("blocked", [100, 800])
+def test_a_claim_reads_as_many_heads_whatever_the_customers_in_flight(url, blocked):
+    """Counted, not timed: a claim of 50 reads at most 50 entries of ix_outbox_heads, with 100
+    customers in flight or 800 (before 0010 it read every held head it passed, 900 for 800)."""
+    from tracker_agent.outbox.pg_claim import CLAIM_SETTINGS, PG_CLAIM_SQL
+
+    store = open_store(url)
+    try:
+        store.enqueue([command(f"c{k:04d}", n) for n in range(3) for k in range(1000)])
+        for k in range(blocked // 100):
+            store.claim(f"other{k}", limit=100, max_bytes=10**7, lease_seconds=60, now=0)
+    finally:
+        close_store(store)
+    with psycopg.connect(url.replace("+psycopg", "")) as conn:
+        for setting in CLAIM_SETTINGS:  # as on the drain's connection
+            conn.execute(setting)
+        params = _claim_params("drainer", 50, follow="drainer")
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + PG_CLAIM_SQL, params).fetchone()
+        conn.rollback()
+
+    def heads_read(node):
+        if node.get("Index Name") == "ix_outbox_heads":
+            yield node["Actual Rows"] * node["Actual Loops"]
+        for child in node.get("Plans", []):
+            yield from heads_read(child)
+
+    assert sum(heads_read(plan[0]["Plan"])) == 50

@@ -43,7 +43,7 @@ def books(
         q = conn.exec_driver_sql
         counted = q("SELECT sum(rows), sum(bytes) FROM queue_counters").one()
         actual = q("SELECT count(*), coalesce(sum(size), 0) FROM outbox").one()
-        flagged = dict(q("SELECT customer_key, id FROM outbox WHERE is_head = 1").all())
+        flagged = dict(q("SELECT customer_key, id FROM outbox WHERE is_head > 0").all())
         oldest = dict(q("SELECT customer_key, min(id) FROM outbox GROUP BY customer_key").all())
     counted_pair = (int(counted[0] or 0), int(counted[1] or 0))
     return counted_pair, (int(actual[0]), int(actual[1])), flagged, oldest

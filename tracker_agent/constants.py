@@ -108,8 +108,6 @@ DEFAULT_WARN_UNDRAINED_AFTER_SECONDS = 60.0
 #: by enqueues and deletes of that customer's rows, so its ids follow its commit order and its
 #: head flag stays exact. Frozen in migration 0003's triggers.
 PG_CUSTOMER_LOCK_CLASS = 1953655649
-#: Advisory lock (one-key form) serialising claims: each claim's snapshot sees earlier claims.
-PG_CLAIM_LOCK = 0x74726B61_00000001
 #: Advisory lock (one-key form) held while migrating: many hosts starting at once migrate once.
 PG_MIGRATE_LOCK = 0x74726B61_00000002
 #: Advisory lock (one-key form) of the import ledger: a lookup and the insert after it see no

@@ -1,102 +1,111 @@
 """The claim on PostgreSQL: the same rule as leases.CLAIM_SQL (a customer's rows go in id order,
-none after one of its rows that is blocked), kept across concurrent drainers on many hosts.
+none after one of its rows that is blocked), kept across concurrent drainers on many hosts
+without serialising their claims.
 
-Plain `FOR UPDATE SKIP LOCKED` does not keep per-customer order: two drainers each see the other's
-customer as free in their snapshots. So claims are serialised by a transaction-level advisory
-lock (PG_CLAIM_LOCK), taken in its own statement first: in READ COMMITTED the claim statement
-that follows takes a fresh snapshot, which holds every earlier claim (committed before the lock
-was released). The statement that follows chooses the rows and leases them (the byte cap
-applied in SQL), so the lock is held for one statement and the commit: drainers serialise
-only their claims, never their sends.
+A customer's oldest row is its head, and the head's flag says whether the customer is free
+(is_head = 1) or held (2: leased, or waiting for a retry; migration 0010's triggers keep it).
+A claim locks the heads of the customers it takes (FOR UPDATE SKIP LOCKED) before it reads
+their rows, and only the drainer holding a customer's head may lease that customer's rows:
+- a free head (ix_outbox_heads holds only those): any drainer;
+- a held head whose block has passed (its lease expired, its retry is due): any drainer. These
+  are found through the two partial indexes of leased and retried rows, whose ranges below
+  `now` hold only such rows;
+- a head leased to the claiming drainer itself (with follow_own): that drainer, from the first
+  row after its own.
+In READ COMMITTED the lock re-reads the head's newest version and drops it if its flag or lease
+no longer match: a drainer that took the customer first and committed has flagged it 2, and
+one still in its transaction holds the lock (skipped). So two drainers never hold one customer,
+and no claim waits for another (plain `FOR UPDATE SKIP LOCKED` on the rows themselves could
+not keep the order: two drainers each saw the other's customer as free).
 
-The statement's cost is bounded by the batch and the blocked customers, as on SQLite: blocked
-rows come from the two partial indexes, customers in the id order of their oldest row from
-ix_outbox_heads (a blocked one costs an index entry and a jsonb key lookup), and each chosen
-customer's next rows from ix_outbox_customer (PostgreSQL's
+The statement's cost is bounded by the batch, never by the backlog or the customers in flight:
+`limit` free heads from ix_outbox_heads, the few heads whose block passed, this drainer's own
+held heads, and each chosen customer's next rows from ix_outbox_customer (PostgreSQL's
 recursive CTEs cannot keep a priority queue, so each chosen customer yields up to `limit` ids
-and the smallest `limit` of those are taken). Two bounds keep that small.
-The customer whose start is the k-th smallest yields at most limit - k + 1: the k - 1 before it
-each give a smaller id. And when `limit` customers are chosen, no id past the limit-th smallest
-start is taken (`edge`): those starts are `limit` claimable ids already. Each customer yielded
-`limit` once, 5,900 index entries read for a claim of 50 with 150 customers passed (3.6 of
-6.9 ms); at most limit x (limit + 1) / 2 with few customers now, and about one per customer
-with many (a claim of 100 over 1,000 interleaved customers: 100 entries, not 3,220).
+and the smallest `limit` of those are taken). Two bounds keep that small. The customer whose
+start is the k-th smallest yields at most limit - k + 1: the k - 1 before it each give a
+smaller id. And when `limit` customers are chosen, no id past the limit-th smallest start is
+taken (`edge`): those starts are `limit` claimable ids already. A customer's rows stop before
+its first blocked one (a row leased by another drainer, or waiting for a retry, behind a head
+that is free: a dead letter put back ahead of a batch in flight).
+
+Before 0010 every claim walked the heads of the customers in flight too, under an advisory lock
+that serialised all claims: 15 ms for a claim of 100 rows with 800 customers in flight.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..constants import PG_CLAIM_LOCK
 from .leases import NO_STOP, ClaimedRow
 
-__all__ = ["CLAIM_LOCK_SQL", "PG_CLAIM_SQL", "pick_postgresql"]
+__all__ = ["CLAIM_SETTINGS", "PG_CLAIM_SQL", "pick_postgresql"]
 
-# With the lock, for this transaction: no bitmap scans. A bitmap scan of ix_outbox_leased
-# read every entry a delivered row left behind (14,000 entries for 50 live leases, 20,000 rows
-# into a drain; autovacuum comes too late), and never marks them dead; a plain index scan
-# marks each dead entry the first time it meets it and skips it after.
-CLAIM_LOCK_SQL = (
-    f"SELECT pg_advisory_xact_lock({PG_CLAIM_LOCK}),"
-    " set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
-)
+# For the drain's connection (Backend.prepare_drain): no bitmap scans. A bitmap scan of
+# ix_outbox_leased read every entry a delivered row left behind (14,000 entries for 50 live
+# leases, 20,000 rows into a drain; autovacuum comes too late), and never marks them dead; a
+# plain index scan marks each dead entry the first time it meets it and skips it after.
+CLAIM_SETTINGS = ("SET enable_bitmapscan = off", "SET enable_seqscan = off")
 
-# blocked / following / heads as in leases.CLAIM_SQL (read that comment first). PostgreSQL cannot
-# index a CTE: joining each head passed to `blocked` would cost (heads passed x blocked
-# customers), 56 ms per claim with 5,000 customers waiting for a retry. So `maps` folds the
-# blocked and following customers into two jsonb objects once per claim, and each head passed
-# costs one key lookup (10 ms in that case; about 3 ms with the usual hundred in flight).
-PG_CLAIM_SQL = """WITH blocked AS MATERIALIZED (
-    SELECT customer_key,
-           min(id) FILTER (WHERE NOT own) AS stop,
-           min(id) FILTER (WHERE own) AS own_first,
-           max(id) FILTER (WHERE own) AS own_last,
-           count(*) FILTER (WHERE own) AS own_rows
-    FROM (
-        SELECT customer_key, id, coalesce(lease_owner = %(follow)s, false) AS own
-        FROM outbox WHERE lease_expires_at > 0 AND lease_expires_at > %(now)s
-        UNION ALL
-        SELECT customer_key, id, false FROM outbox
-        WHERE next_attempt_at > 0 AND next_attempt_at > %(now)s) AS b
+# - free: the first `limit` free heads in id order, locked (those another claim holds skipped).
+# - woken: held heads whose block has passed, locked; the same condition is checked again on
+#   the locked version.
+# - mine / own (follow_own): customers whose head is leased to :follow and live; such a
+#   customer goes on from its first row not leased to :follow, if every row of it leased to
+#   :follow comes before that row (its oldest rows are exactly ours: a row of ours after a
+#   row that is not must not be overtaken) and that row is not blocked (every start must be
+#   claimable: `edge` counts on it).
+# - ranked / edge / picked: the chosen customers' next rows, as described in the docstring.
+# - leased: the lease; a head's flag becomes 2 (its retry time cleared: the lease blocks now).
+#   Only rows it leased are returned (a row gone meanwhile, deleted by a drainer whose lease
+#   had expired, is not).
+PG_CLAIM_SQL = """WITH free AS MATERIALIZED (
+    SELECT h.id, h.customer_key FROM outbox AS h
+    WHERE h.is_head = 1
+    ORDER BY h.id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED),
+woken AS MATERIALIZED (
+    SELECT h.id, h.customer_key FROM outbox AS h
+    WHERE h.id IN (
+            SELECT id FROM outbox WHERE lease_expires_at > 0 AND lease_expires_at <= %(now)s
+            UNION
+            SELECT id FROM outbox WHERE next_attempt_at > 0 AND next_attempt_at <= %(now)s)
+        AND h.is_head = 2 AND h.lease_expires_at <= %(now)s AND h.next_attempt_at <= %(now)s
+    ORDER BY h.id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED),
+mine AS MATERIALIZED (
+    SELECT min(id) FILTER (WHERE is_head = 2) AS head, max(id) AS last FROM outbox
+    WHERE lease_expires_at > 0 AND lease_expires_at > %(now)s AND lease_owner = %(follow)s
     GROUP BY customer_key),
-following AS MATERIALIZED (
-    SELECT b.customer_key, (
-        SELECT min(x.id) FROM outbox AS x
-        WHERE x.customer_key = b.customer_key AND x.id > b.own_last) AS start,
-        coalesce(b.stop, %(no_stop)s) AS stop
-    FROM blocked AS b
-    WHERE b.own_rows > 0 AND b.own_rows = (
-        SELECT count(*) FROM outbox AS y
-        WHERE y.customer_key = b.customer_key AND y.id <= b.own_last)),
-maps AS MATERIALIZED (
-    SELECT
-        (SELECT coalesce(jsonb_object_agg(customer_key, least(stop, own_first)), '{}')
-         FROM blocked) AS stops,
-        (SELECT coalesce(jsonb_object_agg(customer_key, jsonb_build_array(start, stop)), '{}')
-         FROM following) AS follows,
-        (SELECT count(*) FROM following) AS follow_count),
-heads AS MATERIALIZED (
-    SELECT s.start, h.customer_key, s.stop
-    FROM maps AS m CROSS JOIN outbox AS h
-    CROSS JOIN LATERAL (SELECT m.follows -> h.customer_key AS f) AS fl
-    CROSS JOIN LATERAL (SELECT
-        CASE WHEN fl.f IS NULL THEN h.id ELSE (fl.f ->> 0)::bigint END AS start,
-        CASE WHEN fl.f IS NULL
-            THEN coalesce((m.stops ->> h.customer_key)::bigint, %(no_stop)s)
-            ELSE (fl.f ->> 1)::bigint END AS stop) AS s
-    WHERE h.is_head = 1 AND s.start < s.stop
-    ORDER BY h.id
-    LIMIT %(limit)s + (SELECT follow_count FROM maps)),
+own AS MATERIALIZED (
+    SELECT h.id, h.customer_key, m.last FROM mine AS m JOIN outbox AS h ON h.id = m.head
+    WHERE h.is_head = 2 AND h.lease_owner = %(follow)s AND h.lease_expires_at > %(now)s
+    FOR UPDATE OF h SKIP LOCKED),
+starts AS MATERIALIZED (
+    SELECT customer_key, id AS start FROM free
+    UNION ALL
+    SELECT customer_key, id FROM woken
+    UNION ALL
+    SELECT o.customer_key, n.id FROM own AS o CROSS JOIN LATERAL (
+        SELECT x.id, x.lease_expires_at, x.next_attempt_at FROM outbox AS x
+        WHERE x.customer_key = o.customer_key AND x.id > o.id
+            AND (x.lease_owner IS DISTINCT FROM %(follow)s OR x.lease_expires_at <= %(now)s)
+        ORDER BY x.id LIMIT 1) AS n
+    WHERE n.id > o.last AND n.lease_expires_at <= %(now)s AND n.next_attempt_at <= %(now)s),
 ranked AS MATERIALIZED (
-    SELECT customer_key, start, stop, row_number() OVER (ORDER BY start) AS rank FROM heads),
+    SELECT customer_key, start, row_number() OVER (ORDER BY start) AS rank FROM starts),
 edge AS MATERIALIZED (
     SELECT coalesce(max(start), %(no_stop)s) AS last FROM ranked WHERE rank = %(limit)s),
 picked AS MATERIALIZED (
     SELECT r.id FROM ranked AS c CROSS JOIN LATERAL (
-        SELECT x.id FROM outbox AS x
-        WHERE x.customer_key = c.customer_key AND x.id >= c.start AND x.id < c.stop
-            AND x.id <= (SELECT last FROM edge)
-        ORDER BY x.id LIMIT %(limit)s - c.rank + 1) AS r
+        SELECT q.id FROM (
+            SELECT x.id, bool_or(x.lease_expires_at > %(now)s OR x.next_attempt_at > %(now)s)
+                OVER (ORDER BY x.id) AS stopped
+            FROM outbox AS x
+            WHERE x.customer_key = c.customer_key AND x.id >= c.start
+                AND x.id <= (SELECT last FROM edge)
+            ORDER BY x.id LIMIT %(limit)s - c.rank + 1) AS q
+        WHERE NOT q.stopped) AS r
     WHERE c.rank <= %(limit)s
     ORDER BY r.id LIMIT %(limit)s),
 chosen AS MATERIALIZED (
@@ -107,10 +116,12 @@ chosen AS MATERIALIZED (
 kept AS MATERIALIZED (
     SELECT * FROM chosen WHERE running <= %(max_bytes)s OR n = 1),
 leased AS (
-    UPDATE outbox SET lease_owner = %(owner)s, lease_expires_at = %(expires)s, boot_id = NULL
-    FROM kept WHERE outbox.id = kept.id)
+    UPDATE outbox SET lease_owner = %(owner)s, lease_expires_at = %(expires)s, boot_id = NULL,
+        next_attempt_at = 0, is_head = CASE WHEN outbox.is_head = 0 THEN 0 ELSE 2 END
+    FROM kept WHERE outbox.id = kept.id
+    RETURNING outbox.id)
 SELECT id, kind, payload, size, attempts, created_at, receipt, boot_id, mono_at
-FROM kept ORDER BY id
+FROM kept WHERE id IN (SELECT id FROM leased) ORDER BY id
 """
 
 
@@ -123,9 +134,8 @@ def pick_postgresql(
     owner: str,
     expires: float,
 ) -> list[ClaimedRow]:
-    """The claim's rows (see leases.claim), chosen and leased in one statement under the
-    claim lock (held to the commit): one round trip less while every other drainer waits."""
-    cur.execute(CLAIM_LOCK_SQL)
+    """The claim's rows (see leases.claim), chosen and leased in one statement: no other
+    claim is waited for (the heads it locks are skipped by the others)."""
     params = {
         "now": now,
         "limit": limit,

@@ -533,7 +533,7 @@ class OutboxStore:
         (Backend.clock), read with the records."""
         stamped, records = settling.pending(self.backend, cur, now)
         # An owner's consecutive records (the two batches of a claim) as one settle: on
-        # PostgreSQL three statements fewer per claim, while the claim lock waits.
+        # PostgreSQL three statements fewer per claim.
         runs: list[tuple[str, Settlement]] = []
         for record in records:
             last = runs[-1] if runs else None
