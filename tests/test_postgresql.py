@@ -1066,3 +1066,44 @@ def test_a_claim_reads_as_many_heads_whatever_the_customers_in_flight(url, block
             yield from heads_read(child)
 
     assert sum(heads_read(plan[0]["Plan"])) == 50
+
+
+def test_migration_0010_flags_the_customers_held_when_it_runs_and_back(url):
+    """A database at 0009 with batches in flight and rows waiting for a retry: 0010 flags
+    those customers' heads 2 (held), the others stay 1, and the claim goes on; downgrading
+    to 0009 and upgrading again keeps every flag exact."""
+    from alembic import command as alembic_command
+
+    from tracker_agent.outbox.revisions import alembic_config
+
+    store = open_store(url)
+    terms = {"max_bytes": 10**6, "lease_seconds": 60, "now": 0}
+    try:
+        store.enqueue([command(f"c{k}", 10 * n + k) for n in range(3) for k in range(6)])
+        leased = store.claim("a", limit=2, **terms)  # c0, c1 in flight
+        retried = store.claim("b", limit=2, **terms)  # c2, c3 ...
+        store.settle("b", Settlement(retry=[r.id for r in retried], retry_at=30), 0)
+    finally:
+        close_store(store)
+    plain = url.replace("+psycopg", "")
+    engine = open_outbox(url)
+    try:
+        with engine.begin() as conn:
+            alembic_command.downgrade(alembic_config(conn), "0009")
+        with psycopg.connect(plain) as conn:  # 0008's flags: 1 on every head
+            values = conn.execute("SELECT DISTINCT is_head FROM outbox WHERE is_head > 0")
+            assert [v for (v,) in values] == [1]
+        with engine.begin() as conn:
+            alembic_command.upgrade(alembic_config(conn), "head")
+        with psycopg.connect(plain) as conn:
+            assert _flag_errors(conn) == []
+            held = {i for (i,) in conn.execute("SELECT id FROM outbox WHERE is_head = 2")}
+        assert held == {r.id for r in (*leased, *retried)}
+    finally:
+        engine.dispose()
+    store = open_store(url)
+    try:  # c4 and c5 are free; c0..c3 are held (in flight, or waiting for their retry)
+        rows = store.claim("c", limit=50, **terms)
+        assert sorted(json.loads(r.payload)["n"] % 10 for r in rows) == [4, 4, 4, 5, 5, 5]
+    finally:
+        close_store(store)

@@ -4,6 +4,7 @@ outbox          one row per accepted tracking command, FIFO by id; delivered row
                 Each customer's rows are a queue of their own (ix_outbox_customer), and the
                 oldest row of each is flagged (is_head, kept by triggers): the claim walks that
                 queue of queues in id order and never reads the rows of a blocked customer
+                (on PostgreSQL not even its head: held heads are flagged 2)
 dead_letters    commands the server rejected (or that hit max attempts/age), kept with the reason
 queue_counters  rows and bytes in `outbox`, kept exact by triggers, so that the bound check at
                 enqueue never counts a million rows: one row (id=1) on SQLite, 16 summed on
@@ -63,9 +64,12 @@ outbox = Table(
     # 0 means "not leased"; a lease is live while lease_expires_at > now.
     Column("lease_expires_at", Float, nullable=False, server_default="0"),
     Column("last_error", Text, nullable=True),
-    # 1 on the oldest row of its customer (exactly one per customer: QUEUE_TRIGGERS on insert,
-    # outbox/removal.py on delete; PostgreSQL: triggers on both), 0 on
-    # the others. Last: migration 0003 added it with ALTER TABLE (no copy of the backlog).
+    # Non-zero on the oldest row of its customer (exactly one per customer: QUEUE_TRIGGERS on
+    # insert, outbox/removal.py on delete; PostgreSQL: triggers on insert, delete and lease
+    # changes), 0 on the others. SQLite: 1. PostgreSQL (migration 0010): 1 if the customer is
+    # free, 2 if it is held (the row is leased or waits for a retry), so that claims never
+    # read held customers (see outbox/pg_claim.py). Last: migration 0003 added it with ALTER
+    # TABLE (no copy of the backlog).
     Column("is_head", Integer, nullable=False, server_default="0"),
     # 1 if the caller asked for a receipt (delivery is then remembered in `receipts`). Added
     # by migration 0005 with ALTER TABLE, hence after is_head.
@@ -83,7 +87,8 @@ outbox = Table(
 # per delivered row (the price of a claim that never reads a blocked customer's rows).
 Index("ix_outbox_customer", outbox.c.customer_key, outbox.c.id)
 # Partial: one entry per customer with queued rows, in the order of its oldest row (the queue
-# of queues). Covering (customer_key), so skipping a blocked customer costs one index entry.
+# of queues); on PostgreSQL only the free ones (is_head = 2 leaves it). Covering
+# (customer_key), so skipping a blocked customer costs one index entry on SQLite.
 Index(
     "ix_outbox_heads",
     outbox.c.id,
