@@ -732,23 +732,33 @@ def _free_customer(conn: psycopg.Connection, key: str) -> None:
     conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PG_CUSTOMER_LOCK_CLASS, key))
 
 
+def _settle_waiting_for_another_host(
+    store: OutboxStore, other_host: psycopg.Connection
+) -> tuple[threading.Thread, list[int], str]:
+    """Customer c0's one row claimed by "d", and a thread settling it as delivered that waits
+    for c0's lock, held by `other_host` (as another host's enqueue of c0 would): (the thread,
+    what its settle returns once it ends, c0's key)."""
+    store.enqueue([command("c0", 0)])
+    (row,) = store.claim("d", now=0, limit=50, max_bytes=10**6, lease_seconds=30)
+    key = json.dumps({"c": "c0"})
+    _hold_customer(other_host, key)
+    settled: list[int] = []
+    outcome = Settlement(delivered=[row.id])
+    drain = threading.Thread(target=lambda: settled.append(store.settle("d", outcome, 0)))
+    drain.start()
+    assert wait_for(lambda: _waits_for_advisory_lock(other_host))
+    return drain, settled, key
+
+
 def test_an_enqueue_never_waits_for_this_processs_drain_blocked_on_another_host(url):
     """On PostgreSQL a process's statements do not queue behind each other (no fork guard):
     while its drain transaction waits for a customer's lock another host holds, add_event in
     another thread of the same process still commits at once."""
     store = open_store(url)
     other_host = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
-    settled: list[int] = []
+    terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
     try:
-        store.enqueue([command("c0", 0)])
-        terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
-        (row,) = store.claim("d", now=0, **terms)
-        key = json.dumps({"c": "c0"})
-        _hold_customer(other_host, key)  # an enqueue of c0 in flight on another host
-        outcome = Settlement(delivered=[row.id])
-        drain = threading.Thread(target=lambda: settled.append(store.settle("d", outcome, 0)))
-        drain.start()
-        assert wait_for(lambda: _waits_for_advisory_lock(other_host))
+        drain, settled, key = _settle_waiting_for_another_host(store, other_host)
         enqueued = threading.Event()
 
         def app() -> None:
@@ -782,17 +792,9 @@ def test_a_fork_while_a_statement_is_in_flight_harms_neither_process(url):
     own; the parent's settle then completes on the connection it was using."""
     store = open_store(url)
     other_host = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
-    settled: list[int] = []
+    terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
     try:
-        store.enqueue([command("c0", 0)])
-        terms = {"limit": 50, "max_bytes": 10**6, "lease_seconds": 30}
-        (row,) = store.claim("d", now=0, **terms)
-        key = json.dumps({"c": "c0"})
-        _hold_customer(other_host, key)
-        outcome = Settlement(delivered=[row.id])
-        drain = threading.Thread(target=lambda: settled.append(store.settle("d", outcome, 0)))
-        drain.start()
-        assert wait_for(lambda: _waits_for_advisory_lock(other_host))
+        drain, settled, key = _settle_waiting_for_another_host(store, other_host)
         store.hold_for_fork()
         pid = os.fork()
         if pid == 0:  # the child: a pre-fork worker enqueueing on fresh connections
