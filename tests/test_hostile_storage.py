@@ -134,8 +134,12 @@ def test_full_disk_refuses_the_event_clearly_keeps_the_file_and_resumes(fake, sm
         accepted, refused, error = fill_until_full(agent)
         assert accepted, "the outbox should take some events before the disk fills"
         assert str(path) in str(error) and "full" in str(error)
-        with pytest.raises(StorageFullError):  # still full: still a clear error, not a crash
-            add(agent, refused)
+        # Still full: still a clear error, not a crash. The space a failed write left can
+        # differ by a few pages (the WAL it grew and gave back), so the event refused may fit
+        # now (seen once in CI): then the next ones must be refused within a few events.
+        more, refused, error = fill_until_full(agent, start=refused)
+        assert len(more) <= 3 and str(path) in str(error) and "full" in str(error)
+        accepted += more
         assert integrity(path) == ["ok"]
         assert stored_ns(path) == accepted  # everything accepted is there, nothing refused is
 
