@@ -104,6 +104,7 @@ HIGH = tuple(
     f"tracker_agent.{m}"
     for m in (
         "drain",
+        "drain_group",
         "sending",
         "window",
         "landing",

@@ -42,6 +42,7 @@ from .delivery import DeliveryError as DeliveryError  # re-exported: agent.py wa
 from .delivery import DeliveryState as DeliveryState
 from .delivery import FlushResult as FlushResult
 from .drain import Drainer  # imports concurrent.futures.thread first: see install_exit_hook
+from .drain_group import DrainerGroup
 from .drainer_outbox import DrainerOutbox
 from .durable import DurableTracking
 from .exceptions import ConfigError, OutboxError, StorageReadOnlyError
@@ -211,21 +212,27 @@ class TrackerAgent(QueueMethods):
 
         return Exponea.from_settings(self.settings, session=self._session)
 
-    def _make_drainer(self) -> Drainer:
+    def _make_drainer(self) -> Drainer | DrainerGroup:
         policy = DrainPolicy.from_settings(self.settings)
         most = self.store.backend.max_claim_batches
         if policy.claim_batches > most:
             policy = dataclasses.replace(policy, claim_batches=most)
         self._limiter = self._make_limiter()
         self._tap = DrainerOutbox(self.store, self._settled)
-        return Drainer(
-            cast(OutboxStore, self._tap),
-            self.client.tracking.send_stored_batch,
-            policy,
-            limiter=self._limiter,
-            probe=self._ask_server_time,
-            tally=self._tally,
-        )
+        stopping = threading.Event()
+        drainers = [
+            Drainer(
+                cast(OutboxStore, self._tap),
+                self.client.tracking.send_stored_batch,
+                policy,
+                limiter=self._limiter,
+                probe=self._ask_server_time,
+                tally=self._tally,
+                stopping=stopping,
+            )
+            for _ in range(self.settings.concurrent_batches)
+        ]
+        return drainers[0] if len(drainers) == 1 else DrainerGroup(drainers)
 
     def _ask_server_time(self) -> float:
         """The drain's probe: one GET system/time (no retries). Its answer, taken at the
@@ -503,7 +510,7 @@ class TrackerAgent(QueueMethods):
         finished = scheduler.shutdown(grace)
         if not finished:
             log.warning("drain still busy after %s; releasing its leases", human_seconds(grace))
-        released = self.store.release_all(self.drainer.owner)
+        released = sum(self.store.release_all(owner) for owner in self.drainer.owners)
         if released:
             log.info("released %d leased commands for other drainers", released)
         return bool(finished)

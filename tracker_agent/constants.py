@@ -26,6 +26,9 @@ MAX_COMMAND_BYTES = 800_000
 MAX_PROPERTY_VALUE_BYTES = 16_000
 #: The API's tracking limit per source IP, requests per second.
 API_RATE_LIMIT = 100.0
+#: The most batches a process may keep on the wire at once (Settings.concurrent_batches): at
+#: 100 requests/s, 16 cover round trips of 160 ms; more only multiplies a crash's duplicates.
+MAX_CONCURRENT_BATCHES = 16
 
 # -- HTTP ------------------------------------------------------------------------------------
 

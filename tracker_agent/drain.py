@@ -62,6 +62,7 @@ class Drainer:
         owner: str | None = None,
         tally: DeliveryTally | None = None,
         probe: Probe | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.send_batch = send_batch  # looked up at each request (tests replace it)
@@ -70,7 +71,8 @@ class Drainer:
         self.owner = owner or owners.make_owner_id(self._machine)
         self._now = now or wall_clock
         self._lock = threading.Lock()
-        self.stopping = threading.Event()
+        #: Set to end the pass after the batches on their way (shared by a DrainerGroup).
+        self.stopping = stopping or threading.Event()
         #: The sending thread; its tally counts requests by outcome, durations, waits.
         self.sender = Sender(
             lambda commands: self.send_batch(commands),
@@ -100,6 +102,11 @@ class Drainer:
         #: time.monotonic() of the last sign of life: a pass began or ended, a request went
         #: out, a batch was settled (the daemon's watchdog reads it).
         self.last_progress = time.monotonic()
+
+    @property
+    def owners(self) -> tuple[str, ...]:
+        """The owner ids this drainer leases rows under (one; a DrainerGroup has several)."""
+        return (self.owner,)
 
     def drain(
         self,
@@ -143,7 +150,7 @@ class Drainer:
     def _resumes(self, report: DrainReport, deadline: float | None) -> bool:
         """A probe was due and answered, and the backoff in force (still one that began with
         no answer at all) was ended in the outbox."""
-        if self._should_stop(deadline) or not self._reach.answered(report):
+        if self.should_stop(deadline) or not self._reach.answered(report):
             return False
         return self.store.end_unreachable_backoff(self._now())
 
@@ -164,7 +171,7 @@ class Drainer:
         caught_up = False  # a short batch went out alone: nothing more was due then
 
         def done() -> bool:
-            return self._should_stop(deadline) or (stop_on_partial and caught_up)
+            return self.should_stop(deadline) or (stop_on_partial and caught_up)
 
         with self._lock:
             try:
@@ -278,7 +285,8 @@ class Drainer:
         """Stop the sending thread (idle between passes; a new pass starts it again)."""
         self.sender.close(wait)
 
-    def _should_stop(self, deadline: float | None) -> bool:
+    def should_stop(self, deadline: float | None) -> bool:
+        """The pass must end: stop was asked, or `deadline` (the `now` clock) has passed."""
         return self.stopping.is_set() or (deadline is not None and self._now() >= deadline)
 
     # -- one batch: begin (state, claim), send, finish (settle) --------------------------------

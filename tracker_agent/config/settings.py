@@ -57,6 +57,7 @@ BOUNDS: dict[str, Bounds] = {
     "max_attempts": Bounds(1, 1_000_000, "attempts"),
     "max_age": Bounds(1, 10 * YEAR_SECONDS, "s"),
     "rate_limit": Bounds(1, 10_000, "requests/s"),
+    "concurrent_batches": Bounds(1, c.MAX_CONCURRENT_BATCHES, "batches"),
     "pause_probe_interval": Bounds(0.1, DAY_SECONDS, "s"),
     "reach_probe_interval": Bounds(0.1, HOUR_SECONDS, "s"),
     "shutdown_grace": Bounds(0, HOUR_SECONDS, "s"),
@@ -132,6 +133,9 @@ class Settings:
     max_attempts: int | None = None  # None: retry forever
     max_age: float | None = None  # seconds; None: forever
     rate_limit: float = c.API_RATE_LIMIT  # requests per second
+    # Batches on the wire at once: that many drainers in this process (drain_group.py). More
+    # than 1 pays far from the API; a crash then re-sends up to that many batches.
+    concurrent_batches: int = 1
     pause_probe_interval: float = c.DEFAULT_PAUSE_PROBE_INTERVAL_SECONDS
     reach_probe_interval: float = c.DEFAULT_REACH_PROBE_INTERVAL_SECONDS
     shutdown_grace: float = c.DEFAULT_SHUTDOWN_GRACE_SECONDS
