@@ -22,6 +22,7 @@ from bench import (
     coldstart,
     drain,
     enqueue,
+    faraway,
     importing,
     latency,
     memory,
@@ -44,6 +45,7 @@ FAMILIES: dict[str, ModuleType] = {
     "postgresql": postgresql,
     "receipts": receipts,
     "importing": importing,
+    "faraway": faraway,
 }
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 #: Third-party loggers that would print a line per dropped event or per skipped drain tick.
