@@ -9,8 +9,8 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+from conftest import both_backends, make_agent
 
-from tests.conftest import both_backends, make_agent
 from tracker_agent import TrackerAgent
 from tracker_agent.drain import Drainer
 from tracker_agent.drain_group import DrainerGroup, merge_reports
