@@ -233,10 +233,14 @@ def test_enqueues_stay_synchronous_full_while_drain_bookkeeping_skips_its_fsync(
     assert drain.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
 
 
-def test_a_drain_thread_blocked_in_send_stops_the_watchdog_pings(fake, db_url):
+@pytest.mark.parametrize("concurrent_batches", [1, 3])
+def test_a_drain_thread_blocked_in_send_stops_the_watchdog_pings(fake, db_url, concurrent_batches):
+    # With several drainers, the others' passes end (nothing else is due) and wait for the
+    # stuck one's settle: the group shows no progress either.
     pings: list[float] = []
     release = threading.Event()
     settings = {"request_timeout": 0.2, "connect_timeout": 0.1, "busy_timeout": 0.2}
+    settings["concurrent_batches"] = concurrent_batches
     with make_agent(fake, db_url, lease_seconds=5.0, **settings) as agent:
         real_send = agent.drainer.send_batch
 
